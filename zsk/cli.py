@@ -1,0 +1,295 @@
+"""The ``zsk`` command: one sub-app per task plus ``recipes``, ``cache``, ``doctor``, ``demo`` and ``bench``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zsk import __version__
+from zsk.core.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, guarded
+from zsk.core.progress import emit_result, log, stdout_console
+
+# Task name -> (module of its Typer app, one-line description). Plain data, no registry.
+TASKS: dict[str, tuple[str, str]] = {
+    "segment": ("zsk.tasks.segment.cli", "ZegCLIP: one-stage zero-shot semantic segmentation from CLIP"),
+    "retrieve": ("zsk.tasks.retrieve.cli", "visual-semantic embedding retrieval with semantically enhanced hard negatives"),
+    "sbir": ("zsk.tasks.sbir.cli", "ACNet: zero-shot sketch-based image retrieval"),
+    "css": ("zsk.tasks.css.cli", "continual semantic segmentation by self-attention transfer"),
+    "refer": ("zsk.tasks.refer.cli", "AlignFormer: referring image segmentation"),
+    "fakenews": ("zsk.tasks.fakenews.cli", "COVID-19 fake-news detection, RoBERTa + CT-BERT fusion"),
+    "adapt": ("zsk.tasks.adapt.cli", "STAL: self-training + active learning for domain-adaptive segmentation"),
+    "contrast": ("zsk.tasks.contrast.cli", "MetAug: contrastive learning with meta feature augmentation"),
+    "medseg": ("zsk.tasks.medseg.cli", "DTC: semi-supervised medical segmentation by dual-task consistency"),
+    "gzsl": ("zsk.tasks.gzsl.cli", "DGP/ADGPM: zero-shot classification by dense graph propagation"),
+    "hsi": ("zsk.tasks.hsi.cli", "hyperspectral image segmentation with a CNN and a deep CRF"),
+}
+
+
+def available_tasks() -> list[str]:
+    """Tasks whose package is installed in this version of zsk."""
+    return [name for name, (module, _) in TASKS.items() if importlib.util.find_spec(f"zsk.tasks.{name}") is not None
+            and importlib.util.find_spec(module) is not None]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zsk {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(name="zsk", help="Eleven published vision-and-language methods behind one command line.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """zsk: run `zsk TASK --help` for a task's commands, `zsk recipes` for the shipped recipes."""
+
+
+for _name in available_tasks():
+    try:
+        _module = importlib.import_module(TASKS[_name][0])
+    except Exception as _exc:  # noqa: BLE001 - one broken task must not take the others down
+        print(f"warning: task {_name} could not be loaded: {type(_exc).__name__}: {_exc}", file=sys.stderr)
+        continue
+    app.add_typer(_module.app, name=_name, help=TASKS[_name][1])
+
+
+@app.command()
+@guarded
+def recipes(task: Annotated[str | None, typer.Argument(help="Only this task's recipes.")] = None,
+            json_out: JsonOpt = False) -> None:
+    """List the shipped recipes with a one-line description each."""
+    from zsk.core.errors import ZskError
+    from zsk.core.recipe import recipe_description, recipes_dir
+
+    root = recipes_dir()
+    if task is not None and task not in TASKS:
+        raise ZskError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) if root.is_dir() else []:
+        if task is not None and folder.name != task:
+            continue
+        for f in sorted(folder.glob("*.yaml")):
+            rows.append({"task": folder.name, "recipe": f"{folder.name}/{f.stem}", "path": str(f),
+                         "description": recipe_description(f)})
+    if json_out:
+        for r in rows:
+            emit_result(r, True)
+        return
+    from rich.table import Table
+
+    table = Table("recipe", "description")
+    for r in rows:
+        table.add_row(r["recipe"], r["description"])
+    stdout_console.print(table)
+
+
+cache_app = typer.Typer(help="Inspect or clear the zsk cache ($ZSK_CACHE, default ~/.cache/zsk).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+@guarded
+def cache_info(json_out: JsonOpt = False) -> None:
+    """Entries and size per namespace."""
+    from zsk.core.cache import Cache
+
+    cache = Cache()
+    info = cache.info()
+    if json_out:
+        emit_result({"root": str(cache.root), "namespaces": info}, True)
+        return
+    from rich.table import Table
+
+    table = Table("namespace", "entries", "MiB", title=str(cache.root))
+    for ns, v in info.items():
+        table.add_row(ns, str(v["entries"]), f"{v['bytes'] / 2**20:.2f}")
+    stdout_console.print(table)
+
+
+@cache_app.command("clear")
+@guarded
+def cache_clear(namespace: Annotated[str | None, typer.Argument(help="Only this namespace.")] = None) -> None:
+    """Delete cached values (one namespace, or all)."""
+    from zsk.core.cache import Cache
+
+    freed = Cache().clear(namespace)
+    log(f"freed {freed / 2**20:.2f} MiB")
+
+
+# Pretrained weights the shipped paper recipes use: (what, kind, id, how to provide it).
+KNOWN_WEIGHTS: list[tuple[str, str, str]] = [
+    ("segment: CLIP ViT-B/16 (openai)", "hf", "timm/vit_base_patch16_clip_224.openai"),
+    ("fakenews: RoBERTa-large", "hf", "FacebookAI/roberta-large"),
+    ("fakenews: CT-BERT v2", "hf", "digitalepidemiologylab/covid-twitter-bert-v2"),
+    ("retrieve: BERT-base (VSE-infinity)", "hf", "google-bert/bert-base-uncased"),
+    ("gzsl: ResNet-50 (torchvision)", "torchvision", "resnet50"),
+    ("retrieve: ResNet-152 (torchvision)", "torchvision", "resnet152"),
+]
+
+
+def _weights_status(kind: str, ident: str) -> tuple[bool, str]:
+    if kind == "hf":
+        from zsk.models.hf import hf_cache_dir
+
+        alt = {"FacebookAI/roberta-large": "roberta-large", "google-bert/bert-base-uncased": "bert-base-uncased"}
+        for name in (ident, alt.get(ident, ident)):
+            d = hf_cache_dir() / ("models--" + name.replace("/", "--"))
+            if d.is_dir():
+                return True, str(d)
+        return False, f"not in {hf_cache_dir()}; pass a local directory/file with --set"
+    from zsk.models.backbones import default_weights_file
+
+    path = default_weights_file(ident)
+    return path.is_file(), str(path)
+
+
+@app.command()
+@guarded
+def doctor(json_out: JsonOpt = False) -> None:
+    """Report Python, torch, devices, the cache and which pretrained weights are found locally."""
+    import torch
+
+    from zsk.core.cache import Cache
+
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append(f"cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    devices.append(f"cpu ({os.cpu_count()} cores)")
+    cache = Cache()
+    weights = []
+    for what, kind, ident in KNOWN_WEIGHTS:
+        found, where = _weights_status(kind, ident)
+        weights.append({"what": what, "id": ident, "found": found, "where": where})
+    try:
+        import nltk
+
+        nltk.data.find("corpora/wordnet")
+        wordnet = True
+    except (ImportError, LookupError):
+        wordnet = False
+    report = {
+        "zsk": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "devices": devices,
+        "tasks": available_tasks(),
+        "cache": str(cache.root),
+        "cache_mb": sum(v["bytes"] for v in cache.info().values()) / 2**20,
+        "wordnet_corpus": wordnet,
+        "weights": weights,
+    }
+    if json_out:
+        emit_result(report, True)
+        return
+    from rich.table import Table
+
+    t = Table("item", "value", title="zsk doctor")
+    for k in ("zsk", "python", "torch", "cuda", "cache", "wordnet_corpus"):
+        t.add_row(k, str(report[k]))
+    t.add_row("cache size", f"{report['cache_mb']:.1f} MiB")
+    t.add_row("devices", ", ".join(devices))
+    t.add_row("tasks", ", ".join(report["tasks"]) or "(none)")
+    stdout_console.print(t)
+    w = Table("pretrained weights", "found", "where / how", title="weights (missing ones are needed only by paper recipes)")
+    for row in weights:
+        w.add_row(row["what"], "yes" if row["found"] else "missing", row["where"])
+    stdout_console.print(w)
+
+
+@app.command()
+@guarded
+def demo(tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to run (default: all).")] = None,
+         out: Annotated[Path | None, typer.Option("--out", "-o", help="Keep the demo runs here.")] = None,
+         device: DeviceOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Train every task's demo recipe on its embedded sample data, evaluate and predict (offline)."""
+    from zsk.core.errors import ZskError, ZskFailure
+    from zsk.core.options import report_error
+
+    names = tasks or available_tasks()
+    unknown = [t for t in names if t not in available_tasks()]
+    if unknown:
+        raise ZskError(f"unknown or unavailable task(s) {', '.join(unknown)}; available: {', '.join(available_tasks())}")
+    if not names:
+        raise ZskError("no task is installed in this zsk")
+    rows, failed = [], []
+    with tempfile.TemporaryDirectory(prefix="zsk-demo-") as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        for name in names:
+            pipeline = importlib.import_module(f"zsk.tasks.{name}.pipeline")
+            log(f"demo: {name}")
+            t0 = time.perf_counter()
+            try:
+                result = pipeline.run_demo(root / name, device or "cpu")
+            except Exception as exc:  # noqa: BLE001 - one failing task must not hide the others
+                report_error(exc)
+                failed.append(name)
+                rows.append({"task": name, "metric": "failed", "value": None, "seconds": time.perf_counter() - t0})
+                continue
+            rows.append({"task": name, "metric": result["metric"], "value": float(result["value"]),
+                         "seconds": time.perf_counter() - t0})
+    if json_out:
+        for r in rows:
+            emit_result(r, True)
+    else:
+        from rich.table import Table
+
+        t = Table("task", "metric", "value", "seconds", title="zsk demo")
+        for r in rows:
+            t.add_row(r["task"], r["metric"], "-" if r["value"] is None else f"{r['value']:.4f}", f"{r['seconds']:.1f}")
+        stdout_console.print(t)
+    if failed:
+        raise ZskFailure(f"demo failed for: {', '.join(failed)}")
+
+
+@app.command()
+@guarded
+def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task's recipe.")],
+          steps: Annotated[int, typer.Option("--steps", help="Timed steps.")] = 10,
+          batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the recipe's batch size.")] = None,
+          set_: SetOpt = None, device: DeviceOpt = None, json_out: JsonOpt = False,
+          quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Measure train-step and inference throughput, peak memory and MFU for a recipe (synthetic inputs)."""
+    from zsk.core.bench import run_bench
+    from zsk.core.device import autocast_dtype, resolve_device
+    from zsk.core.errors import ZskError
+    from zsk.core.recipe import load_recipe, parse_config
+
+    raw = load_recipe(recipe, set_)
+    task = raw.get("task")
+    if task not in available_tasks():
+        raise ZskError(f"recipe {recipe} names task {task!r}, which is not installed; tasks: {', '.join(available_tasks())}")
+    config_mod = importlib.import_module(f"zsk.tasks.{task}.config")
+    pipeline = importlib.import_module(f"zsk.tasks.{task}.pipeline")
+    cfg = parse_config(config_mod.Config, raw)
+    dev = resolve_device(device, cfg.runtime.device)
+    dtype = autocast_dtype(dev, cfg.runtime.precision)
+    log(f"bench {task} {recipe} on {dev} ({dtype or 'fp32'})")
+    spec = pipeline.bench_spec(cfg, dev, batch_size)
+    result = {"task": task, "recipe": str(recipe), **run_bench(spec, steps, dev, dtype)}
+    emit_result(result, json_out, title=f"zsk bench {recipe}")
+
+
+def run() -> None:
+    """Entry point for ``python -m zsk``."""
+    app(prog_name="zsk")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,129 @@
+"""``zsk bench``: train/inference throughput, peak memory and model FLOPs utilisation (MFU).
+
+MFU is measured against a dense matmul peak timed on the same device, in the same dtype, in the same
+run, so the figure is honest on any machine (datasheet peaks are never reached in practice).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from zsk.core.device import autocast
+
+
+@dataclass
+class BenchSpec:
+    """What a task hands to ``zsk bench``: closures over a model and fixed synthetic batches."""
+
+    train_step: Callable[[], None]
+    infer_step: Callable[[], None]
+    train_samples: int
+    infer_samples: int
+    unit: str = "samples"
+    infer_unit: str | None = None
+    extra: Callable[[], dict] | None = None
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` (forward and backward ops seen by torch's flop counter)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype | None, seconds: float = 1.0) -> float:
+    """Achieved FLOP/s of a large square matmul on ``device`` in ``dtype`` (fp32 when None)."""
+    dt = dtype or torch.float32
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        if reps % 4 == 0:
+            synchronize(device)
+            if time.perf_counter() - t0 > seconds:
+                break
+    elapsed = time.perf_counter() - t0
+    return 2.0 * n**3 * reps / elapsed
+
+
+def _timed(fn: Callable[[], None], steps: int, device: torch.device, dtype: torch.dtype | None) -> float:
+    with autocast(device, dtype):
+        fn()  # warm-up (allocations, kernels, caches)
+        fn()
+    synchronize(device)
+    t0 = time.perf_counter()
+    with autocast(device, dtype):
+        for _ in range(steps):
+            fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory (CUDA) or peak resident set size of the process (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def run_bench(spec: BenchSpec, steps: int, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """Time ``steps`` train steps and inference calls; count FLOPs; compare with the matmul peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_s = _timed(spec.train_step, steps, device, dtype)
+    infer_s = _timed(spec.infer_step, steps, device, dtype)
+    with autocast(device, dtype):
+        train_flops = count_flops(spec.train_step)
+        infer_flops = count_flops(spec.infer_step)
+    peak = matmul_peak(device, dtype)
+    infer_unit = spec.infer_unit or spec.unit
+    out = {
+        "device": str(device),
+        "dtype": str(dtype or torch.float32).replace("torch.", ""),
+        "steps": steps,
+        "train_step_s": train_s,
+        "train_steps_per_s": 1.0 / train_s,
+        f"train_{spec.unit}_per_s": spec.train_samples / train_s,
+        "infer_call_s": infer_s,
+        f"infer_{infer_unit}_per_s": spec.infer_samples / infer_s,
+        "train_gflops_per_step": train_flops / 1e9,
+        "infer_gflops_per_call": infer_flops / 1e9,
+        "matmul_peak_tflops": peak / 1e12,
+        "train_tflops": train_flops / train_s / 1e12,
+        "infer_tflops": infer_flops / infer_s / 1e12,
+        "train_mfu": train_flops / train_s / peak,
+        "infer_mfu": infer_flops / infer_s / peak,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    if spec.extra is not None:
+        out.update(spec.extra())
+    return out

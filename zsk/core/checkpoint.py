@@ -1,0 +1,77 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zsk import __version__
+from zsk.core.errors import ZskError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` via a temp file in the same folder and ``os.replace``, so a write
+    killed half-way leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, "zsk_version": __version__, **state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; anything else is a ``ZskError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"checkpoint not found: {path} (pass a run's best.pt or last.pt with --checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ZskError(f"checkpoint {path} carries pickled Python objects and is refused "
+                       f"(zsk checkpoints hold only tensors and primitives): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ZskError(f"checkpoint {path} is damaged or not a torch file: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise ZskError(f"{path} is not a zsk checkpoint (no format_version)")
+    if state["format_version"] > FORMAT_VERSION:
+        raise ZskError(f"checkpoint {path} has format {state['format_version']}; this zsk reads up to "
+                       f"{FORMAT_VERSION}: upgrade zsk")
+    return state
+
+
+def _excluded(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+def model_state(model: nn.Module, exclude_prefixes: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """The model's state dict without frozen pretrained parts (their source is recorded instead)."""
+    prefixes = tuple(exclude_prefixes)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not _excluded(k, prefixes)}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], exclude_prefixes: Iterable[str] = (),
+                     source: str = "checkpoint") -> None:
+    """Load weights strictly, except for keys under ``exclude_prefixes`` (loaded from pretrained)."""
+    prefixes = tuple(exclude_prefixes)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not _excluded(k, prefixes)]
+    if missing or result.unexpected_keys:
+        raise ZskError(f"{source} does not match the model built from its recipe: "
+                       f"missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}")

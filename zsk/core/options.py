@@ -1,0 +1,70 @@
+"""Typer options shared by every task's commands, and the error guard that maps exceptions to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from zsk.core.errors import Interrupted, ZskError, ZskFailure
+from zsk.core.progress import console, settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML file or shipped name (e.g. hsi/demo).")]
+OptRecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML (default: the checkpoint's own).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.lr=2e-4 (repeatable).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt (RUN from --out or the newest run).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: $ZSK_DEVICE, recipe).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides runtime.seed).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON lines on stdout.")]
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", "-c", help="A checkpoint written by train (best.pt / last.pt).")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Dataset split to evaluate (default: the recipe's eval split).")]
+
+
+def report_error(exc: BaseException) -> int:
+    """Print one ``error:`` line (and a traceback with ``--debug``) and return the exit code."""
+    if isinstance(exc, Interrupted):
+        console.print(f"interrupted: {exc}", markup=False)
+        return exc.exit_code
+    if settings.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, (ZskError, ZskFailure)):
+        console.print(f"error: {exc}", markup=False, style="red")
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        console.print("interrupted", markup=False)
+        return 130
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        console.print(f"error: out of memory: {exc} (lower train.batch_size or the crop size)", markup=False, style="red")
+        return 1
+    console.print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                  markup=False, style="red")
+    return 1
+
+
+def guarded(fn: F) -> F:
+    """Run a command with ``--quiet``/``--debug`` applied and exceptions mapped to exit codes 2/1/130/143."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("quiet"):
+            settings.quiet = True
+        if kwargs.get("debug"):
+            settings.debug = True
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - this is the CLI boundary
+            raise typer.Exit(report_error(exc)) from None
+
+    return wrapper  # type: ignore[return-value]

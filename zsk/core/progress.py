@@ -1,0 +1,136 @@
+"""Progress bars, logs and results: results go to stdout, everything else to stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+T = TypeVar("T")
+
+
+@dataclass
+class Settings:
+    """Process-wide output switches set by the CLI (``--quiet``, ``--debug``)."""
+
+    quiet: bool = False
+    debug: bool = False
+
+
+settings = Settings()
+console = Console(stderr=True, highlight=False)
+stdout_console = Console(highlight=False)
+
+
+def show_progress() -> bool:
+    """Bars only on an interactive stderr and without ``--quiet`` (cluster logs and pipes stay clean)."""
+    return not settings.quiet and sys.stderr.isatty()
+
+
+def log(message: str) -> None:
+    """A log line on stderr (suppressed by ``--quiet``)."""
+    if not settings.quiet:
+        console.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; shown even with ``--quiet``."""
+    console.print(f"warning: {message}", markup=False, style="yellow")
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr when it is a terminal, plainly otherwise."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if not show_progress():
+        yield from iterable
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(desc, total=total)
+        for item in iterable:
+            yield item
+            bar.advance(task)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """One JSON line; tensors and numpy values become plain numbers, non-finite floats null."""
+    return json.dumps(_jsonable(obj), allow_nan=False)
+
+
+def emit_result(obj: dict, as_json: bool, title: str = "") -> None:
+    """Print a result on stdout: one JSON line with ``--json`` (or when stdout is not a terminal
+    and the caller asked for JSON), otherwise a rich table of the scalar fields."""
+    if as_json:
+        sys.stdout.write(to_json(obj) + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(title=title or None, show_header=True)
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(_jsonable(obj)):
+        table.add_row(key, _fmt(value))
+    stdout_console.print(table)
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        rows: list[tuple[str, Any]] = []
+        for k, v in obj.items():
+            rows.extend(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return rows
+    return [(prefix, obj)]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{len(value)} items]"
+    return str(value)
+
+
+class StepBar:
+    """A progress bar over optimizer steps on stderr (terminal only), with the latest loss shown."""
+
+    def __init__(self, total: int, desc: str = "train", start: int = 0) -> None:
+        self._progress: Progress | None = None
+        if show_progress():
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                      console=console, transient=True)
+            self._task = self._progress.add_task(desc, total=total, completed=start, info="")
+
+    def __enter__(self) -> StepBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def update(self, completed: int, info: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

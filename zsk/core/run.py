@@ -1,0 +1,108 @@
+"""Run set-up shared by every task's commands: recipe -> config, device, distributed, run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from zsk.core import dist
+from zsk.core.device import resolve_device, seed_everything
+from zsk.core.errors import ZskError
+from zsk.core.progress import log
+from zsk.core.recipe import apply_set, dump_recipe, load_recipe, parse_config
+
+C = TypeVar("C")
+
+
+@dataclass
+class RunContext:
+    """Everything a task's ``train`` needs to know about this run."""
+
+    task: str
+    cfg: Any
+    recipe: dict
+    run_dir: Path
+    device: torch.device
+    dist: dist.DistInfo
+    resume: bool = False
+
+
+def _check_task(task: str, recipe: dict, source: Any) -> None:
+    declared = recipe.get("task")
+    if declared and declared != task:
+        raise ZskError(f"recipe {source} is for task {declared!r}, not {task!r}: use `zsk {declared} ...`")
+
+
+def load_config(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None,
+                seed: int | None = None, device: str | None = None) -> tuple[C, dict]:
+    """Read, merge and validate a recipe into the task's Config; ``--seed``/``--device`` override runtime."""
+    recipe = load_recipe(recipe_path, sets)
+    _check_task(task, recipe, recipe_path)
+    recipe["task"] = task
+    if seed is not None:
+        recipe = apply_set(recipe, f"runtime.seed={seed}")
+    if device is not None:
+        recipe = apply_set(recipe, f"runtime.device={device}")
+    cfg = parse_config(config_cls, recipe)
+    return cfg, recipe
+
+
+def config_from_checkpoint(ckpt: dict, config_cls: type[C], sets: list[str] | None = None,
+                           recipe_path: str | Path | None = None) -> tuple[C, dict]:
+    """The config a checkpoint was trained with (or ``recipe_path``), with ``--set`` overrides on top."""
+    if recipe_path is not None:
+        recipe = load_recipe(recipe_path, None)
+    else:
+        recipe = dict(ckpt.get("recipe") or {})
+    for s in sets or []:
+        recipe = apply_set(recipe, s)
+    return parse_config(config_cls, recipe), recipe
+
+
+def _default_run_dir(task: str, recipe: dict) -> Path:
+    name = Path(str(recipe.get("_source", "run"))).stem
+    return Path("runs") / task / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _latest_run_dir(task: str, recipe: dict) -> Path | None:
+    name = Path(str(recipe.get("_source", "run"))).stem
+    candidates = sorted((Path("runs") / task).glob(f"{name}-*"))
+    candidates = [c for c in candidates if any(c.glob("last*.pt"))]
+    return candidates[-1] if candidates else None
+
+
+def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None, *,
+              out: str | Path | None = None, resume: bool = False, device: str | None = None,
+              seed: int | None = None) -> RunContext:
+    """Prepare a training run: validated config, device, process group, seeds and the run directory
+    (rank 0 writes ``recipe.yaml``). ``resume`` continues from ``<out>/last.pt`` (or the newest run of
+    this recipe when ``--out`` is not given)."""
+    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, device=device)
+    runtime = getattr(cfg, "runtime", None)
+    dev = resolve_device(device, getattr(runtime, "device", "auto"))
+    info = dist.init_distributed(dev)
+    seed_value = int(getattr(runtime, "seed", 0))
+    seed_everything(seed_value + info.rank)
+    if getattr(runtime, "deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if out is not None:
+        run_dir = Path(out)
+    elif resume:
+        latest = _latest_run_dir(task, recipe)
+        if latest is None:
+            raise ZskError(f"--resume: no earlier run of this recipe under runs/{task}/; pass --out RUN_DIR")
+        run_dir = latest
+    else:
+        run_dir = dist.broadcast_object(_default_run_dir(task, recipe))
+    if resume and not any(run_dir.glob("last*.pt")):
+        raise ZskError(f"--resume: {run_dir} has no last.pt to continue from")
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_recipe(recipe, run_dir / "recipe.yaml")
+        log(f"run directory: {run_dir}  device: {dev}" + (f"  world size: {info.world_size}" if info.enabled else ""))
+    dist.barrier()
+    return RunContext(task=task, cfg=cfg, recipe=recipe, run_dir=run_dir, device=dev, dist=info, resume=resume)

@@ -1,0 +1,505 @@
+"""The training loop, written once: schedules, AMP, accumulation, clipping, NaN guard, eval, resume, signals.
+
+A task supplies ``step_fn(model, batch, step) -> {"loss": ..., other terms}``, a ``loader_fn(epoch,
+start_batch)`` and optionally ``eval_fn(model) -> metrics``; methods with several stages build one
+:class:`Trainer` per stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from zsk.core import dist
+from zsk.core.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
+from zsk.core.device import autocast, autocast_dtype, needs_grad_scaler
+from zsk.core.errors import Interrupted, ZskError, ZskFailure
+from zsk.core.progress import StepBar, log
+from zsk.core.run import RunContext
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation keys every task accepts under ``train:`` (tasks subclass and add their own)."""
+
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "poly", "cosine", "step"] = "constant"
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_ratio: float = 1e-6
+    epochs: int | None = None
+    steps: int | None = None
+    max_steps: int | None = None
+    grad_accum: int = 1
+    clip_grad_norm: float | None = None
+    eval_every: int = 0
+    log_every: int = 10
+    save_every: int = 0
+    best_metric: str | None = None
+    best_mode: Literal["max", "min"] = "max"
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) of ``total``.
+
+    poly: (1 - t/T)^p (mmseg), cosine: (1 + cos(pi t/T))/2, step: gamma^(#milestones <= t); all decay
+    from 1 to ``min_lr/lr``; linear warmup multiplies by 1 - (1 - t/W)(1 - warmup_ratio) for t < W.
+    """
+    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    t = min(step, total)
+    if cfg.schedule == "constant":
+        factor = 1.0
+    elif cfg.schedule == "poly":
+        factor = (1.0 - min_ratio) * (1.0 - t / total) ** cfg.poly_power + min_ratio
+    elif cfg.schedule == "cosine":
+        factor = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    elif cfg.schedule == "step":
+        factor = cfg.gamma ** sum(1 for m in cfg.milestones if step >= m)
+    else:
+        raise ZskError(f"train.schedule: {cfg.schedule!r} is not one of constant, poly, cosine, step")
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        factor *= 1.0 - (1.0 - step / cfg.warmup_steps) * (1.0 - cfg.warmup_ratio)
+    return factor
+
+
+def move_to(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
+    """Move every tensor in a nested batch (dict/list/tuple) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking and device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: move_to(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not (batch and isinstance(batch[0], str)):
+        moved = [move_to(v, device, non_blocking) for v in batch]
+        return type(batch)(moved) if isinstance(batch, tuple) and not hasattr(batch, "_fields") else moved
+    return batch
+
+
+def batches_per_epoch(num_samples: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches one rank sees per epoch under :func:`make_loader`'s sharding."""
+    world = dist.get_dist().world_size
+    per_rank = num_samples // world if drop_last else math.ceil(num_samples / world)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+
+
+def epoch_batches(num_samples: int, batch_size: int, *, epoch: int, seed: int, shuffle: bool = True,
+                  drop_last: bool = True, even_shards: bool = True) -> list[list[int]]:
+    """This rank's batches of sample indices for one epoch; the order depends only on (seed, epoch)."""
+    info = dist.get_dist()
+    if shuffle:
+        g = torch.Generator()
+        g.manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(num_samples, generator=g).tolist()
+    else:
+        order = list(range(num_samples))
+    if info.world_size > 1:
+        if drop_last:
+            order = order[: num_samples - num_samples % info.world_size]
+        elif even_shards and order:
+            pad = (-num_samples) % info.world_size
+            order = order + order[:pad]
+        order = order[info.rank :: info.world_size]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last:
+        batches = [b for b in batches if len(b) == batch_size]
+    return batches
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+                drop_last: bool = True, workers: int = 0, collate_fn: Callable | None = None, start_batch: int = 0,
+                batch_sampler: Sequence[Sequence[int]] | None = None, even_shards: bool = True) -> DataLoader:
+    """A DataLoader whose batch order depends only on (seed, epoch), sharded over ranks, starting at
+    ``start_batch`` without loading the skipped batches (exact resume)."""
+    if batch_sampler is None:
+        batches: list = epoch_batches(len(dataset), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,  # type: ignore[arg-type]
+                                      drop_last=drop_last, even_shards=even_shards)
+    else:
+        batches = [list(b) for b in batch_sampler]
+    batches = batches[start_batch:]
+    g = torch.Generator()
+    g.manual_seed(seed * 100_003 + epoch * 1_009 + start_batch * 7 + dist.get_dist().rank)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_fn,
+                      pin_memory=torch.cuda.is_available(), generator=g,
+                      persistent_workers=False)
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, collate_fn: Callable | None = None) -> DataLoader:
+    """In-order loader for evaluation, split across ranks without padding (every sample counted once)."""
+    return make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=workers, collate_fn=collate_fn,
+                       even_shards=False)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and primitives (checkpoint-safe)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW over parameter groups; a group's ``lr_mult`` scales ``train.lr``."""
+    groups = []
+    for g in params:
+        group = {k: v for k, v in g.items() if k != "lr_mult"}
+        group["params"] = [p for p in g["params"] if p.requires_grad]
+        group["lr"] = cfg.lr * g.get("lr_mult", 1.0)
+        group.setdefault("weight_decay", cfg.weight_decay)
+        group["lr_mult"] = g.get("lr_mult", 1.0)
+        if group["params"]:
+            groups.append(group)
+    if not groups:
+        raise ZskFailure("the model has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+class _SignalWatch:
+    """Remember SIGTERM/SIGINT so the loop can finish its step, write ``last.pt`` and exit 143/130."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalWatch:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.received or 0)
+
+
+class Trainer:
+    """One training stage: optimizer, schedule, AMP, accumulation, eval, checkpoints, resume, signals."""
+
+    def __init__(self, ctx: RunContext, model: nn.Module, cfg: TrainConfig,
+                 step_fn: Callable[[nn.Module, Any, int], dict[str, torch.Tensor]],
+                 loader_fn: Callable[[int, int], Iterable], steps_per_epoch: int,
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+                 param_groups: list[dict] | None = None, extra: dict | None = None,
+                 exclude_prefixes: tuple[str, ...] = (), stage: str = "",
+                 find_unused_parameters: bool = False) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.device = ctx.device
+        self.model = model.to(self.device)
+        self.step_fn = step_fn
+        self.loader_fn = loader_fn
+        self.eval_fn = eval_fn
+        self.extra = dict(extra or {})
+        self.exclude_prefixes = tuple(exclude_prefixes)
+        self.stage = stage
+        self.batches_per_epoch = steps_per_epoch
+        if steps_per_epoch <= 0:
+            raise ZskError(f"training data gives no full batch per epoch (train.batch_size={cfg.batch_size} is larger "
+                           f"than the training set per process): lower train.batch_size or add data")
+        if cfg.grad_accum < 1:
+            raise ZskError("train.grad_accum must be >= 1")
+        self.optim_steps_per_epoch = max(1, steps_per_epoch // cfg.grad_accum)
+        if cfg.steps is not None:
+            self.total_steps = cfg.steps
+        elif cfg.epochs is not None:
+            self.total_steps = cfg.epochs * self.optim_steps_per_epoch
+        else:
+            raise ZskError("the recipe sets neither train.steps nor train.epochs: set one (e.g. --set train.steps=1000)")
+        if self.total_steps <= 0:
+            raise ZskError(f"train.steps/train.epochs give {self.total_steps} optimizer steps; need at least 1")
+        self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps is not None else self.total_steps
+        runtime = getattr(ctx.cfg, "runtime", None)
+        self.amp_dtype = autocast_dtype(self.device, getattr(runtime, "precision", "auto"))
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.amp_dtype) else None
+        groups = param_groups if param_groups is not None else [{"params": list(self.model.parameters())}]
+        self.optimizer = build_optimizer(groups, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
+        self.ddp_model = dist.wrap_ddp(self.model, self.device, find_unused_parameters=find_unused_parameters)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best: dict[str, Any] = {}
+        self.last_metrics: dict[str, float] = {}
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+        self._bad_terms: list[str] = []
+
+    # ----------------------------------------------------------------- files
+    def _name(self, base: str) -> str:
+        return f"{base}-{self.stage}.pt" if self.stage else f"{base}.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.ctx.run_dir / self._name("last")
+
+    @property
+    def best_path(self) -> Path:
+        return self.ctx.run_dir / self._name("best")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state (checkpoint-safe: tensors and primitives)."""
+        return {
+            "task": self.ctx.task,
+            "stage": self.stage,
+            "recipe": {k: v for k, v in self.ctx.recipe.items() if k != "_source"},
+            "model": model_state(self.model, self.exclude_prefixes),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps,
+            "rng": rng_state(),
+            "best": dict(self.best),
+            "metrics": dict(self.last_metrics),
+            "extra": self.extra,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint of the current state (rank 0 only)."""
+        self._check_finite()
+        if dist.is_main():
+            save_checkpoint(path, self.state_dict())
+
+    def load(self, path: Path) -> None:
+        """Restore the training state saved by :meth:`save`."""
+        state = load_checkpoint(path)
+        if state.get("stage", "") != self.stage:
+            raise ZskError(f"{path} is a checkpoint of stage {state.get('stage')!r}, not {self.stage!r}")
+        load_model_state(self.model, state["model"], self.exclude_prefixes, source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = dict(state.get("best") or {})
+        self.last_metrics = dict(state.get("metrics") or {})
+        self.extra.update({k: v for k, v in (state.get("extra") or {}).items() if k not in self.extra})
+        set_rng_state(state["rng"])
+
+    def _log_jsonl(self, record: dict) -> None:
+        if dist.is_main():
+            with open(self.ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------- loop pieces
+    def _check_finite(self) -> None:
+        if bool(self._bad.item()):
+            terms = ", ".join(self._bad_terms) or "loss"
+            raise ZskFailure(f"training diverged: non-finite {terms} by step {self.step}"
+                             f"{' of stage ' + self.stage if self.stage else ''}; lower train.lr, enable "
+                             f"train.clip_grad_norm or check the data (last good checkpoint: {self.last_path})")
+
+    def _accumulate(self, out: dict[str, torch.Tensor]) -> None:
+        for k, v in out.items():
+            if not isinstance(v, torch.Tensor) or v.numel() != 1:
+                continue
+            v = v.detach().float().reshape(())
+            finite = torch.isfinite(v)
+            if self.device.type == "cpu" and not bool(finite):
+                self._bad_terms.append(k)
+            self._bad |= ~finite
+            self._sums[k] = self._sums.get(k, torch.zeros((), device=self.device)) + v
+        self._count += 1
+
+    def _flush_log(self, t0: float, samples: int) -> None:
+        self._check_finite()
+        if self._count == 0:
+            return
+        record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": self.epoch,
+                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.stage:
+            record["stage"] = self.stage
+        for k, v in self._sums.items():
+            record[k] = float(v.item()) / self._count
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        record["steps_per_s"] = self._count / self.cfg.grad_accum / elapsed
+        self._log_jsonl(record)
+        terms = " ".join(f"{k}={record[k]:.4g}" for k in self._sums)
+        log(f"{self.stage + ' ' if self.stage else ''}step {self.step}/{self.stop_at} {terms} lr={record['lr']:.3g}")
+        self._sums, self._count = {}, 0
+        return
+
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` on the plain model, log the metrics, keep ``best``."""
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in self.eval_fn(self.model).items()}
+        self.model.train()
+        self.last_metrics = metrics
+        record = {"kind": "eval", "step": self.step, "epoch": self.epoch, **metrics}
+        if self.stage:
+            record["stage"] = self.stage
+        self._log_jsonl(record)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        key = self.cfg.best_metric or next(iter(scalars), None)
+        if key is not None:
+            if key not in scalars:
+                raise ZskError(f"train.best_metric {key!r} is not among the evaluation metrics: {', '.join(scalars)}")
+            value = scalars[key]
+            better = (not self.best or (value > self.best["value"] if self.cfg.best_mode == "max" else value < self.best["value"]))
+            if better:
+                self.best = {"metric": key, "value": value, "step": self.step}
+                self.save(self.best_path)
+        log("eval " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        return metrics
+
+    # ----------------------------------------------------------------- main loop
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.steps``/``train.epochs`` (or ``train.max_steps``) and return the final metrics."""
+        if self.ctx.resume and self.last_path.is_file():
+            self.load(self.last_path)
+            log(f"resumed {self.last_path} at step {self.step}")
+            if self.step >= self.stop_at:
+                return self.last_metrics
+        self.model.train()
+        accum = self.cfg.grad_accum
+        micro = 0
+        t0, samples = time.perf_counter(), 0
+        empty_epochs = 0
+        with _SignalWatch() as sig, StepBar(self.stop_at, self.stage or "train", start=self.step) as bar:
+            while self.step < self.stop_at:
+                produced = False
+                for batch in self.loader_fn(self.epoch, self.batch_in_epoch):
+                    produced = True
+                    batch = move_to(batch, self.device)
+                    sync = micro + 1 == accum
+                    no_sync = self.ddp_model.no_sync if (not sync and self.ddp_model is not self.model) else contextlib.nullcontext
+                    with no_sync():
+                        with autocast(self.device, self.amp_dtype):
+                            out = self.step_fn(self.ddp_model, batch, self.step)
+                        if "loss" not in out:
+                            raise ZskFailure("the step function returned no 'loss'")
+                        loss = out["loss"].float() / accum
+                        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                    self._accumulate(out)
+                    micro += 1
+                    self.batch_in_epoch += 1
+                    if micro < accum:
+                        continue
+                    micro = 0
+                    if self.cfg.clip_grad_norm:
+                        if self.scaler is not None:
+                            self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.step += 1
+                    if self.device.type == "cpu":
+                        self._check_finite()
+                    bar.update(self.step)
+                    done = self.step >= self.stop_at
+                    if self.step % max(1, self.cfg.log_every) == 0 or done:
+                        self._flush_log(t0, samples)
+                        t0 = time.perf_counter()
+                    if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not done:
+                        self.evaluate()
+                        self.save(self.last_path)
+                    elif self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                        self.save(self.last_path)
+                    if sig.received is not None:
+                        self._flush_log(t0, samples)
+                        self.save(self.last_path)
+                        dist.barrier()
+                        raise Interrupted(sig.exit_code, f"stopped by signal {sig.received} at step {self.step}; "
+                                          f"continue with --resume --out {self.ctx.run_dir}")
+                    if done:
+                        break
+                else:
+                    # the epoch's batches are exhausted
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    empty_epochs = 0 if produced else empty_epochs + 1
+                    if empty_epochs > 1:
+                        raise ZskError("the training loader yields no batches: check the training split and train.batch_size")
+                    if not self.cfg.eval_every and self.cfg.epochs is not None and self.step < self.stop_at:
+                        self.evaluate()
+                        self.save(self.last_path)
+                    continue
+                break
+        metrics = self.evaluate()
+        self.save(self.last_path)
+        if self.eval_fn is None or not self.best_path.exists():
+            # no evaluation: the final weights are the best we have
+            if dist.is_main():
+                save_checkpoint(self.best_path, self.state_dict())
+        if dist.is_main():
+            summary = {"step": self.step, "best": self.best, **{k: v for k, v in metrics.items()}}
+            if self.stage:
+                summary["stage"] = self.stage
+            name = f"eval-{self.stage}.json" if self.stage else "eval.json"
+            (self.ctx.run_dir / name).write_text(json.dumps(summary, indent=2, default=float))
+        dist.barrier()
+        return metrics
+
+
+def export_checkpoint(ctx: RunContext, model: nn.Module, path: Path, extra: dict | None = None,
+                      metrics: dict | None = None, exclude_prefixes: tuple[str, ...] = ()) -> None:
+    """Write an inference checkpoint (weights + recipe + extra) outside a Trainer, e.g. after the last
+    stage of a multi-stage method (rank 0 only)."""
+    if dist.is_main():
+        save_checkpoint(path, {"task": ctx.task, "stage": "", "recipe": {k: v for k, v in ctx.recipe.items() if k != "_source"},
+                               "model": model_state(model, exclude_prefixes), "extra": dict(extra or {}),
+                               "metrics": dict(metrics or {}), "step": 0})

@@ -1,0 +1,299 @@
+"""3-D volume readers and writers: preprocessed HDF5 (LA / Pancreas layout), NIfTI via nibabel, list files
+and CSV pair lists.
+
+Every reader validates what it opens (3-D, finite voxels, image/label shapes equal, keys present) and
+raises :class:`~zsk.core.errors.ZskError` naming the file and the fix, so the command line exits 2.
+NIfTI volumes keep their affine, header and voxel spacing so predictions can be written back in the
+input's world coordinates.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsk.core.errors import ZskError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+@dataclass
+class Volume:
+    """One 3-D image with its optional label and the geometry needed to write results back."""
+
+    image: np.ndarray  # float32, (X, Y, Z)
+    label: np.ndarray | None  # uint8 / int64, same shape, or None for unlabelled cases
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm per voxel along each axis
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))  # voxel -> world (NIfTI convention)
+    header: Any = None  # nibabel header of a NIfTI source, None for HDF5
+    path: Path | None = None
+    name: str = ""
+    fmt: str = "h5"  # "h5" | "nifti"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape)  # type: ignore[return-value]
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` files."""
+    name = str(path).lower()
+    return any(name.endswith(s) for s in NIFTI_SUFFIXES)
+
+
+def is_h5(path: str | Path) -> bool:
+    """True for ``.h5`` / ``.hdf5`` files."""
+    name = str(path).lower()
+    return any(name.endswith(s) for s in H5_SUFFIXES)
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file name without ``.nii.gz`` / ``.nii`` / ``.h5`` (a case name)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES[::-1] + H5_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def check_image(image: np.ndarray, path: Path | str, what: str = "image") -> np.ndarray:
+    """Validate a 3-D image (a trailing singleton 4th axis is dropped) with finite voxels; float32 out."""
+    arr = np.asarray(image)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ZskError(f"{path}: {what} has shape {tuple(arr.shape)}, expected a 3-D volume (X, Y, Z); "
+                       "2-D slices and multi-channel volumes are not supported")
+    if min(arr.shape) < 1:
+        raise ZskError(f"{path}: {what} is empty (shape {tuple(arr.shape)})")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise ZskError(f"{path}: {what} has non-numeric dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ZskError(f"{path}: {what} contains {bad} NaN/inf voxels; fix or re-export the volume")
+    return arr
+
+
+def check_label(label: np.ndarray, image_shape: tuple[int, ...], path: Path | str) -> np.ndarray:
+    """Validate a label volume: same shape as the image, finite non-negative integer values; int64 out."""
+    arr = np.asarray(label)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.shape != tuple(image_shape):
+        raise ZskError(f"{path}: label shape {tuple(arr.shape)} does not match image shape {tuple(image_shape)}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ZskError(f"{path}: label contains NaN/inf voxels")
+        rounded = np.rint(arr)
+        if np.abs(arr - rounded).max(initial=0.0) > 1e-3:
+            raise ZskError(f"{path}: label has non-integer values; expected class indices (0 = background)")
+        arr = rounded
+    elif arr.dtype != np.bool_ and arr.dtype.kind not in "iu":
+        raise ZskError(f"{path}: label has dtype {arr.dtype}, expected integer class indices")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ZskError(f"{path}: label has negative values; expected class indices (0 = background)")
+    return arr
+
+
+def read_h5_volume(path: str | Path, image_key: str = "image", label_key: str = "label",
+                   require_label: bool = False, name: str | None = None) -> Volume:
+    """Read a preprocessed HDF5 case (``image`` float, ``label`` uint8; LA ``mri_norm2.h5`` layout).
+
+    An optional ``spacing`` attribute (on the file or the image dataset) gives millimetres per voxel.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"volume not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            keys = list(f.keys())
+            if image_key not in f:
+                raise ZskError(f"{path}: no dataset {image_key!r} (found: {', '.join(keys) or 'none'}); "
+                               f"preprocessed volumes need {image_key!r} and {label_key!r}")
+            image = f[image_key][()]
+            label = f[label_key][()] if label_key in f else None
+            spacing_attr = f.attrs.get("spacing", f[image_key].attrs.get("spacing"))
+    except ZskError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise ZskError(f"{path}: cannot read HDF5 file ({e}); is it a valid .h5 file?") from None
+    if require_label and label is None:
+        raise ZskError(f"{path}: no dataset {label_key!r} (found: {', '.join(keys)}); labelled cases need one")
+    image = check_image(image, path)
+    if label is not None:
+        label = check_label(label, image.shape, path)
+    spacing = (1.0, 1.0, 1.0)
+    if spacing_attr is not None:
+        sp = np.asarray(spacing_attr, dtype=np.float64).ravel()
+        if sp.size != 3 or not np.all(sp > 0):
+            raise ZskError(f"{path}: attribute 'spacing' must be 3 positive numbers, got {sp.tolist()}")
+        spacing = tuple(float(s) for s in sp)
+    return Volume(image=image, label=label, spacing=spacing, affine=np.diag([*spacing, 1.0]), header=None,
+                  path=path, name=name or _case_name(path), fmt="h5")
+
+
+def _case_name(path: Path) -> str:
+    # LA layout keeps every case in its own folder with a fixed file name (<ID>/mri_norm2.h5).
+    if path.name == "mri_norm2.h5":
+        return path.parent.name
+    return volume_stem(path)
+
+
+def _load_nifti(path: Path) -> Any:
+    import nibabel as nib
+
+    if not path.is_file():
+        raise ZskError(f"volume not found: {path}")
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt/unknown files
+        raise ZskError(f"{path}: cannot read NIfTI file ({e}); expected .nii or .nii.gz") from None
+
+
+def read_nifti_volume(image_path: str | Path, label_path: str | Path | None = None,
+                      name: str | None = None) -> Volume:
+    """Read a NIfTI image (and label) with nibabel, keeping affine, header and voxel spacing."""
+    image_path = Path(image_path)
+    img = _load_nifti(image_path)
+    try:
+        data = img.get_fdata(dtype=np.float32)
+    except Exception as e:
+        raise ZskError(f"{image_path}: cannot read voxel data ({e})") from None
+    image = check_image(data, image_path)
+    label = None
+    if label_path is not None:
+        label_path = Path(label_path)
+        lab = _load_nifti(label_path)
+        try:
+            raw = np.asanyarray(lab.dataobj)
+        except Exception as e:
+            raise ZskError(f"{label_path}: cannot read voxel data ({e})") from None
+        label = check_label(raw, image.shape, label_path)
+    zooms = img.header.get_zooms()[:3]
+    spacing = tuple(float(z) if z > 0 else 1.0 for z in zooms)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Volume(image=image, label=label, spacing=spacing, affine=affine, header=img.header.copy(),
+                  path=image_path, name=name or volume_stem(image_path), fmt="nifti")
+
+
+def read_volume(path: str | Path, label_path: str | Path | None = None, **h5_keys: Any) -> Volume:
+    """Read a volume by file type: NIfTI (optionally with a separate label file) or HDF5."""
+    if is_nifti(path):
+        return read_nifti_volume(path, label_path)
+    if is_h5(path):
+        return read_h5_volume(path, **h5_keys)
+    raise ZskError(f"{path}: unknown volume format; expected .nii, .nii.gz or .h5")
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """Read a split file with one case ID per line (``train.list``); blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"list file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not names:
+        raise ZskError(f"{path}: list file is empty; it needs one case ID per line")
+    return names
+
+
+def read_pairs_csv(path: str | Path) -> list[tuple[str, Path, Path | None]]:
+    """Read a CSV with columns ``image`` and optionally ``label`` (and ``name``); relative paths are taken
+    from the CSV's folder. An empty label cell marks an unlabelled case."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"CSV list not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "image" not in reader.fieldnames:
+            raise ZskError(f"{path}: CSV needs a header with an 'image' column (and 'label', optional 'name')")
+        rows = list(reader)
+    if not rows:
+        raise ZskError(f"{path}: CSV list has no rows")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        img = (row.get("image") or "").strip()
+        if not img:
+            raise ZskError(f"{path}: line {i} has an empty 'image' cell")
+        lbl = (row.get("label") or "").strip()
+        img_p = _relative_to(path.parent, img)
+        lbl_p = _relative_to(path.parent, lbl) if lbl else None
+        name = (row.get("name") or "").strip() or volume_stem(img_p)
+        out.append((name, img_p, lbl_p))
+    return out
+
+
+def _relative_to(base: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else base / q
+
+
+def find_nifti_pairs(folder: str | Path, images_dir: str = "images", labels_dir: str = "labels"
+                     ) -> list[tuple[str, Path, Path | None]]:
+    """Pair ``folder/images/<case>.nii.gz`` with ``folder/labels/<case>.nii.gz`` (label may be absent)."""
+    folder = Path(folder)
+    img_dir = folder / images_dir
+    if not img_dir.is_dir():
+        raise ZskError(f"{folder}: no '{images_dir}/' folder of NIfTI images")
+    images = sorted(p for p in img_dir.iterdir() if is_nifti(p))
+    if not images:
+        raise ZskError(f"{img_dir}: no .nii/.nii.gz files")
+    out = []
+    for p in images:
+        name = volume_stem(p)
+        lbl = None
+        for suffix in NIFTI_SUFFIXES:
+            cand = folder / labels_dir / f"{name}{suffix}"
+            if cand.is_file():
+                lbl = cand
+                break
+        out.append((name, p, lbl))
+    return out
+
+
+def write_h5_volume(path: str | Path, image: np.ndarray, label: np.ndarray | None = None,
+                    spacing: tuple[float, float, float] | None = None, image_key: str = "image",
+                    label_key: str = "label", compression: str | None = "gzip") -> None:
+    """Write an HDF5 case in the LA layout (float32 ``image``, uint8 ``label``), written atomically."""
+    import os
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset(image_key, data=np.asarray(image, dtype=np.float32), compression=compression)
+        if label is not None:
+            f.create_dataset(label_key, data=np.asarray(label, dtype=np.uint8), compression=compression)
+        if spacing is not None:
+            f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+    os.replace(tmp, path)
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, header: Any = None,
+                dtype: Any = None) -> None:
+    """Write a NIfTI file with the given affine and header (a prediction keeps its input's geometry)."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(arr, affine if affine is not None else np.eye(4), header=hdr)
+    img.set_data_dtype(arr.dtype)
+    if hdr is not None:
+        # scaling from the source image must not be applied to integer masks
+        img.header.set_slope_inter(1.0, 0.0)
+    nib.save(img, str(path))

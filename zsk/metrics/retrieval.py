@@ -1,0 +1,142 @@
+"""Cross-modal retrieval metrics: R@K, median and mean rank, rsum, COCO 1K folds.
+
+Protocol of the VSE family (VSE++, SCAN, VSE infinity, LSEH):
+
+- images and captions are scored by a similarity matrix ``S[i, j]`` (image i, caption j);
+- caption ``j`` belongs to image ``j // captions_per_image`` (5 for Flickr30K / COCO, 1 for IAPR TC-12);
+- **i2t** (caption retrieval): an image's rank is the best (lowest) 0-based rank among its ground-truth
+  captions; **t2i** (image retrieval): a caption's rank is the 0-based rank of its one image;
+- ``R@K`` = percentage of queries with rank < K, ``medr`` = floor(median rank) + 1,
+  ``meanr`` = mean rank + 1, ``rsum`` = the six R@{1,5,10} summed.
+
+Ranks are computed as the number of gallery items scored strictly higher than the best ground truth,
+which equals the position in a descending sort when there are no ties, and never needs the sort. The
+similarity matrix is built chunk by chunk so a 5K x 25K evaluation stays within bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+KS: tuple[int, ...] = (1, 5, 10)
+
+
+def _check(num_images: int, num_captions: int, captions_per_image: int) -> None:
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
+    if num_captions != num_images * captions_per_image:
+        raise ValueError(
+            f"{num_captions} captions for {num_images} images: expected {captions_per_image} captions per image "
+            f"({num_images * captions_per_image} captions)"
+        )
+
+
+def i2t_ranks(sims: Tensor, captions_per_image: int = 5) -> Tensor:
+    """0-based rank of the best ground-truth caption for each image (rows of ``sims``: images)."""
+    n_img, n_cap = sims.shape
+    _check(n_img, n_cap, captions_per_image)
+    gt = sims.view(n_img, n_img, captions_per_image).diagonal(dim1=0, dim2=1)  # (cpi, n_img)
+    best_gt = gt.amax(dim=0)
+    return (sims > best_gt[:, None]).sum(dim=1)
+
+
+def t2i_ranks(sims: Tensor, captions_per_image: int = 5) -> Tensor:
+    """0-based rank of the one ground-truth image for each caption (columns of ``sims``: captions)."""
+    n_img, n_cap = sims.shape
+    _check(n_img, n_cap, captions_per_image)
+    img_of_cap = torch.arange(n_cap, device=sims.device) // captions_per_image
+    gt = sims[img_of_cap, torch.arange(n_cap, device=sims.device)]
+    return (sims > gt[None, :]).sum(dim=0)
+
+
+def rank_metrics(ranks: Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """``r1, r5, r10`` (percent), ``medr`` = floor(median)+1 and ``meanr`` = mean+1 from 0-based ranks."""
+    r = ranks.double().cpu()
+    out = {f"r{k}": 100.0 * float((r < k).double().mean()) for k in ks}
+    # numpy-style median (average of the two middle values for an even count), then floored
+    out["medr"] = float(math.floor(float(r.quantile(0.5))) + 1)
+    out["meanr"] = float(r.mean()) + 1.0
+    return out
+
+
+def rsum(metrics: dict, ks: tuple[int, ...] = KS) -> float:
+    """Sum of R@K over both directions: the model-selection criterion of the VSE family."""
+    return float(sum(metrics["i2t"][f"r{k}"] + metrics["t2i"][f"r{k}"] for k in ks))
+
+
+def retrieval_metrics(sims: Tensor, captions_per_image: int = 5) -> dict:
+    """``{"i2t": {...}, "t2i": {...}, "rsum": x}`` for a full image x caption similarity matrix."""
+    out = {
+        "i2t": rank_metrics(i2t_ranks(sims, captions_per_image)),
+        "t2i": rank_metrics(t2i_ranks(sims, captions_per_image)),
+    }
+    out["rsum"] = rsum(out)
+    return out
+
+
+def chunked_ranks(
+    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """(i2t ranks, t2i ranks) for dot-product similarity without materialising the full matrix.
+
+    Peak memory is ``chunk x max(n_img, n_cap)`` scores instead of ``n_img x n_cap``.
+    """
+    n_img, n_cap = img_emb.shape[0], cap_emb.shape[0]
+    _check(n_img, n_cap, captions_per_image)
+    dev = img_emb.device
+    cap_img = torch.arange(n_cap, device=dev) // captions_per_image
+    # score of each (image, its own caption) pair, then the best per image
+    pos = (img_emb[cap_img] * cap_emb).sum(dim=1)  # (n_cap,)
+    best_gt = pos.view(n_img, captions_per_image).amax(dim=1)
+    r_i2t = torch.empty(n_img, dtype=torch.long, device=dev)
+    for s in range(0, n_img, chunk):
+        block = img_emb[s : s + chunk] @ cap_emb.T  # (c, n_cap)
+        r_i2t[s : s + chunk] = (block > best_gt[s : s + chunk, None]).sum(dim=1)
+    r_t2i = torch.empty(n_cap, dtype=torch.long, device=dev)
+    for s in range(0, n_cap, chunk):
+        block = cap_emb[s : s + chunk] @ img_emb.T  # (c, n_img)
+        r_t2i[s : s + chunk] = (block > pos[s : s + chunk, None]).sum(dim=1)
+    return r_i2t, r_t2i
+
+
+def evaluate_embeddings(
+    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, chunk: int = 1024
+) -> dict:
+    """Retrieval metrics from L2-normalised embeddings (cosine similarity), chunked."""
+    r_i2t, r_t2i = chunked_ranks(img_emb, cap_emb, captions_per_image, chunk)
+    out = {"i2t": rank_metrics(r_i2t), "t2i": rank_metrics(r_t2i)}
+    out["rsum"] = rsum(out)
+    return out
+
+
+def average_metrics(results: list[dict]) -> dict:
+    """Average each metric over folds (the COCO 1K protocol averages R@K, medr and meanr)."""
+    out: dict = {}
+    for direction in ("i2t", "t2i"):
+        keys = results[0][direction].keys()
+        out[direction] = {k: sum(r[direction][k] for r in results) / len(results) for k in keys}
+    out["rsum"] = sum(r["rsum"] for r in results) / len(results)
+    return out
+
+
+def coco_1k(
+    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, folds: int = 5, chunk: int = 1024
+) -> dict:
+    """COCO 1K: split the 5K test set into ``folds`` consecutive folds of images (and their captions),
+    evaluate each and average every metric (VSE++ ``fold5``); ``folds`` holds the per-fold results."""
+    n_img = img_emb.shape[0]
+    _check(n_img, cap_emb.shape[0], captions_per_image)
+    if n_img % folds:
+        raise ValueError(f"{n_img} images do not split into {folds} equal folds")
+    size = n_img // folds
+    per_fold = []
+    for f in range(folds):
+        im = img_emb[f * size : (f + 1) * size]
+        cap = cap_emb[f * size * captions_per_image : (f + 1) * size * captions_per_image]
+        per_fold.append(evaluate_embeddings(im, cap, captions_per_image, chunk))
+    out = average_metrics(per_fold)
+    out["folds"] = per_fold
+    return out

@@ -1,0 +1,51 @@
+"""Hugging Face models and tokenizers by hub id or local directory, with a clear offline error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from zsk.core.errors import ZskError
+
+
+def _load(loader: Any, name_or_path: str, what: str, option: str, **kwargs: Any) -> Any:
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        try:
+            return loader.from_pretrained(str(local), **kwargs)
+        except (OSError, ValueError) as e:
+            raise ZskError(f"cannot load {what} from {local}: {str(e).splitlines()[0]}") from None
+    try:
+        return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        reason = "offline mode is on"
+    else:
+        try:
+            return loader.from_pretrained(name_or_path, **kwargs)
+        except (OSError, ValueError) as e:
+            reason = str(e).splitlines()[0]
+    raise ZskError(f"{what} {name_or_path!r} is not in the local Hugging Face cache and could not be downloaded "
+                   f"({reason}); save it with `save_pretrained` on a machine with network and pass the directory "
+                   f"with --set {option}=/path/to/{name_or_path.split('/')[-1]}")
+
+
+def load_hf_model(name_or_path: str, option: str = "model.encoder", loader: Any = None, **kwargs: Any) -> Any:
+    """``AutoModel`` (or ``loader``) from a local directory, the HF cache, or the hub."""
+    if loader is None:
+        from transformers import AutoModel as loader  # noqa: N813
+    return _load(loader, name_or_path, "model", option, **kwargs)
+
+
+def load_hf_tokenizer(name_or_path: str, option: str = "model.encoder", **kwargs: Any) -> Any:
+    """``AutoTokenizer`` from a local directory, the HF cache, or the hub."""
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, name_or_path, "tokenizer", option, **kwargs)
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder."""
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")

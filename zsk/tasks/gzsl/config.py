@@ -1,0 +1,96 @@
+"""Recipe sections of the gzsl task (DGP, Kampffmeyer et al. CVPR 2019; SGCN and GCNZ baselines)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zsk.core.recipe import RuntimeConfig
+from zsk.core.trainer import TrainConfig as CoreTrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the DGP `materials/` files live; relative paths are resolved under ``root``."""
+
+    root: str = "materials"
+    split: str = "imagenet-split.json"  # {"train": seen wnids (fc row order), "test": unseen wnids}
+    testsets: str = "imagenet-testsets.json"  # {"2-hops": [...], "3-hops": [...], "all": [...], ...}
+    graph: str = "imagenet-induced-graph.json"  # {"wnids", "vectors", "edges": [[child, parent]]}
+    dense_graph: str | None = None  # imagenet-dense-grouped-graph.json; None: computed from `graph`
+    fc_weights: str | None = "fc-weights.json"  # [[wnid, w_1..w_F, b]]; None: read the CNN's fc layer
+    names: str | None = "words.txt"  # ImageNet words.txt (wnid<TAB>names); missing: WordNet lemmas or wnids
+    images: str = "datasets/imagenet"  # ImageFolder tree of <wnid>/ folders (ImageNet fall 2011)
+    awa2_split: str = "awa2-split.json"  # {"train", "test", "train_names", "test_names"}
+    awa2_images: str = "datasets/awa2/JPEGImages"  # <name>/ folders, names as in awa2-split.json
+    resize: int = 256  # evaluation: Resize 256 -> CenterCrop 224 (spec "Protocol")
+    crop: int = 224
+
+
+@dataclass
+class ModelConfig:
+    """The graph network and the CNN whose last layer it regresses."""
+
+    name: Literal["dgp", "sgcn", "gcnz"] = "dgp"
+    hidden: list[int] = field(default_factory=lambda: [2048])  # DGP/SGCN: one hidden layer of 2048
+    dropout: float = 0.5
+    negative_slope: float = 0.2  # LeakyReLU slope
+    max_distance: int = 4  # DGP: hop distances >= max_distance share one group (5 groups: 0,1,2,3,>=4)
+    attention: bool = True  # DGP: softmax-weighted distance groups; false = plain mean over groups (ablation)
+    normalize_output: bool = True  # L2-normalise predicted classifier rows
+    target_bias: bool = True  # regress [fc weight | fc bias] (2049-d); GCNZ regresses the weights only
+    word_vectors: str | None = None  # GloVe text file: recompute node vectors from lemma names
+    nltk_data: str | None = None  # extra folder holding corpora/wordnet, for lemma names
+    cnn: str = "resnet50"  # torchvision backbone: targets (fc) and image features (pooled)
+    cnn_weights: str | None = None  # local weights file; None: the torchvision cache
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage two (spec "Stage 2"): fine-tune the CNN backbone under the fixed predicted seen classifiers."""
+
+    enabled: bool = False
+    classifiers: str | None = None  # a snapshot `epoch-N.pred`; None: the classifiers stage one just predicted
+    epochs: int = 20  # the run the maintainers describe (issue #15); the reference loop is unbounded
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_steps: int | None = None
+    log_every: int = 10
+
+
+@dataclass
+class TrainConfig(CoreTrainConfig):
+    """DGP stage one: full-graph Adam (spec "Loss and training")."""
+
+    batch_size: int = 1  # the whole graph is one batch
+    lr: float = 1e-3
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    weight_decay: float = 5e-4
+    epochs: int | None = 3000
+    checkpoint_every: int = 300  # write snapshots/epoch-N.pred every N epochs (0: only the last)
+    loss: Literal["l2", "mse"] = "l2"  # l2: sum of squares / (2M) (DGP, SGCN); mse: mean over entries (GCNZ)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class EvalConfig:
+    """ImageNet hit@k (spec "Evaluation")."""
+
+    testset: str = "2-hops"  # a key of data.testsets, or "awa2"
+    generalized: bool = False  # GZSL "+1K": the seen classes join the candidates
+    keep_ratio: float = 1.0  # fraction of each class's images (reference code: 0.1, random per class)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
+    features: str | None = None  # precomputed image features (.npy, N x F); None: run the CNN on data.images
+    labels: str | None = None  # one wnid per line for the rows of `features`
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

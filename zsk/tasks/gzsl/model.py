@@ -1,0 +1,161 @@
+"""Graph networks that predict visual classifiers from word embeddings.
+
+* :class:`DGP`: Dense Graph Propagation (Kampffmeyer et al., CVPR 2019, Section 3.2-3.3): a descendant
+  phase then an ancestor phase over the dense graph, each mixing hop-distance groups with
+  softmax attention weights (Eq. 4-5).
+* :class:`GCN`: the plain GCN of GCNZ (Wang et al., CVPR 2018; 6 layers) and DGP's SGCN baseline (2 layers)
+  on one symmetric, self-looped, row-normalised adjacency.
+
+The graph operators are sparse tensors passed to ``forward``; they are rebuilt from the graph files,
+never stored in the state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def row_normalized_operator(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> Tensor:
+    """Sparse D^-1 A with A[rows, cols] = 1 (duplicates collapse to 1); empty rows stay zero."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    if rows.size:
+        flat = np.unique(rows * num_nodes + cols)
+        rows, cols = flat // num_nodes, flat % num_nodes
+    deg = np.bincount(rows, minlength=num_nodes).astype(np.float32)
+    values = 1.0 / deg[rows] if rows.size else np.zeros(0, dtype=np.float32)
+    idx = torch.from_numpy(np.stack([rows, cols])) if rows.size else torch.zeros(2, 0, dtype=torch.long)
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(values, dtype=torch.float32), (num_nodes, num_nodes)).coalesce()
+
+
+@dataclass
+class DenseGraph:
+    """DGP's operators: ``descendants[k]`` = D^-1 A_k^T (average of the k-hop descendants),
+    ``ancestors[k]`` = D^-1 A_k (average of the k-hop ancestors), k = 0..K-1."""
+
+    descendants: list[Tensor]
+    ancestors: list[Tensor]
+
+    @classmethod
+    def from_groups(cls, groups: Sequence[np.ndarray], num_nodes: int) -> DenseGraph:
+        """Build both operator families from ``(u, ancestor)`` pairs grouped by hop distance."""
+        desc, anc = [], []
+        for g in groups:
+            g = np.asarray(g, dtype=np.int64).reshape(-1, 2)
+            anc.append(row_normalized_operator(g[:, 0], g[:, 1], num_nodes))
+            desc.append(row_normalized_operator(g[:, 1], g[:, 0], num_nodes))
+        return cls(descendants=desc, ancestors=anc)
+
+    def to(self, device: torch.device | str) -> DenseGraph:
+        return DenseGraph([a.to(device) for a in self.descendants], [a.to(device) for a in self.ancestors])
+
+
+def symmetric_adjacency(edges: np.ndarray, num_nodes: int) -> Tensor:
+    """GCN adjacency: undirected edges plus self-loops, row-normalised (SGCN and GCNZ)."""
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    loops = np.arange(num_nodes, dtype=np.int64)
+    rows = np.concatenate([e[:, 0], e[:, 1], loops])
+    cols = np.concatenate([e[:, 1], e[:, 0], loops])
+    return row_normalized_operator(rows, cols, num_nodes)
+
+
+def _spmm(op: Tensor, x: Tensor) -> Tensor:
+    """Sparse x dense in float32 (sparse kernels have no reduced-precision autocast path)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.sparse.mm(op, x.float())
+
+
+class DGPLayer(nn.Module):
+    """One DGP phase (Eq. 4 or 5): sum_k alpha_k * D_k^-1 A_k (dropout(H) W + b), alpha = softmax(w)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_groups: int, dropout: float = 0.5,
+                 negative_slope: float | None = 0.2, attention: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        # distance weights w, initialised to ones (uniform alpha); frozen when attention is off
+        self.distance_weights = nn.Parameter(torch.ones(num_groups), requires_grad=attention)
+        self.negative_slope = negative_slope
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def alpha(self) -> Tensor:
+        """The attention over hop-distance groups."""
+        return torch.softmax(self.distance_weights, dim=0)
+
+    def forward(self, h: Tensor, operators: Sequence[Tensor]) -> Tensor:
+        support = self.linear(self.dropout(h)).float()
+        alpha = self.alpha()
+        out = sum(alpha[k] * _spmm(op, support) for k, op in enumerate(operators))
+        if self.negative_slope is not None:
+            out = F.leaky_relu(out, self.negative_slope)
+        return out
+
+
+class DGP(nn.Module):
+    """Dense Graph Propagation: hidden = LeakyReLU(descendant phase(X)), W_hat = ancestor phase(hidden)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 2048, num_groups: int = 5, dropout: float = 0.5,
+                 negative_slope: float = 0.2, attention: bool = True, normalize_output: bool = True) -> None:
+        super().__init__()
+        self.descendant_phase = DGPLayer(in_dim, hidden, num_groups, dropout, negative_slope, attention)
+        self.ancestor_phase = DGPLayer(hidden, out_dim, num_groups, dropout, None, attention)
+        self.normalize_output = normalize_output
+
+    def forward(self, x: Tensor, graph: DenseGraph) -> Tensor:
+        h = self.descendant_phase(x, graph.descendants)
+        w = self.ancestor_phase(h, graph.ancestors)
+        return F.normalize(w, dim=1) if self.normalize_output else w
+
+
+class GraphConvolution(nn.Module):
+    """GCN layer: A (dropout(H) W + b), optionally followed by LeakyReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.5, negative_slope: float | None = 0.2) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.negative_slope = negative_slope
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: Tensor, adjacency: Tensor) -> Tensor:
+        out = _spmm(adjacency, self.linear(self.dropout(h)))
+        return F.leaky_relu(out, self.negative_slope) if self.negative_slope is not None else out
+
+
+class GCN(nn.Module):
+    """Stacked graph convolutions: SGCN (hidden [2048]) and GCNZ (hidden [2048, 2048, 1024, 1024, 512])."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (2048,), dropout: float = 0.5,
+                 negative_slope: float = 0.2, normalize_output: bool = True) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(
+            GraphConvolution(a, b, dropout, negative_slope if i < len(dims) - 2 else None)
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)))
+        self.normalize_output = normalize_output
+
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, adjacency)
+        return F.normalize(x, dim=1) if self.normalize_output else x
+
+
+class FixedClassifierCNN(nn.Module):
+    """Stage two: a CNN backbone (pooled features) under a fixed linear classifier [W | b] (DGP Section 3.4)."""
+
+    def __init__(self, backbone: nn.Module, classifiers: Tensor) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("classifier_weight", classifiers[:, :-1].clone().float(), persistent=False)
+        self.register_buffer("classifier_bias", classifiers[:, -1].clone().float(), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.linear(self.backbone(images), self.classifier_weight, self.classifier_bias)

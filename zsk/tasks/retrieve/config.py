@@ -1,0 +1,112 @@
+"""Recipe schema of the retrieve task (LSEH on VSE++ / VSE infinity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zsk.core.errors import ZskError
+from zsk.core.recipe import RuntimeConfig
+from zsk.core.trainer import TrainConfig as CoreTrainConfig
+from zsk.tasks.retrieve.losses import LossConfig, LsehConfig
+
+__all__ = ["Config", "DataConfig", "EvalConfig", "LossConfig", "LsehConfig", "ModelConfig", "TrainConfig"]
+
+
+@dataclass
+class DataConfig:
+    """Where the captions and images come from.
+
+    ``format``: ``precomp`` ({split}_caps.txt + {split}_ims.npy), ``karpathy`` (split JSON + image
+    folder, raw-image training) or ``iapr`` (IAPR TC-12 annotations + split lists, raw images).
+    """
+
+    root: str = "data/f30k_precomp"
+    name: str = ""  # f30k | coco | iapr: also finds root/{name}_precomp and root/{name}/precomp
+    format: Literal["precomp", "karpathy", "iapr"] = "precomp"
+    captions_per_image: int = 5  # 5 for Flickr30K / COCO, 1 for IAPR TC-12
+    train_split: str = "train"
+    val_split: str = "dev"
+    test_split: str = "test"
+    karpathy_json: str = ""  # format karpathy: dataset_{coco,flickr30k}.json
+    image_root: str = ""  # format karpathy: folder the JSON's filepath/filename are relative to
+    use_restval: bool = False  # format karpathy: add COCO restval images to train (VSE++ --use_restval)
+    split_files: dict[str, str] = field(default_factory=dict)  # format iapr: split name -> list of image ids
+    vocab_threshold: int = 4  # words seen fewer times in the training captions map to <unk> (VSE++ vocab.py)
+    lsa_file: str | None = None  # a train_svd.txt to use instead of computing the LSA (spec Step 1.5)
+    lsa_rank: int = 400  # spec Step 1.4
+    lsa_iter: int = 100
+    lsa_seed: int = 122
+    region_drop: float = 0.0  # VSE infinity: drop each region with this probability in training (0.2)
+    token_aug: float = 0.0  # VSE infinity: mask/replace/delete each word with this probability (0.2)
+    max_words: int = 0  # truncate captions to this many tokens (0 = no limit)
+
+
+@dataclass
+class ModelConfig:
+    """The base network. ``base``: ``vsepp`` (linear image encoder + GRU) or ``vseinf`` (GPO + BiGRU/BERT)."""
+
+    base: Literal["vsepp", "vseinf"] = "vsepp"
+    image_encoder: Literal["precomp", "cnn"] = "precomp"  # cnn = raw-image training with a CNN backbone
+    image_pool: Literal["flatten", "mean", "gpo"] | None = None  # None: vsepp flatten, vseinf gpo
+    text_encoder: Literal["gru", "bigru", "bert"] | None = None  # None: vsepp gru, vseinf bigru
+    img_dim: int = 2048  # precomputed feature width (BUTD 2048)
+    num_regions: int = 36  # regions per image (BUTD 36)
+    embed_size: int = 1024  # joint space
+    word_dim: int = 300
+    text_layers: int = 1
+    gpo_dim: int = 32  # GPO positional code and GRU width
+    bert: str = "bert-base-uncased"  # Hugging Face id or local directory (text_encoder bert)
+    bert_lr_mult: float = 0.1  # VSE infinity trains BERT at lr x 0.1
+    backbone: str = "resnet152"  # image_encoder cnn: torchvision model name
+    pretrained: str | None = "imagenet"  # image_encoder cnn: imagenet (local torchvision cache), a file, or null
+    finetune: bool = False  # image_encoder cnn: train the backbone too
+    image_size: int = 224  # image_encoder cnn: crop size
+
+    def resolved(self) -> tuple[str, str]:
+        """(image_pool, text_encoder) after base defaults; bad combinations are a ZskError."""
+        pool = self.image_pool or ("flatten" if self.base == "vsepp" else "gpo")
+        text = self.text_encoder or ("gru" if self.base == "vsepp" else "bigru")
+        if self.base == "vsepp":
+            if pool not in ("flatten", "mean"):
+                raise ZskError(f"model.image_pool: {pool!r} with base vsepp; choose flatten or mean (gpo is vseinf's)")
+            if text != "gru":
+                raise ZskError(f"model.text_encoder: {text!r} with base vsepp; VSE++ uses gru (bigru/bert are vseinf's)")
+        else:
+            if pool != "gpo":
+                raise ZskError(f"model.image_pool: {pool!r} with base vseinf; VSE infinity pools with gpo")
+            if text not in ("bigru", "bert"):
+                raise ZskError(f"model.text_encoder: {text!r} with base vseinf; choose bigru or bert")
+            if self.image_encoder == "cnn":
+                raise ZskError("model.image_encoder: cnn is the VSE++ raw-image encoder; use base vsepp with it")
+        return pool, text
+
+
+@dataclass
+class TrainConfig(CoreTrainConfig):
+    """Optimisation (core keys) plus the ranking loss and the VSE step decay."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    lr_update: int = 0  # epochs: multiply lr by train.gamma every lr_update epochs (VSE++ --lr_update); 0 = off
+    best_metric: str | None = "rsum"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: batch size, chunk of the similarity matrix, validation subset, COCO protocol."""
+
+    batch_size: int = 128
+    chunk: int = 1024  # rows of the similarity matrix computed at once (bounded memory)
+    split: str = ""  # split of `zsk retrieve eval` (default data.test_split)
+    protocol: Literal["standard", "coco1k", "coco5k"] = "standard"
+    val_max_images: int = 0  # >0: validate on the first N images only (VSE++ loader truncates dev to 1,000 captions)
+    folds: int = 5  # COCO 1K: number of folds
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -1,0 +1,161 @@
+"""Triplet ranking losses of the VSE family and LSEH's semantically enhanced hard negatives.
+
+``scores[i, j]`` is the similarity of image ``i`` and caption ``j`` of a batch of matched pairs
+(the diagonal holds the positives). All losses are summed over the batch, as in VSE++ / LSEH.
+
+- **L_SH** (VSE0): sum of hinges over all negatives, fixed margin alpha.
+- **L_MH** (VSE++): hinge of the hardest negative per query, fixed margin alpha = 0.2.
+- **L_LSEH**: hardest negative with a per-pair margin ``M[i, j] = alpha' + lambda * S_hat[i, j]``,
+  alpha' = 0.185, lambda = 0.025, where ``S_hat`` compares the LSA vectors of the batch captions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def semantic_scores(lsa: Tensor, normalize: Literal["row_max", "cosine"] = "row_max") -> Tensor:
+    """``S_hat`` from the batch captions' LSA vectors ``(B, r)``.
+
+    ``row_max`` (official code): ``C = V V^T``, each row divided by its maximum (0 -> 1), then
+    transposed, so ``S_hat[i, j] = <v_j, v_i> / max_k <v_j, v_k>``. ``cosine``: the cosine of the vectors.
+    """
+    lsa = lsa.float()
+    if normalize == "cosine":
+        v = F.normalize(lsa, dim=1)
+        return v @ v.T
+    if normalize != "row_max":
+        raise ValueError(f"unknown normalize {normalize!r}; choose row_max or cosine")
+    c = lsa @ lsa.T
+    row_max = c.amax(dim=1, keepdim=True)
+    row_max = torch.where(row_max == 0, torch.ones_like(row_max), row_max)
+    return (c / row_max).T
+
+
+def same_image_mask(img_ids: Tensor) -> Tensor:
+    """``mask[i, j]`` true when batch items i and j show the same picture (diagonal included)."""
+    return img_ids[:, None] == img_ids[None, :]
+
+
+def semantic_margin(
+    lsa: Tensor,
+    img_ids: Tensor,
+    alpha: float = 0.185,
+    lam: float = 0.025,
+    normalize: Literal["row_max", "cosine"] = "row_max",
+) -> Tensor:
+    """LSEH margin matrix ``M = alpha' + lambda * S_hat``, zero on the diagonal and on pairs of the same
+    picture (other captions of the positive image), built by broadcasting (no loop over the batch)."""
+    margin = alpha + lam * semantic_scores(lsa, normalize)
+    return margin.masked_fill(same_image_mask(img_ids), 0.0)
+
+
+def hinge_costs(scores: Tensor, margin: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Hinge costs of every negative: ``cost_c[i, j] = (m_ij + s(i, d_j) - s(i, d_i))_+`` (caption
+    negatives of image i) and ``cost_i[i, j] = (m_ij + s(i, d_j) - s(j, d_j))_+`` (image negatives of
+    caption j), with the positive pairs (diagonal) set to zero."""
+    pos = scores.diagonal()
+    cost_c = (margin + scores - pos[:, None]).clamp(min=0)
+    cost_i = (margin + scores - pos[None, :]).clamp(min=0)
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    return cost_c.masked_fill(eye, 0.0), cost_i.masked_fill(eye, 0.0)
+
+
+def reduce_costs(cost_c: Tensor, cost_i: Tensor, hardest: bool) -> Tensor:
+    """Sum over the batch of the hardest negative's cost per query (L_MH) or of all costs (L_SH)."""
+    if hardest:
+        return cost_c.amax(dim=1).sum() + cost_i.amax(dim=0).sum()
+    return cost_c.sum() + cost_i.sum()
+
+
+def lmh_loss(scores: Tensor, margin: float = 0.2) -> Tensor:
+    """L_MH, VSE++ max of hinges (hardest negative per query), margin alpha = 0.2 (spec "Baseline")."""
+    return reduce_costs(*hinge_costs(scores, margin), hardest=True)
+
+
+def lsh_loss(scores: Tensor, margin: float = 0.2) -> Tensor:
+    """L_SH, sum of hinges over all negatives (VSE0)."""
+    return reduce_costs(*hinge_costs(scores, margin), hardest=False)
+
+
+def lseh_loss(
+    scores: Tensor,
+    lsa: Tensor,
+    img_ids: Tensor,
+    alpha: float = 0.185,
+    lam: float = 0.025,
+    normalize: Literal["row_max", "cosine"] = "row_max",
+    same_image: Literal["zero_margin", "exclude"] = "zero_margin",
+    hardest: bool = True,
+) -> Tensor:
+    """L_LSEH: hinge with the semantic margin ``M`` (spec "Step 2").
+
+    ``same_image="zero_margin"`` (official code) keeps the other captions of the positive picture as
+    negatives with margin 0; ``"exclude"`` removes them from the max.
+    """
+    margin = semantic_margin(lsa, img_ids, alpha, lam, normalize)
+    cost_c, cost_i = hinge_costs(scores, margin)
+    if same_image == "exclude":
+        same = same_image_mask(img_ids)
+        cost_c, cost_i = cost_c.masked_fill(same, 0.0), cost_i.masked_fill(same, 0.0)
+    elif same_image != "zero_margin":
+        raise ValueError(f"unknown same_image {same_image!r}; choose zero_margin or exclude")
+    return reduce_costs(cost_c, cost_i, hardest=hardest)
+
+
+@dataclass
+class LsehConfig:
+    """Semantic margin of LSEH: ``M = alpha + lam * S_hat`` (official code: 0.185, 0.025; spec Step 2)."""
+
+    alpha: float = 0.185
+    lam: float = 0.025
+    normalize: Literal["row_max", "cosine"] = "row_max"
+    same_image: Literal["zero_margin", "exclude"] = "zero_margin"
+
+
+@dataclass
+class LossConfig:
+    """Which ranking loss trains the network.
+
+    ``kind``: ``lmh`` (VSE++ max of hinges), ``lsh`` (sum of hinges), ``lseh`` (semantic hard negatives).
+    ``margin`` is the fixed margin of lmh/lsh (0.2). ``warmup_sum_epochs``: during the first N epochs
+    lmh and lseh sum over all negatives instead of taking the hardest (VSE infinity trains its first
+    epoch so; 0 = hardest from the start).
+    """
+
+    kind: Literal["lmh", "lsh", "lseh"] = "lseh"
+    margin: float = 0.2
+    warmup_sum_epochs: int = 0
+    lseh: LsehConfig = field(default_factory=LsehConfig)
+
+
+class RankingLoss(nn.Module):
+    """The configured ranking loss over a batch of (image, caption) embeddings."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def needs_lsa(self) -> bool:
+        return self.cfg.kind == "lseh"
+
+    def forward(
+        self, img_emb: Tensor, cap_emb: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0
+    ) -> Tensor:
+        """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows."""
+        scores = img_emb.float() @ cap_emb.float().T
+        hardest = epoch >= self.cfg.warmup_sum_epochs
+        if self.cfg.kind == "lsh":
+            return lsh_loss(scores, self.cfg.margin)
+        if self.cfg.kind == "lmh":
+            return reduce_costs(*hinge_costs(scores, self.cfg.margin), hardest=hardest)
+        if lsa is None:
+            raise ValueError("the LSEH loss needs the batch captions' LSA vectors")
+        c = self.cfg.lseh
+        return lseh_loss(scores, lsa, img_ids, c.alpha, c.lam, c.normalize, c.same_image, hardest=hardest)
