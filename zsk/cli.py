@@ -174,7 +174,10 @@ def doctor(json_out: JsonOpt = False) -> None:
     cache = Cache()
     weights = []
     for what, kind, ident in KNOWN_WEIGHTS:
-        found, where = _weights_status(kind, ident)
+        try:
+            found, where = _weights_status(kind, ident)
+        except Exception as exc:  # noqa: BLE001 - doctor reports a broken install instead of dying of it
+            found, where = False, f"cannot check: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         weights.append({"what": what, "id": ident, "found": found, "where": where})
     try:
         import nltk

@@ -44,11 +44,13 @@ def file_fingerprint(path: str | Path) -> dict:
 
 
 def _to_storable(value: Any) -> Any:
-    """numpy arrays become tensors (tagged) so ``weights_only`` loading accepts them."""
+    """numpy arrays and scalars become tensors (tagged) so ``weights_only`` loading accepts them."""
     import numpy as np
 
     if isinstance(value, np.ndarray):
         return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, (np.number, np.bool_)):  # numpy scalars (e.g. np.mean's result) pickle as objects
+        return {"__npscalar__": torch.from_numpy(np.asarray(value))}
     if isinstance(value, dict):
         return {k: _to_storable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -62,6 +64,8 @@ def _from_storable(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__ndarray__"}:
             return value["__ndarray__"].numpy()
+        if set(value) == {"__npscalar__"}:
+            return value["__npscalar__"].numpy()[()]
         return {k: _from_storable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_storable(v) for v in value]

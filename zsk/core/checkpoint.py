@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,16 +45,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ZskError(f"checkpoint {path} carries pickled Python objects and is refused "
-                       f"(zsk checkpoints hold only tensors and primitives): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ZskError(f"checkpoint {path} is damaged or not a torch file: {str(e).splitlines()[0]}") from None
+        if "Weights only load failed" in str(e):
+            raise ZskError(f"checkpoint {path} carries pickled Python objects ({_refused_detail(str(e))}) and is "
+                           f"refused: zsk checkpoints hold only tensors and primitives") from None
+        raise ZskError(f"checkpoint {path} is damaged or not a torch file: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt file can fail anywhere inside the unpickler
+        raise ZskError(f"checkpoint {path} is damaged or not a torch file: {_first_line(e)}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise ZskError(f"{path} is not a zsk checkpoint (no format_version)")
     if state["format_version"] > FORMAT_VERSION:
         raise ZskError(f"checkpoint {path} has format {state['format_version']}; this zsk reads up to "
                        f"{FORMAT_VERSION}: upgrade zsk")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's first line without terminal escapes (``EOFError`` when it has no message)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refused_detail(message: str) -> str:
+    """What torch's weights-only unpickler refused, e.g. ``a mymodule.Vocab object``."""
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if m:
+        return f"a {m.group(1)} object"
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
+    return re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)).strip() if m else "not tensors or primitives"
 
 
 def _excluded(key: str, prefixes: Iterable[str]) -> bool:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 T = TypeVar("T")
@@ -25,7 +32,9 @@ class Settings:
 
 
 settings = Settings()
-console = Console(stderr=True, highlight=False)
+# soft_wrap: an `error:` or log line stays one line however long (rich would wrap at 80 columns
+# when stderr is not a terminal, splitting messages in job logs and pipes).
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout_console = Console(highlight=False)
 
 

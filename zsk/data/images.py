@@ -89,7 +89,7 @@ def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     try:
         with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError as e:
         raise ZskError(f"image {p} does not exist") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -103,7 +103,7 @@ def read_label(path: str | Path) -> np.ndarray:
         with Image.open(p) as im:
             if im.mode not in ("P", "L", "I", "I;16", "1"):
                 raise ZskError(f"label {p} has image mode {im.mode}; expected a single-channel or palette PNG of class ids")
-            arr = np.asarray(im)
+            arr = np.array(im)
     except FileNotFoundError as e:
         raise ZskError(f"label {p} does not exist") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:

@@ -87,18 +87,20 @@ def chunked_ranks(
     n_img, n_cap = img_emb.shape[0], cap_emb.shape[0]
     _check(n_img, n_cap, captions_per_image)
     dev = img_emb.device
-    cap_img = torch.arange(n_cap, device=dev) // captions_per_image
-    # score of each (image, its own caption) pair, then the best per image
-    pos = (img_emb[cap_img] * cap_emb).sum(dim=1)  # (n_cap,)
-    best_gt = pos.view(n_img, captions_per_image).amax(dim=1)
+    offsets = torch.arange(captions_per_image, device=dev)
     r_i2t = torch.empty(n_img, dtype=torch.long, device=dev)
     for s in range(0, n_img, chunk):
         block = img_emb[s : s + chunk] @ cap_emb.T  # (c, n_cap)
-        r_i2t[s : s + chunk] = (block > best_gt[s : s + chunk, None]).sum(dim=1)
+        rows = torch.arange(s, s + block.shape[0], device=dev)
+        # ground-truth scores read from the same block, so they compare exactly with the others
+        best_gt = block.gather(1, rows[:, None] * captions_per_image + offsets[None, :]).amax(dim=1)
+        r_i2t[s : s + chunk] = (block > best_gt[:, None]).sum(dim=1)
     r_t2i = torch.empty(n_cap, dtype=torch.long, device=dev)
     for s in range(0, n_cap, chunk):
         block = cap_emb[s : s + chunk] @ img_emb.T  # (c, n_img)
-        r_t2i[s : s + chunk] = (block > pos[s : s + chunk, None]).sum(dim=1)
+        own = torch.arange(s, s + block.shape[0], device=dev) // captions_per_image
+        gt = block.gather(1, own[:, None])
+        r_t2i[s : s + chunk] = (block > gt).sum(dim=1)
     return r_i2t, r_t2i
 
 

@@ -52,13 +52,13 @@ TINY_CONFIGS: dict[str, dict] = {
     "tiny-vit-p8": {
         "embed_dim": 64,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0},
+        "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
     "tiny-vit-p16": {
         "embed_dim": 64,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "heads": 2, "patch_size": 16, "mlp_ratio": 2.0},
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16, "mlp_ratio": 2.0},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
 }

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from zsk.tasks.fakenews.config import PreprocessConfig
+from zsk.tasks.fakenews.stopwords import ENGLISH_STOP_WORDS
 
 URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S+", re.IGNORECASE)
 # Anything that is not a unicode letter/digit or whitespace (underscore counts as a symbol here);
@@ -17,12 +17,9 @@ LOOSE_HYPHEN_RE = re.compile(r"(?<![^\W_])-|-(?![^\W_])")
 SPACES_RE = re.compile(r"\s+")
 
 
-@lru_cache(maxsize=1)
 def english_stopwords() -> frozenset[str]:
-    """English stop-words (scikit-learn's list; nltk's corpus needs a download)."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS)
+    """English stop-words (the Glasgow IR list that scikit-learn ships)."""
+    return ENGLISH_STOP_WORDS
 
 
 def clean_text(text: str, cfg: PreprocessConfig) -> str:

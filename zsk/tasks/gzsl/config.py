@@ -42,7 +42,7 @@ class ModelConfig:
     word_vectors: str | None = None  # GloVe text file: recompute node vectors from lemma names
     nltk_data: str | None = None  # extra folder holding corpora/wordnet, for lemma names
     cnn: str = "resnet50"  # torchvision backbone: targets (fc) and image features (pooled)
-    cnn_weights: str | None = None  # local weights file; None: the torchvision cache
+    pretrained: str | None = "imagenet"  # CNN weights: "imagenet" (torchvision cache), a local file, or null (random)
 
 
 @dataclass

@@ -31,7 +31,8 @@ def row_normalized_operator(rows: np.ndarray, cols: np.ndarray, num_nodes: int) 
     deg = np.bincount(rows, minlength=num_nodes).astype(np.float32)
     values = 1.0 / deg[rows] if rows.size else np.zeros(0, dtype=np.float32)
     idx = torch.from_numpy(np.stack([rows, cols])) if rows.size else torch.zeros(2, 0, dtype=torch.long)
-    return torch.sparse_coo_tensor(idx, torch.as_tensor(values, dtype=torch.float32), (num_nodes, num_nodes)).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(values, dtype=torch.float32), (num_nodes, num_nodes),
+                                   check_invariants=False).coalesce()
 
 
 @dataclass

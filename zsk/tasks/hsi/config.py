@@ -64,6 +64,7 @@ class ModelConfig:
     refine: bool = True
     refine_reduced_dim: int = 64  # node features reduced by a 1x1 conv before refinement (0: Q only)
     refine_widths: list[int] = field(default_factory=lambda: [64, 128])
+    refine_residual: bool = True  # logits = log Q + network output (false: the plain encoder-decoder)
 
 
 @dataclass

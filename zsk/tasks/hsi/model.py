@@ -251,9 +251,11 @@ class DeconvRefinement(nn.Module):
         feature_dim: int,
         reduced_dim: int = 64,
         widths: Sequence[int] = (64, 128),
+        residual: bool = True,
     ) -> None:
         super().__init__()
         c1, c2 = widths
+        self.residual = residual
         self.reduce = nn.Conv2d(feature_dim, reduced_dim, 1) if reduced_dim > 0 else None
         c_in = num_classes + (reduced_dim if reduced_dim > 0 else 0)
         self.enc1 = nn.Sequential(*_conv_bn_relu(c_in, c1), *_conv_bn_relu(c1, c1))
@@ -267,7 +269,9 @@ class DeconvRefinement(nn.Module):
     def forward(self, q: Tensor, features: Tensor) -> Tensor:
         """(N, K, H, W) marginals and (N, D, H, W) node features -> (N, K, H, W) logits.
 
-        The scene is padded (replicate) to a multiple of 4 and the output cropped back.
+        The scene is padded (replicate) to a multiple of 4 and the output cropped back. With `residual`
+        the logits are log Q plus the network's output, so refinement starts from the CRF's map and learns a
+        correction (a reconstruction choice; `model.refine_residual: false` gives the plain encoder-decoder).
         """
         h, w = q.shape[-2:]
         x = q if self.reduce is None else torch.cat([q, self.reduce(features)], dim=1)
@@ -280,12 +284,36 @@ class DeconvRefinement(nn.Module):
         p2, i2 = self.pool(e2)
         d2 = self.dec2(self.unpool(p2, i2, output_size=e2.shape[-2:]))
         d1 = self.dec1(self.unpool(d2, i1, output_size=e1.shape[-2:]))
-        return self.classifier(d1)[..., :h, :w]
+        logits = self.classifier(d1)[..., :h, :w]
+        return logits + torch.log(q.clamp(min=1e-6)) if self.residual else logits
 
 
 # ----------------------------------------------------------------------------------------------
 # The whole model
 # ----------------------------------------------------------------------------------------------
+
+
+class CRFPotentials(nn.Module):
+    """Node features with the unary head and (for the CRF) the pairwise head: the part trained piecewise."""
+
+    def __init__(self, features: SpectralGroupFeatures, num_classes: int, pairwise_hidden: int | None) -> None:
+        super().__init__()
+        self.features = features
+        self.unary = UnaryHead(features.feature_dim, num_classes)
+        self.pairwise = PairwiseHead(features.feature_dim, num_classes, pairwise_hidden) if pairwise_hidden else None
+
+    def forward(
+        self, patches: Tensor, nodes: Tensor | None = None, pair_p: Tensor | None = None, pair_q: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Patches of the unique pixels of a batch -> (U of `nodes` (N, K), V of the pairs (pair_p, pair_q) (M, K, K)).
+
+        `nodes`, `pair_p`, `pair_q` index rows of `patches`; `nodes=None` means every patch is a node.
+        """
+        f = self.features(patches)
+        unary = self.unary(f if nodes is None else f[nodes])
+        if self.pairwise is None or pair_p is None or pair_q is None:
+            return unary, None
+        return unary, self.pairwise(f[pair_p], f[pair_q])
 
 
 class HSINet(nn.Module):
@@ -307,25 +335,25 @@ class HSINet(nn.Module):
         refine: bool = True,
         refine_reduced_dim: int = 64,
         refine_widths: Sequence[int] = (64, 128),
+        refine_residual: bool = True,
     ) -> None:
         super().__init__()
         if name not in ("cnn", "crf"):
             raise ValueError(f"unknown model name {name!r}; choose cnn or crf")
         self.name = name
         self.num_classes = num_classes
-        self.features = SpectralGroupFeatures(
+        features = SpectralGroupFeatures(
             num_bands, patch, band_groups, branch_channels, branch_spectral_kernels, feature_dim, dropout, branch_padding
         )
-        self.unary = UnaryHead(feature_dim, num_classes)
-        self.pairwise = PairwiseHead(feature_dim, num_classes, pairwise_hidden) if name == "crf" else None
+        self.potentials = CRFPotentials(features, num_classes, pairwise_hidden if name == "crf" else None)
         self.refine = (
-            DeconvRefinement(num_classes, feature_dim, refine_reduced_dim, refine_widths) if refine else None
+            DeconvRefinement(num_classes, feature_dim, refine_reduced_dim, refine_widths, refine_residual) if refine else None
         )
 
     @property
     def patch(self) -> int:
-        return self.features.patch
+        return self.potentials.features.patch
 
     def forward(self, patches: Tensor) -> Tensor:
         """(N, B, w, w) patches -> (N, K) unary energies (what the plain CNN classifies with softmax(-U))."""
-        return self.unary(self.features(patches))
+        return self.potentials(patches)[0]

@@ -33,6 +33,7 @@ class DataConfig:
     labeled_num: int = 16  # the first N cases of the train list are labelled, the rest unlabelled
     patch_size: tuple[int, int, int] = (112, 112, 80)
     rot_flip: bool = True  # random in-plane rot90 + flip on axis 0 or 1 before the crop
+    preload: bool = False  # keep decoded training cases in memory (small sets; each worker holds a copy)
     exclude_duplicates: bool = False  # drop the cases named in ``duplicates`` from both splits
     duplicates: list[str] = field(default_factory=list)
 

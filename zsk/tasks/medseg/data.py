@@ -16,6 +16,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from zsk.core.errors import ZskError
+from zsk.core.progress import warn
 from zsk.data.volumes import (
     Volume,
     find_nifti_pairs,
@@ -159,7 +160,10 @@ def cases_from(spec: str, cfg: DataConfig) -> list[CaseRef]:
     if cfg.exclude_duplicates:
         if not cfg.duplicates:
             raise ZskError("data.exclude_duplicates is on but data.duplicates names no cases")
-        refs = [r for r in refs if r.name not in set(cfg.duplicates)]
+        kept = [r for r in refs if r.name not in set(cfg.duplicates)]
+        if len(kept) == len(refs):
+            warn(f"{path}: data.exclude_duplicates is on but none of {cfg.duplicates} is in the list")
+        refs = kept
     return refs
 
 
@@ -198,6 +202,15 @@ class TwoStreamTrainSet(Dataset):
         self.cases = list(cases)
         self.cfg = cfg
         self.labeled_num = cfg.labeled_num
+        self._memory: dict[int, Volume] = {}
+
+    def _volume(self, index: int, labeled: bool) -> Volume:
+        if index in self._memory:
+            return self._memory[index]
+        vol = load_case(self.cases[index], self.cfg, require_label=labeled)
+        if self.cfg.preload:
+            self._memory[index] = vol
+        return vol
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -205,7 +218,7 @@ class TwoStreamTrainSet(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         labeled = index < self.labeled_num
-        vol = load_case(self.cases[index], self.cfg, require_label=labeled)
+        vol = self._volume(index, labeled)
         label = vol.label if (labeled and vol.label is not None) else np.zeros(vol.shape, dtype=np.int64)
         rng = np.random.default_rng(seed)
         image = vol.image

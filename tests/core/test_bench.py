@@ -1,0 +1,77 @@
+"""FLOP and parameter counting, and ``run_bench`` on a toy spec."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from zsk.core.bench import BenchSpec, count_flops, count_params, run_bench
+
+B, IN, OUT = 8, 16, 32
+
+
+def test_count_flops_of_a_linear_layer() -> None:
+    layer = nn.Linear(IN, OUT)
+    x = torch.randn(B, IN)
+    with torch.no_grad():
+        # a [B, IN] x [IN, OUT] matmul: B*OUT dot products of length IN, one multiply and one add each
+        assert count_flops(lambda: layer(x)) == 2 * B * IN * OUT
+
+
+def test_count_flops_of_a_training_step() -> None:
+    layer = nn.Linear(IN, OUT)
+    x = torch.randn(B, IN)  # the input needs no gradient: backward computes only dL/dW = x^T @ dL/dy
+
+    def step() -> None:
+        layer(x).sum().backward()
+
+    assert count_flops(step) == 2 * B * IN * OUT + 2 * B * IN * OUT
+
+
+def test_count_params() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    # (4*8 + 8) + (8*3 + 3) = 40 + 27
+    assert count_params(model) == (67, 67)
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    assert count_params(model) == (67, 27)
+
+
+def test_run_bench_on_a_toy_spec() -> None:
+    model = nn.Linear(IN, OUT)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(B, IN)
+    calls = {"extra": 0}
+
+    def train_step() -> None:
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    def infer_step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def extra() -> dict:
+        calls["extra"] += 1
+        return {"s_per_volume": 0.5}
+
+    spec = BenchSpec(train_step=train_step, infer_step=infer_step, train_samples=B, infer_samples=B * 10,
+                     unit="images", infer_unit="pixels", extra=extra)
+    out = run_bench(spec, steps=3, device=torch.device("cpu"), dtype=None)
+    assert out["device"] == "cpu" and out["dtype"] == "float32" and out["steps"] == 3
+    positive = ["train_step_s", "train_steps_per_s", "train_images_per_s", "infer_call_s", "infer_pixels_per_s",
+                "train_gflops_per_step", "infer_gflops_per_call", "matmul_peak_tflops", "train_tflops",
+                "infer_tflops", "train_mfu", "infer_mfu", "peak_memory_mb"]
+    for key in positive:
+        assert key in out, key
+        assert math.isfinite(out[key]) and out[key] > 0, (key, out[key])
+    assert out["train_images_per_s"] == pytest.approx(B / out["train_step_s"])
+    assert out["infer_pixels_per_s"] == pytest.approx(B * 10 / out["infer_call_s"])
+    assert out["infer_gflops_per_call"] * 1e9 == pytest.approx(2 * B * IN * OUT)
+    assert out["train_mfu"] == pytest.approx(out["train_tflops"] / out["matmul_peak_tflops"])
+    assert out["train_mfu"] < 1.5  # a tiny layer cannot beat a large matmul by much
+    assert out["s_per_volume"] == 0.5 and calls["extra"] == 1

@@ -1,0 +1,171 @@
+"""The command-line contract: exit codes 0/1/2, results on stdout and logs on stderr, ``--json`` output,
+``--version``, ``python -m zsk``, and ``zsk doctor`` / ``zsk recipes`` offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import zsk
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ZSK = [sys.executable, "-m", "zsk"]
+
+
+def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a command offline, with stdout and stderr captured apart."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_app():  # noqa: ANN201 - the Typer app of scripts/cli_app.py
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import cli_app
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return cli_app.app
+
+
+@pytest.fixture()
+def recipes_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A recipes folder with two tasks, a shared base and a description inherited through ``base:``."""
+    root = tmp_path / "recipes"
+    (root / "_base").mkdir(parents=True)
+    (root / "hsi").mkdir()
+    (root / "segment").mkdir()
+    (root / "_base" / "common.yaml").write_text("description: inherited one-liner\nruntime: {seed: 1}\n")
+    (root / "hsi" / "demo.yaml").write_text("description: |\n  tiny HSI demo on sample cubes\n  second line\n")
+    (root / "hsi" / "pavia.yaml").write_text("base: ../_base/common.yaml\ntrain: {lr: 1e-3}\n")
+    (root / "segment" / "voc.yaml").write_text("description: ZegCLIP on VOC (Table 1)\n")
+    monkeypatch.setenv("ZSK_RECIPES", str(root))
+    return root
+
+
+def test_version() -> None:
+    proc = run(ZSK + ["--version"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"zsk {zsk.__version__}"
+
+
+def test_python_m_zsk_help() -> None:
+    proc = run(ZSK + ["--help"])
+    assert proc.returncode == 0, proc.stderr
+    for command in ("recipes", "cache", "doctor", "demo", "bench"):
+        assert command in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_doctor_json_offline(tmp_path: Path) -> None:
+    proc = run(ZSK + ["doctor", "--json"], env={"ZSK_CACHE": str(tmp_path / "c"), "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["zsk"] == zsk.__version__
+    assert report["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert report["cache"] == str(tmp_path / "c")
+    assert any(d.startswith("cpu") for d in report["devices"])
+    assert isinstance(report["tasks"], list) and report["weights"]
+    for w in report["weights"]:
+        assert set(w) >= {"what", "id", "found", "where"}
+    hf = [w for w in report["weights"] if w["id"] == "FacebookAI/roberta-large"]
+    assert hf and hf[0]["found"] is False  # an empty HF_HOME has nothing
+
+
+def test_recipes_json_offline(recipes_root: Path) -> None:
+    proc = run(ZSK + ["recipes", "--json"], env={"ZSK_RECIPES": str(recipes_root)})
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["recipe"] for r in rows] == ["hsi/demo", "hsi/pavia", "segment/voc"]  # _base is not a task
+    by_name = {r["recipe"]: r for r in rows}
+    assert by_name["hsi/demo"]["description"] == "tiny HSI demo on sample cubes"  # the first line only
+    assert by_name["hsi/pavia"]["description"] == "inherited one-liner"
+    assert by_name["segment/voc"]["task"] == "segment"
+    assert Path(by_name["segment/voc"]["path"]) == recipes_root / "segment" / "voc.yaml"
+
+
+def test_recipes_for_one_task_and_table(recipes_root: Path) -> None:
+    from zsk.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["recipes", "hsi", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["recipe"] for x in res.stdout.splitlines()] == ["hsi/demo", "hsi/pavia"]
+    res = runner.invoke(app, ["recipes"])
+    assert res.exit_code == 0 and "segment/voc" in res.stdout and "ZegCLIP on VOC" in res.stdout
+
+
+def test_bad_usage_exits_2_with_one_error_line(recipes_root: Path) -> None:
+    proc = run(ZSK + ["recipes", "no-such-task"], env={"ZSK_RECIPES": str(recipes_root)})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no-such-task" in err[-1] and "hsi" in err[-1]
+    assert "Traceback" not in proc.stderr
+    proc = run(ZSK + ["bench", "--recipe", str(recipes_root / "missing.yaml")])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: recipe not found")
+    assert "Traceback" not in proc.stderr
+    proc = run(ZSK + ["recipes", "--no-such-option"])
+    assert proc.returncode == 2  # click's own usage errors are exit 2 too
+
+
+def test_long_error_is_one_line_without_traceback() -> None:
+    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "bad"], env={"COLUMNS": "80"})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # not wrapped at the terminal width, even though it is > 80 characters
+    assert lines[0].startswith("error: data.root: ") and lines[0].endswith("--set data.root=/path/to/VOC2012")
+
+
+def test_unexpected_failure_exits_1_and_debug_shows_the_traceback() -> None:
+    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "crash"])
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected RuntimeError: boom"), proc.stderr
+    assert "--debug" in lines[0]
+    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "crash", "--debug"])
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "boom in the middle" in proc.stderr
+
+
+def test_results_on_stdout_logs_on_stderr() -> None:
+    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "ok", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == {"metric": "acc", "value": 0.75, "per_class": [0.5, 1.0]}
+    assert "a log line for stderr only" in proc.stderr
+    assert "log line" not in proc.stdout
+
+
+def test_exit_codes_in_process(cli_app, tmp_path: Path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    res = runner.invoke(cli_app, ["ok"])  # a table, not JSON, without --json
+    assert res.exit_code == 0
+    assert "metric" in res.stdout and "0.7500" in res.stdout
+    assert "log line" in res.stderr and "log line" not in res.stdout
+    res = runner.invoke(cli_app, ["ok", "--json", "--quiet"])
+    assert res.exit_code == 0 and res.stderr == ""  # --quiet silences logs, never results
+    assert json.loads(res.stdout)["value"] == 0.75
+    res = runner.invoke(cli_app, ["bad"])
+    assert res.exit_code == 2 and res.stdout == "" and res.stderr.startswith("error: data.root")
+    res = runner.invoke(cli_app, ["fail"])
+    assert res.exit_code == 1 and res.stderr.strip() == "error: training diverged: non-finite loss by step 3"
+    res = runner.invoke(cli_app, ["crash"])
+    assert res.exit_code == 1 and "unexpected RuntimeError" in res.stderr
+    res = runner.invoke(cli_app, ["stop"])
+    assert res.exit_code == 143 and "interrupted" in res.stderr
+    res = runner.invoke(cli_app, ["ckpt", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert res.exit_code == 2 and "checkpoint not found" in res.stderr
+    res = runner.invoke(cli_app, ["recipe", "--recipe", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "recipe not found" in res.stderr

@@ -1,0 +1,126 @@
+"""hsi pipeline pieces: metrics on a hand-worked confusion matrix, tile-wise = per-pixel prediction, training pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zsk.tasks.hsi import pipeline
+from zsk.tasks.hsi.config import Config, DataConfig, EvalConfig, ModelConfig
+from zsk.tasks.hsi.model import HSINet
+
+
+def test_metrics_hand_worked_confusion():
+    # rows true, columns predicted: [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+    pairs = [(0, 0)] * 5 + [(0, 1)] + [(1, 0)] * 2 + [(1, 1)] * 3 + [(1, 2)] + [(2, 2)] * 4
+    true = np.array([t for t, _ in pairs]) + 1
+    pred = torch.tensor([p for _, p in pairs])
+    # unlabelled pixels (0) with any prediction are ignored
+    labels = np.concatenate([true, [0, 0, 0]])[None, :]
+    pred = torch.cat([pred, torch.tensor([2, 0, 1])])[None, :]
+    m = pipeline.classification_metrics(pred, labels, ["a", "b", "c"])
+    assert m["confusion"] == [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+    assert m["pixels"] == 16
+    assert m["OA"] == pytest.approx(12 / 16)
+    assert m["AA"] == pytest.approx((5 / 6 + 3 / 6 + 4 / 4) / 3)
+    p_e = (6 * 7 + 6 * 4 + 4 * 5) / 16**2
+    assert m["kappa"] == pytest.approx((0.75 - p_e) / (1 - p_e))
+    assert m["per_class"] == pytest.approx({"a": 5 / 6, "b": 0.5, "c": 1.0})
+    assert m["per_class_f1"] == pytest.approx({"a": 10 / 13, "b": 6 / 10, "c": 8 / 9})
+
+
+def test_summarize_runs_mean_std():
+    runs = [{"OA": 0.8, "AA": 0.7, "kappa": 0.6, "per_class": {"a": 1.0}},
+            {"OA": 0.9, "AA": 0.9, "kappa": 0.8, "per_class": {"a": None}}]
+    s = pipeline.summarize_runs(runs)
+    assert s["runs"] == 2
+    assert s["OA"]["mean"] == pytest.approx(0.85)
+    assert s["OA"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert s["per_class"]["a"] == {"mean": 1.0, "std": 0.0}
+
+
+def _tiny(padding: str, patch: int, pad: str = "reflect", name: str = "cnn", refine: bool = False) -> tuple[HSINet, Config]:
+    channels = [3, 4, 4] if padding == "valid" else [3, 4]
+    cfg = Config(
+        data=DataConfig(pad=pad),
+        model=ModelConfig(name=name, patch=patch, band_groups=2, branch_channels=channels,
+                          branch_spectral_kernels=[3] * len(channels), branch_padding=padding, feature_dim=6,
+                          pairwise_hidden=5, refine=refine, refine_reduced_dim=2, refine_widths=[4, 4]),
+        eval=EvalConfig(chunk_pixels=7, tile_pixels=20),  # chunks/tiles that do not divide the scene
+    )
+    torch.manual_seed(0)
+    net = pipeline.build_model(cfg, 6, 4)
+    # non-trivial BN statistics so eval-mode normalisation matters
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval(), cfg
+
+
+@pytest.mark.parametrize("padding,patch", [("same", 5), ("valid", 7)])
+def test_tile_wise_prediction_equals_per_pixel_patch_loop(padding, patch):
+    net, cfg = _tiny(padding, patch)
+    cube = torch.rand(6, 9, 11, generator=torch.Generator().manual_seed(1))
+    padded = pipeline.padded_cube(cube, cfg)
+    probs = pipeline.scene_probabilities(net, padded, cfg)["final"]
+    dense = probs.argmax(-1)
+    loop = torch.empty(9, 11, dtype=torch.long)
+    with torch.no_grad():
+        for y in range(9):
+            for x in range(11):
+                unary = net(padded[None, :, y : y + patch, x : x + patch])
+                loop[y, x] = unary.argmin(-1)[0]
+    assert torch.equal(dense, loop)
+    assert len(torch.unique(loop)) > 1  # the check is not vacuous
+
+
+def test_unpadded_grid_leaves_border_unpredicted():
+    net, cfg = _tiny("same", 5, pad="none")
+    cube = torch.rand(6, 9, 11)
+    padded = pipeline.padded_cube(cube, cfg)
+    probs = pipeline.scene_probabilities(net, padded, cfg)["final"]
+    assert probs.shape[:2] == (5, 7)
+    full = pipeline.to_image_grid(probs.argmax(-1), (9, 11), pipeline.grid_offset(cfg))
+    assert (full[:2] == -1).all() and (full[:, -2:] == -1).all() and (full[2:-2, 2:-2] >= 0).all()
+
+
+def test_crf_and_refinement_stages_in_dense_prediction():
+    net, cfg = _tiny("same", 3, name="crf", refine=True)
+    cube = torch.rand(6, 10, 10)
+    out = pipeline.scene_probabilities(net, pipeline.padded_cube(cube, cfg), cfg)
+    assert set(out) == {"cnn", "crf", "refined", "final"}
+    for v in out.values():
+        assert v.shape == (10, 10, 4)
+        torch.testing.assert_close(v.sum(-1), torch.ones(10, 10))
+    assert not torch.allclose(out["cnn"], out["crf"])
+
+
+def test_piecewise_step_pairs_by_hand():
+    train_map = torch.full((4, 5), -1)
+    train_map[1, 1] = 0
+    train_map[1, 2] = 1  # right neighbour of (1, 1)
+    train_map[2, 2] = 2  # diagonal neighbour of (1, 1), below (1, 2)
+    train_map[3, 4] = 1  # isolated
+    step = pipeline.PiecewiseStep(torch.zeros(2, 6, 7), train_map, patch=3, offset=0, radius=1)
+    assert len(step) == 4
+    n_idx, q = step.pairs(step.coords)
+    pairs = {(tuple(step.coords[i].tolist()), tuple(qq.tolist())) for i, qq in zip(n_idx, q)}
+    assert pairs == {((1, 1), (1, 2)), ((1, 1), (2, 2)), ((1, 2), (1, 1)), ((1, 2), (2, 2)),
+                     ((2, 2), (1, 1)), ((2, 2), (1, 2))}
+    assert step.count_pairs() == 6
+
+
+def test_piecewise_step_losses_and_gradients():
+    net, cfg = _tiny("same", 3, name="crf")
+    net.train()
+    train_map = torch.randint(-1, 4, (8, 8))
+    cube = torch.rand(6, 8, 8)
+    step = pipeline.PiecewiseStep(pipeline.padded_cube(cube, cfg), train_map, 3, 0, 1)
+    out = step(net.potentials, torch.arange(len(step)), 0)
+    assert set(out) == {"unary", "pairwise", "loss"}
+    torch.testing.assert_close(out["loss"], out["unary"] + out["pairwise"])
+    out["loss"].backward()
+    assert net.potentials.pairwise.out.weight.grad.abs().sum() > 0
+    assert net.potentials.features.branches[1].layers[0].weight.grad.abs().sum() > 0

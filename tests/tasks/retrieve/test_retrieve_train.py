@@ -1,0 +1,175 @@
+"""Learning tests and the other network variants (VSE infinity BiGRU / BERT, raw images), bench and demo."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zsk.core.run import start_run
+from zsk.tasks.retrieve import pipeline
+from zsk.tasks.retrieve.config import Config
+from zsk.tasks.retrieve.data import (
+    MASK,
+    SPECIALS,
+    Vocabulary,
+    augment_tokens,
+    collate_pairs,
+    load_split,
+    write_sample,
+)
+
+
+def _sample(tmp_path: Path, n_train: int = 160) -> Path:
+    return write_sample(tmp_path / "data", sizes={"train": n_train, "dev": 30, "test": 30})
+
+
+def _train(tmp_path: Path, data: Path, name: str, *sets: str) -> tuple[dict, Path]:
+    ctx = start_run("retrieve", Config, "retrieve/demo", [f"data.root={data}", *sets], out=tmp_path / name)
+    return pipeline.train(ctx), ctx.run_dir
+
+
+def test_vocabulary_and_augmentation() -> None:
+    vocab = Vocabulary.build(["a dog runs", "a dog sits", "a cat"], threshold=2)
+    assert vocab.words == list(SPECIALS) + ["a", "dog"]
+    assert vocab.encode("A dog flies") == [1, 5, 6, 3, 2]  # <start> a dog <unk> <end>
+    rng = random.Random(0)
+    ids = [1, 10, 11, 12, 13, 14, 15, 16, 17, 2]
+    assert augment_tokens(ids, 0.0, 4, 30, rng) == ids
+    out = [augment_tokens(ids, 1.0, 4, 30, rng) for _ in range(200)]
+    assert all(o[0] == 1 and o[-1] == 2 and len(o) >= 3 for o in out)
+    inner = [t for o in out for t in o[1:-1]]
+    assert inner.count(4) / len(inner) > 0.6  # masked words dominate what is left (50% of 60%)
+    assert np.mean([len(o) - 2 for o in out]) == pytest.approx(8 * 0.6, abs=0.5)  # 40% deleted
+    assert MASK in vocab.words
+
+
+def test_collate_pads_dropped_regions() -> None:
+    items = [{"image": torch.ones(3, 2), "tokens": torch.tensor([1, 5, 2]), "index": 0, "img_index": 0},
+             {"image": torch.ones(1, 2), "tokens": torch.tensor([1, 2]), "index": 6, "img_index": 1}]
+    b = collate_pairs(items)
+    assert b["image"].shape == (2, 3, 2) and b["img_lengths"].tolist() == [3, 1]
+    assert b["image"][1, 1:].abs().sum() == 0 and b["tokens"].tolist() == [[1, 5, 2], [1, 2, 0]]
+
+
+def test_demo_learns_well_above_chance(tmp_path) -> None:
+    result = pipeline.run_demo(tmp_path / "demo", "cpu")
+    # the same network untrained, on the same test split
+    cfg, _ = __import__("zsk.core.run", fromlist=["load_config"]).load_config(
+        "retrieve", Config, "retrieve/demo", [f"data.root={tmp_path / 'demo' / 'data'}"])
+    torch.manual_seed(0)
+    train = load_split(cfg.data, "train")
+    tok = pipeline.build_tokenizer(cfg, train.captions)
+    untrained = pipeline.score_split(pipeline.build_model(cfg, len(tok)), load_split(cfg.data, "test"), tok, cfg,
+                                     torch.device("cpu"))
+    # chance rsum with 40 images / 200 captions is about 77
+    assert result["metric"] == "rsum" and result["value"] > 250
+    assert result["value"] > untrained["rsum"] + 100
+
+
+def test_lmh_and_lseh_train_through_the_same_path(tmp_path) -> None:
+    data = _sample(tmp_path)
+    runs = {}
+    for kind in ("lmh", "lseh", "lsh"):
+        res, run_dir = _train(tmp_path, data, kind, f"train.loss.kind={kind}", "train.epochs=2")
+        runs[kind] = res
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["kind"] == "train" and first["loss"] > 0
+    for kind, res in runs.items():
+        assert res["rsum"] > 180, kind  # chance is about 77 on 30 images / 150 captions
+        assert 0 < res["epochs_to_best"] <= 2
+    # the same batches and initialisation, different objectives -> different models
+    assert runs["lmh"]["rsum"] != runs["lseh"]["rsum"] or runs["lmh"]["i2t_meanr"] != runs["lseh"]["i2t_meanr"]
+
+
+def test_vseinf_bigru_gpo_with_augmentation(tmp_path) -> None:
+    data = _sample(tmp_path, 80)
+    res, run_dir = _train(tmp_path, data, "vseinf", "model.base=vseinf", "model.embed_size=32", "model.gpo_dim=8",
+                          "data.region_drop=0.2", "data.token_aug=0.2", "train.loss.warmup_sum_epochs=1",
+                          "train.epochs=2", "train.lr_update=1", "train.log_every=1")
+    assert res["rsum"] > 0
+    lrs = [json.loads(x)["lr"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(x)["kind"] == "train"]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-4)  # x0.1 after lr_update epochs
+    ev = pipeline.evaluate(run_dir / "best.pt", split="dev")
+    assert ev["rsum"] == pytest.approx(res["best_rsum"], abs=1e-6)
+
+
+def _tiny_bert(folder: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "cat", "on", "in", "beach", "park",
+             "man", "woman", "is", "at", "by", "there", "photo", "of", "sitting", "standing", "##s"]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_vseinf_bert_encoder(tmp_path, monkeypatch) -> None:
+    if not _torchvision_ok():
+        # transformers imports torchvision when it is installed; a broken torchvision wheel would make
+        # BertModel unimportable although BERT does not use it, so hide it for this test
+        monkeypatch.setitem(sys.modules, "torchvision", None)
+    data = _sample(tmp_path, 60)
+    bert = _tiny_bert(tmp_path / "bert")
+    res, run_dir = _train(tmp_path, data, "bert", "model.base=vseinf", "model.text_encoder=bert",
+                          f"model.bert={bert}", "model.embed_size=16", "model.gpo_dim=4", "train.epochs=1",
+                          "train.max_steps=3")
+    assert "rsum" in res
+    ev = pipeline.evaluate(run_dir / "best.pt", split="dev")
+    assert ev["rsum"] == pytest.approx(res["best_rsum"], abs=1e-6)  # BERT weights travel in the checkpoint
+    missing = tmp_path / "nowhere"
+    from zsk.core.errors import ZskError
+
+    with pytest.raises(ZskError, match="model.bert"):
+        _train(tmp_path, data, "bert2", "model.base=vseinf", "model.text_encoder=bert", f"model.bert={missing}x",
+               "train.epochs=1")
+
+
+def _torchvision_ok() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is reported as a skip reason
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _torchvision_ok(), reason="torchvision cannot be imported in this environment")
+def test_raw_image_training_from_karpathy_json(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        images.append({"filename": f"{i}.jpg", "split": split, "imgid": i,
+                       "sentences": [{"raw": f"a photo number {i % 3} of a dog", "tokens": []}] * 5})
+    (tmp_path / "ds.json").write_text(json.dumps({"images": images}))
+    res, run_dir = _train(tmp_path, tmp_path, "raw", "data.format=karpathy", "data.karpathy_json=ds.json",
+                          "model.image_encoder=cnn", "model.backbone=resnet18", "model.pretrained=null",
+                          "model.finetune=true", "model.image_size=32", "data.vocab_threshold=1",
+                          "train.batch_size=4", "train.epochs=1", "data.lsa_rank=4")
+    ev = pipeline.evaluate(run_dir / "best.pt", split="test")
+    assert ev["images"] == 2 and ev["captions"] == 10
+
+
+def test_bench_spec(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "BENCH_EVAL_IMAGES", 40)
+    from zsk.core.run import load_config
+
+    cfg, _ = load_config("retrieve", Config, "retrieve/demo", None)
+    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 8)
+    spec.train_step()
+    spec.infer_step()
+    assert spec.unit == "pairs" and spec.train_samples == 8
+    extra = spec.extra()
+    assert extra["eval_images"] == 40 and extra["eval_captions"] == 200 and extra["eval_s"] > 0

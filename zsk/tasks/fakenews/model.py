@@ -1,0 +1,190 @@
+"""Ro-CT-BERT: fine-tuned transformer branches and their fusion (spec: Fusion: Ro-CT-BERT).
+
+`TransformerBranch` is one fine-tuned encoder (RoBERTa or CT-BERT in the paper) with a linear
+classifier on its [CLS] vector. `FakeNewsClassifier` holds one or more branches; with several it
+concatenates their [CLS] features (or, with `fusion: scores`, their logits) into `FusionHead`, the
+MLP classifier of Figure 1 (2048 -> 512, ReLU, dropout -> classes for two 1024-d encoders).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import Tensor, nn
+
+from zsk.core.errors import ZskError
+from zsk.tasks.fakenews import hf_compat  # noqa: F401  (must run before transformers models load)
+from zsk.tasks.fakenews.config import BranchConfig, EncoderConfig
+
+# Architectures of the paper's two pretrained encoders (from their published config.json files), so
+# that `zsk bench` / `info` can build a random-init model of the right size without the weights.
+KNOWN_ARCHITECTURES: dict[str, dict] = {
+    "roberta-large": dict(model_type="roberta", vocab_size=50265, hidden_size=1024, num_hidden_layers=24,
+                          num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514,
+                          type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5),
+    "FacebookAI/roberta-large": dict(model_type="roberta", vocab_size=50265, hidden_size=1024, num_hidden_layers=24,
+                                     num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514,
+                                     type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                     layer_norm_eps=1e-5),
+    "digitalepidemiologylab/covid-twitter-bert-v2": dict(model_type="bert", vocab_size=30522, hidden_size=1024,
+                                                         num_hidden_layers=24, num_attention_heads=16,
+                                                         intermediate_size=4096, max_position_embeddings=512,
+                                                         type_vocab_size=2, pad_token_id=0),
+}
+
+
+def random_encoder_config(enc: EncoderConfig, vocab_size: int, pad_token_id: int):
+    """A transformers config for a randomly initialised BERT / RoBERTa encoder."""
+    from transformers import BertConfig, RobertaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
+                  num_attention_heads=enc.num_heads, intermediate_size=enc.intermediate_size,
+                  max_position_embeddings=enc.max_position_embeddings, hidden_dropout_prob=enc.dropout,
+                  attention_probs_dropout_prob=enc.dropout, pad_token_id=pad_token_id)
+    if enc.hidden_size % enc.num_heads:
+        raise ZskError(f"model encoder: hidden_size {enc.hidden_size} is not divisible by num_heads {enc.num_heads}")
+    if enc.arch == "roberta":
+        return RobertaConfig(type_vocab_size=1, **common)
+    return BertConfig(**common)
+
+
+def encoder_from_config(config) -> nn.Module:
+    """A randomly initialised encoder of the architecture `config` describes."""
+    from transformers import AutoModel
+
+    return AutoModel.from_config(config)
+
+
+def config_from_dict(d: dict):
+    """A transformers config from `config.to_dict()` output (as stored in checkpoints)."""
+    from transformers import AutoConfig
+
+    d = dict(d)
+    model_type = d.pop("model_type", None)
+    if model_type is None:
+        raise ZskError("stored encoder config has no model_type")
+    for k in ("transformers_version", "architectures", "_name_or_path"):
+        d.pop(k, None)
+    return AutoConfig.for_model(model_type, **d)
+
+
+def config_to_json(config) -> str:
+    """An encoder config as a JSON string (checkpoint-safe)."""
+    return json.dumps(config.to_dict(), default=str)
+
+
+def load_pretrained_encoder(source: str, option: str) -> nn.Module:
+    """A pretrained HF encoder from a hub id (local cache) or a local directory."""
+    from zsk.models.hf import load_hf_model
+
+    return load_hf_model(source, option=option)
+
+
+def architecture_config(branch: BranchConfig, name: str):
+    """The encoder config of a branch without loading weights: local config, or a known paper model."""
+    from transformers import AutoConfig
+
+    from zsk.models.hf import load_hf_model
+
+    src = branch.pretrained
+    if src is None:
+        raise ValueError("architecture_config needs a pretrained source")
+    try:
+        return load_hf_model(src, option=f"model.branches.{name}.pretrained", loader=AutoConfig)
+    except ZskError:
+        if src in KNOWN_ARCHITECTURES:
+            return config_from_dict(KNOWN_ARCHITECTURES[src])
+        raise
+
+
+class TransformerBranch(nn.Module):
+    """A fine-tuned encoder with a linear classifier on its [CLS] (or pooler) vector."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "cls") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        if pooling == "cls" and getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused: keeps every parameter in the graph (DDP) and checkpoints small
+        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ZskError("pooling 'pooler' needs an encoder with a pooler layer; use pooling: cls")
+        self.feature_dim = int(encoder.config.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The word-embedding matrix E that FGM perturbs."""
+        return self.encoder.get_input_embeddings()
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The [CLS] (first-token) hidden state, or the pooler output."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        return out.last_hidden_state[:, 0]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Class logits z (B, C)."""
+        return self.classifier(self.dropout(self.features(input_ids, attention_mask)))
+
+
+class FusionHead(nn.Module):
+    """MLP classifier over the concatenated branch outputs: in -> hidden, ReLU, dropout -> classes."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_classes))
+        self.in_features = in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x)
+
+
+class FakeNewsClassifier(nn.Module):
+    """One branch (a fine-tuned model) or several fused by `FusionHead` (Ro-CT-BERT)."""
+
+    def __init__(self, branches: dict[str, TransformerBranch], num_classes: int, fusion: str = "features",
+                 fusion_hidden: int = 512, fusion_dropout: float = 0.1) -> None:
+        super().__init__()
+        if not branches:
+            raise ZskError("model.branches is empty: give at least one branch")
+        self.branches = nn.ModuleDict(branches)
+        self.fusion = fusion
+        self.num_classes = num_classes
+        self.fusion_head: FusionHead | None = None
+        if len(branches) > 1:
+            self.fusion_head = FusionHead(self.fusion_dim(), num_classes, fusion_hidden, fusion_dropout)
+
+    def fusion_dim(self) -> int:
+        """Input size of the fusion MLP: sum of feature sizes, or classes x branches for scores."""
+        if self.fusion == "scores":
+            return self.num_classes * len(self.branches)
+        return sum(b.feature_dim for b in self.branches.values())
+
+    def branch_outputs(self, name: str, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """What branch `name` contributes to the fusion: its [CLS] features or its logits."""
+        branch = self.branches[name]
+        if self.fusion == "scores":
+            return branch(input_ids, attention_mask)
+        return branch.features(input_ids, attention_mask)
+
+    def fusion_inputs(self, inputs: dict[str, dict[str, Tensor]]) -> Tensor:
+        """Concatenate every branch's output in branch order."""
+        return torch.cat([self.branch_outputs(n, **inputs[n]) for n in self.branches], dim=-1)
+
+    def forward(self, inputs: dict[str, dict[str, Tensor]] | None = None, fused: Tensor | None = None) -> Tensor:
+        """Logits from tokenised inputs {branch: {input_ids, attention_mask}}, or from precomputed
+        fusion inputs `fused` (the fusion stage trains the MLP on cached features)."""
+        if self.fusion_head is None:
+            (name,) = self.branches
+            if inputs is None:
+                raise ValueError("a single-branch model needs tokenised inputs")
+            return self.branches[name](**inputs[name])
+        if fused is None:
+            if inputs is None:
+                raise ValueError("pass inputs or fused")
+            fused = self.fusion_inputs(inputs)
+        return self.fusion_head(fused)
