@@ -50,7 +50,7 @@ def recipes_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_version() -> None:
-    proc = run(ZSK + ["--version"])
+    proc = run([str(Path(sys.executable).parent / "zsk"), "--version"])  # the console script
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"zsk {zsk.__version__}"
 
@@ -110,12 +110,23 @@ def test_bad_usage_exits_2_with_one_error_line(recipes_root: Path) -> None:
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("error: ") and "no-such-task" in err[-1] and "hsi" in err[-1]
     assert "Traceback" not in proc.stderr
-    proc = run(ZSK + ["bench", "--recipe", str(recipes_root / "missing.yaml")])
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: recipe not found")
-    assert "Traceback" not in proc.stderr
-    proc = run(ZSK + ["recipes", "--no-such-option"])
-    assert proc.returncode == 2  # click's own usage errors are exit 2 too
+
+
+def test_bad_usage_in_process(recipes_root: Path) -> None:
+    from zsk.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--recipe", str(recipes_root / "missing.yaml")])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1].startswith("error: recipe not found")
+    bad_section = recipes_root / "hsi" / "typo.yaml"
+    bad_section.write_text("trian: {lr: 0.1}\n")
+    res = runner.invoke(app, ["bench", "--recipe", str(bad_section)])
+    assert res.exit_code == 2 and "trian" in res.stderr and "valid sections" in res.stderr
+    res = runner.invoke(app, ["recipes", "--no-such-option"])
+    assert res.exit_code == 2  # click's own usage errors are exit 2 too
+    res = runner.invoke(app, ["demo", "no-such-task"])
+    assert res.exit_code == 2 and "no-such-task" in res.stderr
 
 
 def test_long_error_is_one_line_without_traceback() -> None:
@@ -127,25 +138,12 @@ def test_long_error_is_one_line_without_traceback() -> None:
     assert lines[0].startswith("error: data.root: ") and lines[0].endswith("--set data.root=/path/to/VOC2012")
 
 
-def test_unexpected_failure_exits_1_and_debug_shows_the_traceback() -> None:
+def test_unexpected_failure_exits_1_without_traceback() -> None:
     proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "crash"])
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unexpected RuntimeError: boom"), proc.stderr
-    assert "--debug" in lines[0]
-    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "crash", "--debug"])
-    assert proc.returncode == 1
-    assert "Traceback" in proc.stderr and "boom in the middle" in proc.stderr
-
-
-def test_results_on_stdout_logs_on_stderr() -> None:
-    proc = run([sys.executable, str(SCRIPTS / "cli_app.py"), "ok", "--json"])
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1
-    assert json.loads(lines[0]) == {"metric": "acc", "value": 0.75, "per_class": [0.5, 1.0]}
-    assert "a log line for stderr only" in proc.stderr
-    assert "log line" not in proc.stdout
+    assert "--debug" in lines[0] and proc.stdout == ""
 
 
 def test_exit_codes_in_process(cli_app, tmp_path: Path) -> None:  # noqa: ANN001
@@ -153,6 +151,10 @@ def test_exit_codes_in_process(cli_app, tmp_path: Path) -> None:  # noqa: ANN001
     res = runner.invoke(cli_app, ["ok"])  # a table, not JSON, without --json
     assert res.exit_code == 0
     assert "metric" in res.stdout and "0.7500" in res.stdout
+    assert "log line" in res.stderr and "log line" not in res.stdout
+    res = runner.invoke(cli_app, ["ok", "--json"])
+    assert res.exit_code == 0
+    assert json.loads(res.stdout) == {"metric": "acc", "value": 0.75, "per_class": [0.5, 1.0]}
     assert "log line" in res.stderr and "log line" not in res.stdout
     res = runner.invoke(cli_app, ["ok", "--json", "--quiet"])
     assert res.exit_code == 0 and res.stderr == ""  # --quiet silences logs, never results
@@ -162,7 +164,9 @@ def test_exit_codes_in_process(cli_app, tmp_path: Path) -> None:  # noqa: ANN001
     res = runner.invoke(cli_app, ["fail"])
     assert res.exit_code == 1 and res.stderr.strip() == "error: training diverged: non-finite loss by step 3"
     res = runner.invoke(cli_app, ["crash"])
-    assert res.exit_code == 1 and "unexpected RuntimeError" in res.stderr
+    assert res.exit_code == 1 and "unexpected RuntimeError" in res.stderr and "Traceback" not in res.stderr
+    res = runner.invoke(cli_app, ["crash", "--debug"])
+    assert res.exit_code == 1 and "Traceback" in res.stderr and "boom in the middle" in res.stderr
     res = runner.invoke(cli_app, ["stop"])
     assert res.exit_code == 143 and "interrupted" in res.stderr
     res = runner.invoke(cli_app, ["ckpt", "--checkpoint", str(tmp_path / "missing.pt")])

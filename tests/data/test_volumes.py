@@ -35,7 +35,7 @@ def test_h5_round_trip_la_layout(tmp_path):
     np.testing.assert_array_equal(vol.image, image)
     np.testing.assert_array_equal(vol.label, label)
     assert vol.label.dtype == np.int64
-    assert vol.spacing == (0.625, 0.625, 0.625)
+    assert vol.spacing == (0.625, 0.625, 0.625) and vol.spacing_from_file
     with h5py.File(path) as f:  # the real layout: float32 image, uint8 label
         assert f["image"].dtype == np.float32 and f["label"].dtype == np.uint8
 
@@ -67,6 +67,7 @@ def test_h5_errors_name_the_file(tmp_path):
     p5 = tmp_path / "nolabel.h5"
     write_h5_volume(p5, image)
     assert read_h5_volume(p5).label is None
+    assert read_h5_volume(p5).spacing_from_file is False  # no 'spacing' attribute: (1, 1, 1) assumed
     with pytest.raises(ZskError, match=r"nolabel\.h5.*'label'"):
         read_h5_volume(p5, require_label=True)
     p6 = tmp_path / "junk.h5"

@@ -34,6 +34,7 @@ class Volume:
     path: Path | None = None
     name: str = ""
     fmt: str = "h5"  # "h5" | "nifti"
+    spacing_from_file: bool = True  # False when the file stores no spacing and (1, 1, 1) is assumed
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -138,7 +139,7 @@ def read_h5_volume(path: str | Path, image_key: str = "image", label_key: str = 
             raise ZskError(f"{path}: attribute 'spacing' must be 3 positive numbers, got {sp.tolist()}")
         spacing = tuple(float(s) for s in sp)
     return Volume(image=image, label=label, spacing=spacing, affine=np.diag([*spacing, 1.0]), header=None,
-                  path=path, name=name or _case_name(path), fmt="h5")
+                  path=path, name=name or _case_name(path), fmt="h5", spacing_from_file=spacing_attr is not None)
 
 
 def _case_name(path: Path) -> str:

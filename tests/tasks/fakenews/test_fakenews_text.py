@@ -20,9 +20,9 @@ from zsk.tasks.fakenews.vocab import expand_vocabulary, frequent_multipiece_term
 
 def test_clean_text_steps():
     cfg = PreprocessConfig()
-    text = "The #COVID-19 vaccine is here!!! 😷 see https://t.co/abc123 and www.who.int - via @WHO_india"
+    text = "The #COVID-19 vaccine is here!!! 😷 see https://t.co/abc123 and www.who.int - via @CDC_india"
     # URLs, '#', '!', emoji, '@', '_' and a loose ' - ' go; stop-words (the, is, here, see, and, via) go
-    assert clean_text(text, cfg) == "COVID-19 vaccine WHO india"
+    assert clean_text(text, cfg) == "COVID-19 vaccine CDC india"
     no_hyphen = PreprocessConfig(keep_hyphens=False, strip_stopwords=False)
     assert clean_text("covid-19 is - bad", no_hyphen) == "covid 19 is bad"
     keep_all = PreprocessConfig(strip_urls=False, strip_symbols=False, strip_stopwords=False)
@@ -74,8 +74,9 @@ def test_random_init_of_new_rows(tokenizer_and_encoder):
     assert 0.1 < row.std().item() < 1.5  # drawn from N(0, 0.5), not a mean of small rows
 
 
-def test_frequent_multipiece_terms(tokenizer_and_encoder):
-    tok, _ = tokenizer_and_encoder
+def test_frequent_multipiece_terms():
+    tok = build_wordpiece_tokenizer(["corona corona virus"] * 20, vocab_size=60, lowercase=True)
+    assert tok.tokenize("corona") == ["corona"]  # a whole word of this vocabulary
     texts = ["xylophoneqq xylophoneqq corona", "xylophoneqq zebrafishqq zebrafishqq", "zebrafishqq corona rare1q"]
     picked = frequent_multipiece_terms(tok, texts, n=5, min_count=2)
     # corona is a single piece (in the vocabulary); rare1q appears once (< min_count)

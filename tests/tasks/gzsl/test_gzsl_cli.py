@@ -203,3 +203,31 @@ def test_unknown_testset_and_missing_checkpoint_exit_2(trained, tmp_path: Path) 
     assert "nope.pt" in res.stderr
     res = run("train", "--recipe", "gzsl/demo", "--set", "train.bogus=1", code=2)
     assert "train.bogus" in res.stderr
+
+
+def test_make_graph_without_wordnet_corpus_exits_2(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nltk
+
+    data, _ = trained
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    res = run("make-graph", "--split", str(data / "imagenet-split.json"), "--out", str(tmp_path / "g"), code=2)
+    assert "nltk.downloader wordnet" in res.stderr and "--nltk-data" in res.stderr
+    res = run("make-graph", "--split", str(data / "imagenet-split.json"), "--edges", str(data / "edges.txt"),
+              "--xml-wnids", str(data / "imagenet-xml-wnids.json"), code=2)
+    assert "does not apply to --edges" in res.stderr
+
+
+def test_resume_matches_uninterrupted_run(trained, tmp_path: Path) -> None:
+    data, run_dir = trained
+    common = ["--recipe", "gzsl/demo", "--set", f"data.root={data}", "--set", "train.epochs=20",
+              "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10", "--quiet"]
+    run("train", *common, "--set", "train.max_steps=10", "--out", str(tmp_path / "r"))
+    assert not (tmp_path / "r" / "snapshots" / "epoch-20.pred").exists()
+    run("train", *common, "--out", str(tmp_path / "r"), "--resume")
+    a = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    b = torch.load(run_dir / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 20
+    for k in b["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    snap = torch.load(tmp_path / "r" / "snapshots" / "epoch-20.pred", weights_only=True)["pred"]
+    assert torch.allclose(snap, torch.load(run_dir / "snapshots" / "epoch-20.pred", weights_only=True)["pred"], atol=1e-6)

@@ -11,7 +11,14 @@ import pytest
 from zsk.core.errors import ZskError
 from zsk.core.recipe import load_recipe, parse_config
 from zsk.tasks.gzsl.config import Config
-from zsk.tasks.gzsl.data import list_images, read_features, read_fc_weights, read_split, write_sample
+from zsk.tasks.gzsl.data import (
+    list_images,
+    read_fc_weights,
+    read_features,
+    read_split,
+    read_testsets,
+    write_sample,
+)
 from zsk.tasks.gzsl.pipeline import load_graph_data
 
 
@@ -78,3 +85,43 @@ def test_reader_errors(sample: Path, tmp_path: Path) -> None:
     (tmp_path / "f-labels.txt").write_text("a\nb\n")
     with pytest.raises(ZskError, match="2 labels for 3 feature rows"):
         read_features(tmp_path / "f.npy", tmp_path / "f-labels.txt")
+
+
+def test_gcnz_style_testset_lists(sample: Path, tmp_path: Path) -> None:
+    sets = json.loads((sample / "imagenet-testsets.json").read_text())
+    lists = tmp_path / "list"
+    lists.mkdir()
+    for name in ("2-hops", "all"):
+        (lists / f"{name}.txt").write_text("\n".join(sets[name]) + "\n")
+    assert read_testsets(lists) == {"2-hops": sets["2-hops"], "all": sets["all"]}
+    with pytest.raises(ZskError, match="no <testset>.txt"):
+        read_testsets(tmp_path)
+
+
+def test_image_transforms() -> None:
+    import torch
+    from PIL import Image
+
+    from zsk.tasks.gzsl.data import (
+        center_crop,
+        eval_transform,
+        random_resized_crop,
+        resize_shorter,
+        train_transform,
+    )
+
+    im = Image.new("RGB", (80, 40), (255, 0, 128))
+    assert resize_shorter(im, 20).size == (40, 20)
+    x = eval_transform(20, 16)(im)
+    assert x.shape == (3, 16, 16)
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-4)
+    # center crop keeps the middle: a left-right gradient's centre column survives
+    grad = Image.fromarray(np.tile(np.arange(60, dtype=np.uint8)[None, :, None], (20, 1, 3)))
+    assert np.asarray(center_crop(grad, 20))[0, :, 0].tolist() == list(range(20, 40))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a, b = random_resized_crop(grad, 12, generator=g1), random_resized_crop(grad, 12, generator=g2)
+    assert a.size == (12, 12) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert train_transform(12)(im).shape == (3, 12, 12)
+    with pytest.raises(ZskError, match="data.crop"):
+        eval_transform(16, 20)

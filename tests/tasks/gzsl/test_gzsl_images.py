@@ -80,6 +80,17 @@ def test_finetune_eval_and_predict_on_images(data: Path, tmp_path: Path) -> None
                         "--json").stdout)
     assert gz["candidates"] == 24 and gz["images"] == 36
 
+    # encode the images once, then evaluate the features: the same numbers as on the images
+    res = run("features", "-c", str(out / "last-finetune.pt"), "--testset", "all", "--out", str(tmp_path / "f" / "all"),
+              *IMAGE_SETS, "--json")
+    exported = json.loads(res.stdout)
+    assert exported["images"] == 24 * 3 and exported["feature_dim"] == 512
+    ev2 = json.loads(run("eval", "-c", str(out / "last-finetune.pt"), "--testset", "2-hops", "--json",
+                         "--features", exported["features"]).stdout)
+    assert ev2["images"] == ev["images"]
+    for k in (1, 2, 5, 10, 20):
+        assert ev2[f"hit@{k}"] == pytest.approx(ev[f"hit@{k}"])
+
     test = json.loads((data / "imagenet-split.json").read_text())["test"]
     image = next((data / "datasets" / "imagenet" / test[0]).iterdir())
     res = run("predict", str(image), "-c", str(out / "last-finetune.pt"), "--top-k", "4")
@@ -98,6 +109,13 @@ def test_finetune_from_a_snapshot_skips_stage_one(data: Path, tmp_path: Path) ->
               "--out", str(tmp_path / "b"), "--json")
     assert "stage one skipped" in res.stderr
     assert not (tmp_path / "b" / "last.pt").exists() and (tmp_path / "b" / "last-finetune.pt").is_file()
+    # the fine-tuned checkpoint scores with the snapshot's classifiers (here: those of run a's last step)
+    feats = str(data / "features" / "test.npy")
+    a = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "a" / "last.pt")).stdout.splitlines()]
+    b = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "b" / "last-finetune.pt")).stdout.splitlines()]
+    assert len(a) == len(b) == 288
+    assert [r["top"][0]["wnid"] for r in a] == [r["top"][0]["wnid"] for r in b]
+    assert a[0]["top"][0]["score"] == pytest.approx(b[0]["top"][0]["score"], rel=1e-5)
 
 
 def test_eval_on_images_needs_cnn_weights(data: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def loop_loss(s: list[list[float]], margin, hardest: bool, skip=lambda i, j: Fal
 def loop_margin(v: list[list[float]], img: list[int], alpha: float, lam: float, mode: str):
     """The spec's M[i, j] = alpha' + lambda * <v_j, v_i> / max_k <v_j, v_k>, 0 for the same picture."""
     n = len(v)
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
 
     def m(i: int, j: int) -> float:
         if img[i] == img[j]:

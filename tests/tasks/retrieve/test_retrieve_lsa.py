@@ -9,7 +9,13 @@ from nltk.stem import PorterStemmer
 from zsk.data.captions import read_precomp
 from zsk.tasks.retrieve import lsa as lsa_mod
 from zsk.tasks.retrieve.data import write_sample
-from zsk.tasks.retrieve.lsa import LsaSettings, clean_caption, english_stopwords, fit_lsa, lsa_for_caption_file
+from zsk.tasks.retrieve.lsa import (
+    LsaSettings,
+    clean_caption,
+    english_stopwords,
+    fit_lsa,
+    lsa_for_caption_file,
+)
 
 
 def test_clean_caption() -> None:

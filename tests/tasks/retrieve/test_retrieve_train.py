@@ -143,23 +143,53 @@ def _torchvision_ok() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _torchvision_ok(), reason="torchvision cannot be imported in this environment")
-def test_raw_image_training_from_karpathy_json(tmp_path) -> None:
+def _tiny_trunk(name: str, weights):
+    """Stand-in for torchvision's classifier trunk when torchvision cannot be imported here."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    return net, 8
+
+
+def test_raw_image_training_from_karpathy_json(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
+    if not _torchvision_ok():
+        monkeypatch.setattr(pipeline, "torchvision_trunk", _tiny_trunk)
+        backbone = "tiny"
+    else:
+        backbone = "resnet18"
     rng = np.random.default_rng(0)
     images = []
     for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2):
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
         images.append({"filename": f"{i}.jpg", "split": split, "imgid": i,
-                       "sentences": [{"raw": f"a photo number {i % 3} of a dog", "tokens": []}] * 5})
+                       "sentences": [{"raw": f"a photo of a {w} number {i % 3}", "tokens": []}
+                                     for w in ("dog", "cat", "bird", "horse", "boat")]})
     (tmp_path / "ds.json").write_text(json.dumps({"images": images}))
     res, run_dir = _train(tmp_path, tmp_path, "raw", "data.format=karpathy", "data.karpathy_json=ds.json",
-                          "model.image_encoder=cnn", "model.backbone=resnet18", "model.pretrained=null",
+                          "model.image_encoder=cnn", f"model.backbone={backbone}", "model.pretrained=null",
                           "model.finetune=true", "model.image_size=32", "data.vocab_threshold=1",
                           "train.batch_size=4", "train.epochs=1", "data.lsa_rank=4")
     ev = pipeline.evaluate(run_dir / "best.pt", split="test")
     assert ev["images"] == 2 and ev["captions"] == 10
+    assert ev["rsum"] == pytest.approx(pipeline.evaluate(run_dir / "best.pt", split="test")["rsum"])
+    # an image folder is a gallery for raw-image checkpoints
+    out = pipeline.build_index(run_dir / "best.pt", tmp_path / "idx", images=tmp_path)
+    assert out["count"] == 12 and out["kind"] == "images"
+
+
+def test_cnn_encoder_frozen_backbone_stays_in_eval_mode() -> None:
+    from zsk.tasks.retrieve.model import CNNImageEncoder
+
+    trunk, dim = _tiny_trunk("tiny", None)
+    enc = CNNImageEncoder(trunk, dim, 6, finetune=False).train()
+    assert not trunk.training and enc.fc.training
+    assert all(not p.requires_grad for p in trunk.parameters())
+    before = trunk[1].running_mean.clone()
+    enc(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert torch.equal(trunk[1].running_mean, before)  # BN statistics untouched (vsepp #4/#30)
+    assert enc.fc.weight.grad is not None
 
 
 def test_bench_spec(tmp_path, monkeypatch) -> None:
@@ -173,3 +203,23 @@ def test_bench_spec(tmp_path, monkeypatch) -> None:
     assert spec.unit == "pairs" and spec.train_samples == 8
     extra = spec.extra()
     assert extra["eval_images"] == 40 and extra["eval_captions"] == 200 and extra["eval_s"] > 0
+
+
+def test_iapr_one_description_per_image(tmp_path) -> None:
+    from zsk.data.captions import read_precomp, write_precomp
+
+    src = _sample(tmp_path, 60)
+    iapr = tmp_path / "iapr_precomp"
+    for split in ("train", "dev", "test"):
+        s = read_precomp(src, split)
+        write_precomp(iapr, split, np.asarray(s.features), s.captions[::5])  # one description per image
+    res, run_dir = _train(tmp_path, tmp_path, "iapr", "data.name=iapr", "data.captions_per_image=1",
+                          "train.epochs=1", "data.vocab_threshold=1")
+    ev = pipeline.evaluate(run_dir / "best.pt", split="test")
+    assert ev["images"] == ev["captions"] == 30 and ev["rsum"] == pytest.approx(
+        sum(ev[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    # the 5-captions rule applied to 1:1 data is refused with the file named
+    from zsk.core.errors import ZskError
+
+    with pytest.raises(ZskError, match=r"train_caps\.txt: 60 captions for 60 images"):
+        _train(tmp_path, tmp_path, "iapr5", "data.name=iapr", "train.epochs=1")

@@ -90,6 +90,7 @@ class ModelConfig:
     fusion: Literal["features", "scores"] = "features"  # [reconstruction] Figure 1: representation fusion
     fusion_hidden: int = 512  # [reconstruction] 2048 -> 512 -> 2
     fusion_dropout: float = 0.1
+    fusion_standardize: bool = True  # [reconstruction] scale fusion inputs by train-feature statistics
 
 
 @dataclass

@@ -131,15 +131,34 @@ class TransformerBranch(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """MLP classifier over the concatenated branch outputs: in -> hidden, ReLU, dropout -> classes."""
+    """MLP classifier over the concatenated branch outputs: in -> hidden, ReLU, dropout -> classes.
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.1) -> None:
+    With `standardize`, inputs are first shifted and scaled per dimension by statistics of the
+    training features (buffers set once by `set_input_stats`, saved with the weights). This is an
+    affine re-parametrisation of the first layer that only conditions the optimisation: [CLS]
+    vectors of different encoders differ widely in scale ([reconstruction], option
+    `model.fusion_standardize`).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.1,
+                 standardize: bool = True) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_classes))
         self.in_features = in_features
+        self.standardize = standardize
+        self.register_buffer("input_mean", torch.zeros(in_features))
+        self.register_buffer("input_std", torch.ones(in_features))
+
+    @torch.no_grad()
+    def set_input_stats(self, features: Tensor, eps: float = 1e-6) -> None:
+        """Per-dimension mean and standard deviation of the training features (N, in_features)."""
+        self.input_mean.copy_(features.float().mean(0))
+        self.input_std.copy_(features.float().std(0, unbiased=False).clamp_min(eps))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.standardize:
+            x = (x - self.input_mean) / self.input_std
         return self.mlp(x)
 
 
@@ -147,7 +166,7 @@ class FakeNewsClassifier(nn.Module):
     """One branch (a fine-tuned model) or several fused by `FusionHead` (Ro-CT-BERT)."""
 
     def __init__(self, branches: dict[str, TransformerBranch], num_classes: int, fusion: str = "features",
-                 fusion_hidden: int = 512, fusion_dropout: float = 0.1) -> None:
+                 fusion_hidden: int = 512, fusion_dropout: float = 0.1, fusion_standardize: bool = True) -> None:
         super().__init__()
         if not branches:
             raise ZskError("model.branches is empty: give at least one branch")
@@ -156,7 +175,8 @@ class FakeNewsClassifier(nn.Module):
         self.num_classes = num_classes
         self.fusion_head: FusionHead | None = None
         if len(branches) > 1:
-            self.fusion_head = FusionHead(self.fusion_dim(), num_classes, fusion_hidden, fusion_dropout)
+            self.fusion_head = FusionHead(self.fusion_dim(), num_classes, fusion_hidden, fusion_dropout,
+                                          fusion_standardize)
 
     def fusion_dim(self) -> int:
         """Input size of the fusion MLP: sum of feature sizes, or classes x branches for scores."""

@@ -125,7 +125,7 @@ def build_branch(name: str, bcfg: BranchConfig, cfg: Config, num_classes: int,
 def assemble(cfg: Config, branches: dict[str, Branch], num_classes: int) -> FakeNewsClassifier:
     """The full classifier over the built branches."""
     return FakeNewsClassifier({n: b.module for n, b in branches.items()}, num_classes, cfg.model.fusion,
-                              cfg.model.fusion_hidden, cfg.model.fusion_dropout)
+                              cfg.model.fusion_hidden, cfg.model.fusion_dropout, cfg.model.fusion_standardize)
 
 
 def model_extra(branches: dict[str, Branch], classes: list[str], cfg: Config) -> dict:
@@ -157,7 +157,7 @@ def model_from_checkpoint(ckpt: dict, cfg: Config, source: str = "checkpoint") -
         module = TransformerBranch(encoder, len(classes), bcfg.dropout, bcfg.pooling)
         branches[name] = Branch(name, module, tokenizer, list(info.get("added_tokens", [])), info.get("source", ""))
     model = FakeNewsClassifier({n: b.module for n, b in branches.items()}, len(classes), extra.get("fusion", "features"),
-                               cfg.model.fusion_hidden, cfg.model.fusion_dropout)
+                               cfg.model.fusion_hidden, cfg.model.fusion_dropout, cfg.model.fusion_standardize)
     state = ckpt["model"]
     if any(k.startswith("branches.") for k in state):
         load_model_state(model, state, source=source)
@@ -439,6 +439,8 @@ def train_fusion_stage(ctx: RunContext, model: FakeNewsClassifier, train_ds: Tok
     amp = autocast_dtype(ctx.device, cfg.runtime.precision)
     train_set = _FeatureSet(fusion_features(model, train_ds, cfg.eval.batch_size, ctx.device, amp), train_ds.labels)
     val_set = _FeatureSet(fusion_features(model, val_ds, cfg.eval.batch_size, ctx.device, amp), val_ds.labels)
+    assert model.fusion_head is not None
+    model.fusion_head.set_input_stats(train_set.features.to(ctx.device))
     batch_size = fcfg.batch_size or cfg.train.batch_size
     steps_per_epoch = batches_per_epoch(len(train_set), batch_size)
     tcfg = dataclasses.replace(cfg.train, epochs=fcfg.epochs, steps=None, lr=fcfg.lr or cfg.train.lr,

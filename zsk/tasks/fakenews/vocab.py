@@ -43,7 +43,8 @@ def _lowercases(tokenizer) -> bool:
 def frequent_multipiece_terms(
     tokenizer, texts: Iterable[str], n: int, min_count: int = 2, exclude: Sequence[str] = ()
 ) -> list[str]:
-    """The `n` most frequent corpus words that `tokenizer` splits into two or more pieces.
+    """The `n` most frequent corpus words that `tokenizer` splits into two or more pieces (or maps
+    to its unknown token: such words have no representation of their own either).
 
     Words are the whitespace words of the cleaned texts, put in the tokenizer's normal form
     (lower-cased for uncased tokenizers); ties are broken alphabetically so the choice is stable.
@@ -58,7 +59,8 @@ def frequent_multipiece_terms(
             break
         if word in skip or not any(ch.isalnum() for ch in word):
             continue
-        if len(split_pieces(tokenizer, word)) >= 2:
+        pieces = split_pieces(tokenizer, word)
+        if len(pieces) >= 2 or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in pieces):
             chosen.append(word)
     return chosen
 

@@ -108,6 +108,21 @@ def predict(inputs: Annotated[list[str], typer.Argument(help="Images, or .npy fe
 
 @app.command()
 @guarded
+def features(checkpoint: CheckpointOpt,
+             out: Annotated[Path, typer.Option("--out", "-o", help="Output stem: writes STEM.npy and STEM-labels.txt.")],
+             testset: Annotated[str | None, typer.Option("--testset", help="Classes whose images to encode "
+                                                         "(default: the recipe's eval.testset).")] = None,
+             set_: SetOpt = None, device: DeviceOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
+             debug: DebugOpt = False) -> None:
+    """Encode a test set's images once with the checkpoint's CNN, for `eval --features`."""
+    from zsk.tasks.gzsl import pipeline
+
+    sets = list(set_ or []) + ([f"eval.testset={testset}"] if testset is not None else [])
+    emit_result(pipeline.export_features(checkpoint, out, sets, device), json_out, title="gzsl features")
+
+
+@app.command()
+@guarded
 def info(recipe: RecipeOpt, set_: SetOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
          debug: DebugOpt = False) -> None:
     """Graph size, edge counts per hop-distance group, parameters, FLOPs and test-set coverage."""
@@ -123,8 +138,7 @@ def info(recipe: RecipeOpt, set_: SetOpt = None, json_out: JsonOpt = False, quie
 @guarded
 def sample(out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic hierarchy into.")],
            seed: SeedOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Write a small synthetic hierarchy in DGP's formats (graph, split, test sets, GloVe, fc weights,
-    features, images) for recipes/gzsl/demo.yaml."""
+    """Write a small synthetic hierarchy in DGP's file formats for recipes/gzsl/demo.yaml."""
     from zsk.tasks.gzsl.data import write_sample
 
     summary = write_sample(out_dir, seed=seed or 0)

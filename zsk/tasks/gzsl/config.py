@@ -71,6 +71,8 @@ class TrainConfig(CoreTrainConfig):
     epochs: int | None = 3000
     checkpoint_every: int = 300  # write snapshots/epoch-N.pred every N epochs (0: only the last)
     loss: Literal["l2", "mse"] = "l2"  # l2: sum of squares / (2M) (DGP, SGCN); mse: mean over entries (GCNZ)
+    best_metric: str | None = "seen_loss"  # no validation split: best.pt never looks at test-set hit@k
+    best_mode: Literal["max", "min"] = "min"
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 

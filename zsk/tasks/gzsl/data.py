@@ -83,7 +83,14 @@ def read_split(path: Path) -> Split:
 
 
 def read_testsets(path: Path) -> dict[str, list[str]]:
-    """``imagenet-testsets.json``: test-set name -> wnids."""
+    """``imagenet-testsets.json`` (test-set name -> wnids), or a folder of GCNZ-style lists
+    (``data/list/2-hops.txt``: one wnid per line, the file stem names the test set)."""
+    if path.is_dir():
+        lists = sorted(path.glob("*.txt"))
+        if not lists:
+            raise ZskError(f"{path} holds no <testset>.txt wnid lists")
+        return {p.stem: [ln.split()[0] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                for p in lists}
     obj = _read_json(path, "test-set file")
     if not isinstance(obj, dict):
         raise ZskError(f"{path}: expected a mapping of test-set names to wnid lists")

@@ -39,8 +39,8 @@ from zsk.tasks.gzsl.data import (
     list_images,
     predicted_snapshot,
     read_awa2_split,
-    read_features,
     read_fc_weights,
+    read_features,
     read_rgb,
     read_snapshot,
     read_split,
@@ -50,7 +50,13 @@ from zsk.tasks.gzsl.data import (
     write_sample,
 )
 from zsk.tasks.gzsl.losses import LOSSES
-from zsk.tasks.gzsl.metrics import HitAtK, append_bias_input, candidate_indices, keep_per_class, per_class_top1
+from zsk.tasks.gzsl.metrics import (
+    HitAtK,
+    append_bias_input,
+    candidate_indices,
+    keep_per_class,
+    per_class_top1,
+)
 from zsk.tasks.gzsl.model import DGP, GCN, DenseGraph, symmetric_adjacency
 
 TASK = "gzsl"
@@ -325,6 +331,27 @@ def train(ctx: RunContext) -> dict[str, Any]:
     return {**metrics, **finetune(ctx, cfg, data, model, x, ops, extra)}
 
 
+def snapshot_classifiers(path: Path, data: GraphData) -> Tensor:
+    """The classifiers of an ``epoch-N.pred`` snapshot, in the graph's node order."""
+    wnids, pred = read_snapshot(path)
+    index = {w: i for i, w in enumerate(wnids)}
+    missing = [w for w in data.graph.wnids if w not in index]
+    if missing:
+        raise ZskError(f"{path} has no classifier for graph node {missing[0]} ({len(missing)} missing): "
+                       f"use a snapshot predicted on {data.graph_file}")
+    return pred[[index[w] for w in data.graph.wnids]]
+
+
+def predicted_classifiers(model: ZeroShotModel, data: GraphData, cfg: Config, extra: dict,
+                          device: torch.device) -> Tensor:
+    """Every node's classifier: the graph network's prediction, or the snapshot that stage two was
+    trained under when stage one was skipped."""
+    if extra.get("classifiers_file"):
+        return snapshot_classifiers(Path(extra["classifiers_file"]), data).to(device)
+    x = torch.from_numpy(data.vectors).to(device)
+    return model.classifiers(x, operators_to(build_operators(cfg, data), device))
+
+
 def _eval_source_available(cfg: Config) -> bool:
     """Whether training can report hit@k cheaply: a features file is configured and present."""
     return bool(cfg.eval.features) and resolve(cfg.data.root, cfg.eval.features).is_file()
@@ -338,14 +365,11 @@ def finetune(ctx: RunContext, cfg: Config, data: GraphData, model: ZeroShotModel
     device = ctx.device
     if ft.classifiers:
         path = resolve(cfg.data.root, ft.classifiers)
-        wnids, pred = read_snapshot(path)
-        index = {w: i for i, w in enumerate(wnids)}
-        missing = [w for w in data.seen if w not in index]
-        if missing:
-            raise ZskError(f"{path} has no classifier for seen class {missing[0]}")
-        seen_cls = pred[[index[w] for w in data.seen]]
+        pred = snapshot_classifiers(path, data)
+        extra = {**extra, "classifiers_file": str(path.resolve())}
     else:
-        seen_cls = model.classifiers(x, ops)[torch.from_numpy(data.seen_idx).to(device)]
+        pred = model.classifiers(x, ops)
+    seen_cls = pred.to(device)[torch.from_numpy(data.seen_idx).to(device)]
     assert model.cnn is not None
     model.fixed_classifiers = seen_cls.detach().float().to(device)
     for p in model.gnn.parameters():
@@ -524,13 +548,45 @@ def load_model(checkpoint: Path, sets: list[str] | None = None, recipe: Path | N
 def evaluate(checkpoint: Path, sets: list[str] | None = None, recipe: Path | None = None,
              device: str | None = None) -> dict[str, Any]:
     """``zsk gzsl eval``: hit@k of a checkpoint on the recipe's test set."""
-    cfg, model, data, _ = load_model(checkpoint, sets, recipe)
+    cfg, model, data, ckpt = load_model(checkpoint, sets, recipe)
     dev = resolve_device(device, cfg.runtime.device)
     model.to(dev).eval()
-    x = torch.from_numpy(data.vectors).to(dev)
-    ops = operators_to(build_operators(cfg, data), dev)
-    pred = model.classifiers(x, ops)
+    pred = predicted_classifiers(model, data, cfg, ckpt.get("extra") or {}, dev)
     return evaluate_classifiers(cfg, data, pred, model.cnn, dev)
+
+
+def export_features(checkpoint: Path, out: Path, sets: list[str] | None = None,
+                    device: str | None = None) -> dict[str, Any]:
+    """``zsk gzsl features``: pooled CNN features of every image of ``eval.testset``'s classes, written as
+    ``<out>.npy`` (N x F) and ``<out>-labels.txt`` (one wnid per line), so later evaluations (any test set,
+    ZSL or GZSL, any keep ratio) skip the CNN."""
+    from torch.utils.data import DataLoader
+
+    cfg, model, data, _ = load_model(checkpoint, sets, None, need_cnn=True)
+    dev = resolve_device(device, cfg.runtime.device)
+    assert model.cnn is not None
+    cnn = model.cnn.to(dev).eval()
+    name, wnids, folders = _testset(cfg, data)
+    root = resolve(cfg.data.root, cfg.data.awa2_images if name == "awa2" else cfg.data.images)
+    paths, labels, missing = list_images(root, wnids, folders)
+    if not paths:
+        raise ZskError(f"no images of test set {name} under {root}/<{'name' if folders else 'wnid'}>/")
+    if missing:
+        warn(f"test set {name}: {len(missing)} of {len(wnids)} classes have no images under {root} (e.g. {missing[0]})")
+    loader = DataLoader(ImageList(paths, labels, eval_transform(cfg.data.resize, cfg.data.crop)),
+                        batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.runtime.workers,
+                        pin_memory=dev.type == "cuda")
+    feats = []
+    with torch.no_grad():
+        for images, _ in progress(loader, desc="features"):
+            feats.append(cnn(images.to(dev)).float().cpu())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fpath, lpath = out.with_suffix(".npy"), out.with_name(out.stem + "-labels.txt")
+    np.save(fpath, torch.cat(feats).numpy())
+    lpath.write_text("".join(wnids[i] + "\n" for i in labels))
+    return {"features": str(fpath), "labels": str(lpath), "images": len(paths), "feature_dim": int(feats[0].shape[1]),
+            "testset": name, "classes": len(wnids) - len(missing), "missing_classes": len(missing)}
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -568,11 +624,10 @@ def predict(checkpoint: Path, inputs: Sequence[Path], candidates: Path | None = 
     if top_k < 1:
         raise ZskError("--top-k must be >= 1")
     needs_images = any(p.suffix.lower() != ".npy" for p in inputs)
-    cfg, model, data, _ = load_model(checkpoint, sets, None, need_cnn=needs_images)
+    cfg, model, data, ckpt = load_model(checkpoint, sets, None, need_cnn=needs_images)
     dev = resolve_device(device, cfg.runtime.device)
     model.to(dev).eval()
-    x = torch.from_numpy(data.vectors).to(dev)
-    pred = model.classifiers(x, operators_to(build_operators(cfg, data), dev)).float()
+    pred = predicted_classifiers(model, data, cfg, ckpt.get("extra") or {}, dev).float()
     index = data.index()
     cand = read_candidates(candidates, index, data.graph_file) if candidates else list(data.graph.wnids)
     w = pred[torch.tensor([index[c] for c in cand], device=dev)]

@@ -28,6 +28,7 @@ class DataConfig:
     label_path: str = "{root}/labels/{case}.nii.gz"  # NIfTI list files only (HDF5 keeps the label inside)
     image_key: str = "image"
     label_key: str = "label"
+    spacing: tuple[float, float, float] | None = None  # mm per voxel for HDF5 files that store none
     num_classes: int = 2  # background included; > 2 uses the multi-class extension
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
     labeled_num: int = 16  # the first N cases of the train list are labelled, the rest unlabelled

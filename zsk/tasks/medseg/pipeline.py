@@ -154,9 +154,21 @@ def infer_volume(model: nn.Module, image: np.ndarray, cfg: Config, device: torch
     return pred, scores
 
 
+def case_spacing(vol: Volume, cfg: Config) -> tuple[float, float, float] | None:
+    """Millimetres per voxel: the file's own spacing, else ``data.spacing``, else unknown (None)."""
+    if vol.spacing_from_file:
+        return vol.spacing
+    return tuple(cfg.data.spacing) if cfg.data.spacing is not None else None  # type: ignore[return-value]
+
+
 def case_metrics(pred: np.ndarray, vol: Volume, cfg: Config) -> dict[str, Any]:
     """Metrics of one case: binary directly, multi-class per foreground class then averaged."""
-    spacing = vol.spacing if cfg.eval.spacing == "header" else None
+    spacing = None
+    if cfg.eval.spacing == "header":
+        spacing = case_spacing(vol, cfg)
+        if spacing is None:
+            raise ZskError(f"{vol.path}: distances in mm need the voxel spacing, which this file does not store; "
+                           "set data.spacing=[x,y,z] (LA: 0.625 mm isotropic) or evaluate in voxels")
     assert vol.label is not None
     per_class = {}
     for c in range(1, cfg.data.num_classes):
@@ -259,16 +271,18 @@ def predict(checkpoint: Path, inputs: Sequence[Path], out_dir: Path, sets: list[
             mask_path = out_dir / f"{vol.name}_pred.h5"
             import h5py
 
-            write_h5_volume(mask_path, vol.image, None, spacing=vol.spacing)
+            write_h5_volume(mask_path, vol.image, None, spacing=case_spacing(vol, cfg))
             with h5py.File(mask_path, "a") as f:
                 f.create_dataset("prediction", data=pred.astype(np.uint8), compression="gzip")
                 f.create_dataset("probability", data=fg_score.float().cpu().numpy(), compression="gzip")
         png = out_dir / f"{vol.name}_montage.png"
         Image.fromarray(montage(vol.image, pred)).save(png)
-        voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-        results.append({"input": str(path), "mask": str(mask_path), "montage": str(png), "shape": list(vol.shape),
-                        "foreground_voxels": int((pred > 0).sum()),
-                        "foreground_ml": float((pred > 0).sum()) * voxel_ml})
+        spacing = case_spacing(vol, cfg)
+        row = {"input": str(path), "mask": str(mask_path), "montage": str(png), "shape": list(vol.shape),
+               "foreground_voxels": int((pred > 0).sum())}
+        if spacing is not None:
+            row["foreground_ml"] = float((pred > 0).sum()) * float(np.prod(spacing)) / 1000.0
+        results.append(row)
     return results
 
 
@@ -314,7 +328,11 @@ def run_demo(workdir: Path, device: str) -> dict[str, Any]:
     return {"metric": "dice", "value": result["dice"]}
 
 
-def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> BenchSpec:
+LA_VOLUME = (180, 140, 88)  # a typical preprocessed LA case (spec "Data: LA", observed shapes)
+
+
+def bench_spec(cfg: Config, device: torch.device, batch_size: int | None,
+               volume_shape: tuple[int, int, int] = LA_VOLUME) -> BenchSpec:
     """Training step on a synthetic two-stream batch of the recipe's patch size, and sliding-window
     inference on an LA-sized volume (180×140×88); ``extra`` times batched against one-window-at-a-time
     inference and checks they agree."""
@@ -339,7 +357,7 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
         out["loss"].backward()
         opt.step()
 
-    volume = torch.randn(180, 140, 88, generator=g).numpy()
+    volume = torch.randn(*volume_shape, generator=g).numpy()
 
     def infer_step() -> None:
         infer_volume(model, volume, cfg, device)
@@ -357,7 +375,7 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
 
         batched_s, batched = timed(cfg.eval.window_batch)
         single_s, single = timed(1)
-        return {"la_volume_shape": [180, 140, 88], "window_batch": cfg.eval.window_batch,
+        return {"volume_shape": list(volume_shape), "window_batch": cfg.eval.window_batch,
                 "s_per_volume_batched": batched_s, "s_per_volume_one_window": single_s,
                 "batched_speedup": single_s / batched_s,
                 "batched_vs_single_max_abs_diff": float((batched - single).abs().max())}

@@ -33,7 +33,6 @@ from zsk.tasks.retrieve.data import (
     RawPairs,
     RawSplit,
     Vocabulary,
-    load_image,
     load_split,
     subset_split,
     write_sample,
@@ -116,7 +115,7 @@ def check_split_features(cfg: Config, split) -> None:
     shape = tuple(split.features.shape[1:])
     if pool == "flatten":
         want = (m.num_regions, m.img_dim) if len(shape) == 2 else (m.img_dim * m.num_regions,)
-        if shape != want and not (len(shape) == 1 and shape == (m.img_dim,) and m.num_regions == 1):
+        if shape != want:
             raise ZskError(f"{split.ims_path}: per-image features {shape} do not match the flattened encoder's "
                            f"(model.num_regions={m.num_regions}, model.img_dim={m.img_dim}); set them to the file's shape")
     elif shape[-1] != m.img_dim:
@@ -168,7 +167,10 @@ def encode_images(model: VSEModel, images, cfg: Config, device: torch.device, de
     """Embeddings of a gallery: ``images`` is a feature array ``(N, ...)`` or a list of image paths."""
     model.eval()
     ds = ImageFeatures(images) if isinstance(images, np.ndarray) else ImageFiles(list(images), cfg.model.image_size)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
+    # an own generator: evaluation must not advance the global RNG that training augmentation draws from
+    # (an evaluation at an interruption would otherwise change the resumed run)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0,
+                                         generator=torch.Generator())
     dtype = autocast_dtype(device, cfg.runtime.precision)
     out = []
     for x in progress(loader, desc=f"encode {desc}"):
@@ -372,8 +374,9 @@ def read_text_queries(inputs: list[str]) -> list[str]:
 
 
 def load_image_queries(inputs: list[str], cfg: Config) -> tuple[np.ndarray | list[Path], list[str]]:
-    """Image queries: ``.npy`` feature files (one image ``(regions, dim)`` or many ``(N, regions, dim)``)
-    for precomputed models, image files for the raw-image model."""
+    """Image queries: ``.npy`` feature files (one image ``(regions, dim)`` or many ``(N, regions, dim)``;
+    ``(dim,)`` / ``(N, dim)`` for global-vector features) for precomputed models, image files for the
+    raw-image model."""
     if cfg.model.image_encoder == "cnn":
         paths = [Path(p) for p in inputs]
         for p in paths:
@@ -385,15 +388,26 @@ def load_image_queries(inputs: list[str], cfg: Config) -> tuple[np.ndarray | lis
         p = Path(q)
         if p.suffix != ".npy":
             raise ZskError(f"{q}: this checkpoint encodes precomputed features; give a .npy file of image features")
-        arr = read_features(p, mmap=False) if p.is_file() else None
-        if arr is None:
+        if not p.is_file():
             raise ZskError(f"feature file not found: {p}")
-        single_ndim = 2 if cfg.model.resolved()[0] != "flatten" or cfg.model.num_regions > 1 else 1
-        if arr.ndim == single_ndim:
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+            raise ZskError(f"{p}: not a readable .npy array ({e})") from None
+        if arr.ndim not in (1, 2, 3) or not np.issubdtype(arr.dtype, np.floating):
+            raise ZskError(f"{p}: expected float features (dim,), (regions, dim) or (N, regions, dim), "
+                           f"got {arr.dtype} {tuple(arr.shape)}")
+        # (N, regions, dim) is a batch; (regions, dim) one image, unless the model reads one global
+        # vector per image (num_regions 1), where (N, dim) is a batch; (dim,) is one global vector
+        if arr.ndim == 1 or (arr.ndim == 2 and cfg.model.num_regions > 1):
             arr = arr[None]
-        want = cfg.model.img_dim
-        if arr.shape[-1] != want:
-            raise ZskError(f"{p}: feature width {arr.shape[-1]} does not match the model's img_dim {want}")
+        m = cfg.model
+        flat = m.resolved()[0] == "flatten"
+        ok = arr.shape[-1] == m.img_dim and (
+            not flat or tuple(arr.shape[1:]) == (m.num_regions, m.img_dim) or (m.num_regions == 1 and arr.ndim == 2))
+        if not ok:
+            raise ZskError(f"{p}: per-image features {tuple(arr.shape[1:])} do not match the model "
+                           f"(model.num_regions={m.num_regions}, model.img_dim={m.img_dim})")
         feats.append(np.asarray(arr, dtype=np.float32))
         names.extend([f"{p}[{i}]" for i in range(arr.shape[0])] if arr.shape[0] > 1 else [str(p)])
     return np.concatenate(feats), names

@@ -59,6 +59,9 @@ class ModelConfig:
     decoder_heads: int = 8
     decoder_ffn_ratio: int = 4
     decoder_dropout: float = 0.1
+    # std of the truncated-normal init of the head's linear layers (0.02 official). With L2-normalised
+    # features the initial mask logits are ~0 and grow slowly; tiny demo models use a larger value.
+    head_init_std: float = 0.02
     # The official backbone adds the class embedding to the CLS token twice (once as the token, once
     # inside its position embedding). Off by default (the intended ViT input); on reproduces the code.
     cls_embedding_twice: bool = False

@@ -222,20 +222,21 @@ class ZegCLIP(nn.Module):
     """
 
     def __init__(self, image_encoder: PromptedVisionTransformer, text_encoder: nn.Module | None, embed_dim: int,
-                 decoder_layers: int = 3, decoder_heads: int = 8, ffn_ratio: int = 4, dropout: float = 0.1) -> None:
+                 decoder_layers: int = 3, decoder_heads: int = 8, ffn_ratio: int = 4, dropout: float = 0.1,
+                 init_std: float = 0.02) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.relationship_descriptor = RelationshipDescriptor(embed_dim)
         self.decoder = ATMDecoder(embed_dim, decoder_layers, decoder_heads, ffn_ratio * embed_dim, dropout)
         self.embed_dim = embed_dim
-        self._init_head()
+        self._init_head(init_std)
 
-    def _init_head(self) -> None:
-        # truncated normal (std 0.02) for the head's linear layers, LayerNorm 1/0
+    def _init_head(self, std: float) -> None:
+        # truncated normal (std 0.02 in the official head) for the head's linear layers, LayerNorm 1/0
         for m in list(self.relationship_descriptor.modules()) + list(self.decoder.modules()):
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=std)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)

@@ -69,7 +69,7 @@ def build_model(cfg: Config, pretrained: bool = True) -> tuple[ZegCLIP, LoadedCL
     embed_dim = int(visual.proj.shape[1])
     text = CLIPTextEncoder(loaded.model, loaded.tokenizer)
     model = ZegCLIP(encoder, text, embed_dim, mc.decoder_layers, mc.decoder_heads, mc.decoder_ffn_ratio,
-                    mc.decoder_dropout)
+                    mc.decoder_dropout, mc.head_init_std)
     return model, loaded
 
 

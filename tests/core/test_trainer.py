@@ -1,0 +1,333 @@
+"""The trainer: exact resume after SIGTERM, NaN guard, LR schedules, accumulation, eval/best/logs, max_steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from zsk.core.checkpoint import load_checkpoint
+from zsk.core.errors import ZskError, ZskFailure
+from zsk.core.recipe import RuntimeConfig
+from zsk.core.run import start_run
+from zsk.core.trainer import Trainer, TrainConfig, batches_per_epoch, lr_factor, make_loader
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+# ------------------------------------------------------------------ exact resume (subprocesses)
+def toy_run(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(SCRIPTS / "toy_train.py"), "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("accum", "kill_at"), [(1, 7), (2, 4)], ids=["mid-epoch", "accum2-epoch-end"])
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path, accum: int, kill_at: int) -> None:
+    # 40 samples / batch 4 = 10 batches per epoch; 12 optimizer steps of `accum` batches each cross epoch
+    # boundaries. With accum=2, step 4 ends with batch 10: the kill lands exactly on the end of epoch 0.
+    sets = ["--set", f"train.grad_accum={accum}"]
+    reference = toy_run(tmp_path / "ref", *sets)
+    interrupted = toy_run(tmp_path / "run", *sets, "--kill-at", str(kill_at))
+    code, err = finish(interrupted)
+    assert code == 143, err
+    assert "interrupted" in err and "--resume" in err
+    stopped = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert stopped["step"] == kill_at + 1  # the step in progress was finished, then saved
+    assert stopped["batch_in_epoch"] == ((kill_at + 1) * accum) % 10 or stopped["batch_in_epoch"] == 10
+    assert not (tmp_path / "run" / "eval.json").exists()
+    code, err = finish(toy_run(tmp_path / "run", *sets, "--resume"))
+    assert code == 0, err
+    code, err = finish(reference)
+    assert code == 0, err
+
+    ref = load_checkpoint(tmp_path / "ref" / "last.pt")
+    res = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ref["step"] == res["step"] == 12
+    assert ref["model"].keys() == res["model"].keys()
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], res["model"][k]), k
+    # the optimizer moments match too, and training really continued after the interruption
+    for p_ref, p_res in zip(ref["optimizer"]["state"].values(), res["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(p_ref["exp_avg"], p_res["exp_avg"])
+    assert not torch.equal(stopped["model"]["0.weight"], res["model"]["0.weight"])
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["acc"] == \
+        json.loads((tmp_path / "ref" / "eval.json").read_text())["acc"]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r["kind"] == "eval"] == [12]
+
+
+# ------------------------------------------------------------------ in-process helpers
+@dataclass
+class Config:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+N, BATCH = 16, 4  # 4 batches per epoch
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def build(tmp_path: Path, sets: list[str], step_fn: Any = None, eval_fn: Any = None,
+          model: nn.Module | None = None, **kwargs: Any) -> Trainer:
+    ctx = start_run("toy", Config, None, [f"train.batch_size={BATCH}", "train.log_every=1", *sets],
+                    out=tmp_path / "run", device="cpu")
+    data = dataset()
+    model = model if model is not None else nn.Linear(3, 2)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def default_step(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": loss_fn(m(x), y)}
+
+    return Trainer(ctx, model, ctx.cfg.train, step_fn or default_step,
+                   lambda epoch, start: make_loader(data, BATCH, epoch=epoch, seed=0, start_batch=start),
+                   batches_per_epoch(N, BATCH), eval_fn=eval_fn, **kwargs)
+
+
+def records(tmp_path: Path) -> list[dict]:
+    return [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ NaN guard
+def test_nan_loss_stops_with_a_clear_message(tmp_path: Path) -> None:
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        ce = nn.functional.cross_entropy(m(x), y)
+        reg = torch.tensor(float("nan")) if step == 2 else torch.tensor(0.0)
+        return {"loss": ce + reg, "ce": ce, "reg": reg}
+
+    trainer = build(tmp_path, ["train.steps=10"], step_fn=step_fn)
+    with pytest.raises(ZskFailure) as e:
+        trainer.fit()
+    msg = str(e.value)
+    assert "diverged" in msg and "non-finite" in msg
+    assert "step 3" in msg  # detected right after the step that produced it (0-based step 2)
+    assert "reg" in msg and "loss" in msg and "ce," not in msg  # names the bad terms, not the finite one
+    assert "train.lr" in msg  # and what to try
+    assert not (tmp_path / "run" / "last.pt").exists()  # no NaN weights were checkpointed
+
+
+def test_inf_loss_is_caught_too(tmp_path: Path) -> None:
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        return {"loss": m(x).sum() * float("inf")}
+
+    with pytest.raises(ZskFailure, match="non-finite loss"):
+        build(tmp_path, ["train.steps=5"], step_fn=step_fn).fit()
+
+
+# ------------------------------------------------------------------ LR schedules
+def expected_lr(t: int, T: int, base: float, schedule: str, *, power: float = 0.9, min_lr: float = 0.0,
+                milestones: tuple[int, ...] = (), gamma: float = 0.1, warmup: int = 0, ratio: float = 1e-6) -> float:
+    """The schedules written out independently (mmseg/mmcv conventions)."""
+    if schedule == "constant":
+        lr = base
+    elif schedule == "poly":  # mmcv PolyLrUpdater: (base - min) * (1 - t/T)^p + min
+        lr = (base - min_lr) * (1 - t / T) ** power + min_lr
+    elif schedule == "cosine":  # annealing_cos(base, min, t/T)
+        lr = min_lr + (base - min_lr) * (math.cos(math.pi * t / T) + 1) / 2
+    elif schedule == "step":
+        lr = base * gamma ** len([m for m in milestones if t >= m])
+    else:
+        raise AssertionError(schedule)
+    if t < warmup:  # linear warmup from ratio * lr at t=0 to lr at t=warmup
+        lr *= ratio + (1 - ratio) * t / warmup
+    return lr
+
+
+SCHEDULES = [
+    ("constant", [], {}),
+    ("poly", ["train.poly_power=2.0", "train.min_lr=0.01"], {"power": 2.0, "min_lr": 0.01}),
+    ("cosine", ["train.min_lr=0.005"], {"min_lr": 0.005}),
+    ("step", ["train.milestones=[3, 7]", "train.gamma=0.5"], {"milestones": (3, 7), "gamma": 0.5}),
+    ("poly", ["train.warmup_steps=4", "train.warmup_ratio=0.1"], {"warmup": 4, "ratio": 0.1}),
+    ("cosine", ["train.warmup_steps=3"], {"warmup": 3}),
+    ("step", ["train.milestones=[5]", "train.warmup_steps=2", "train.warmup_ratio=0.25"],
+     {"milestones": (5,), "gamma": 0.1, "warmup": 2, "ratio": 0.25}),
+]
+
+
+@pytest.mark.parametrize(("schedule", "sets", "kw"), SCHEDULES)
+def test_lr_factor_matches_the_formulas(schedule: str, sets: list[str], kw: dict) -> None:
+    from zsk.core.recipe import load_recipe, parse_config
+
+    cfg = parse_config(TrainConfig, load_recipe(None, [f"train.schedule={schedule}", "train.lr=0.1", *sets])["train"],
+                       prefix="train")
+    for t in (0, 1, 2, 3, 4, 5, 7, 9, 10):
+        assert lr_factor(t, 10, cfg) * 0.1 == pytest.approx(expected_lr(t, 10, 0.1, schedule, **kw), abs=1e-12), t
+
+
+@pytest.mark.parametrize(("schedule", "sets", "kw"), SCHEDULES)
+def test_optimizer_lr_follows_the_schedule(tmp_path: Path, schedule: str, sets: list[str], kw: dict) -> None:
+    seen: list[tuple[int, float, float]] = []
+    holder: dict[str, Trainer] = {}
+
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        groups = holder["t"].optimizer.param_groups
+        seen.append((step, groups[0]["lr"], groups[1]["lr"]))
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(m(x), y)}
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[1].parameters()), "lr_mult": 10.0}]
+    trainer = build(tmp_path, [f"train.schedule={schedule}", "train.lr=0.1", "train.steps=10", "train.optimizer=sgd",
+                               *sets], step_fn=step_fn, model=model, param_groups=groups)
+    holder["t"] = trainer
+    trainer.fit()
+    assert [s for s, _, _ in seen] == list(range(10))
+    for step, lr, lr_head in seen:
+        want = expected_lr(step, 10, 0.1, schedule, **kw)
+        assert lr == pytest.approx(want, abs=1e-12), step
+        assert lr_head == pytest.approx(10 * want, abs=1e-11), step  # lr_mult scales the group
+
+
+def test_schedule_is_over_total_steps_and_clamps_after(tmp_path: Path) -> None:
+    cfg = TrainConfig(lr=1.0, schedule="poly", poly_power=1.0)
+    assert lr_factor(5, 10, cfg) == pytest.approx(0.5)
+    assert lr_factor(10, 10, cfg) == 0.0 and lr_factor(15, 10, cfg) == 0.0
+
+
+# ------------------------------------------------------------------ accumulation and clipping
+def test_grad_accum_averages_micro_batches(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    trainer = build(tmp_path, ["train.optimizer=sgd", "train.momentum=0", "train.lr=0.5", "train.steps=1",
+                               "train.grad_accum=2"], model=model)
+    trainer.fit()
+    # the two micro-batches are the first two batches of epoch 0 in make_loader's order
+    x, y = dataset().tensors
+    batches = list(make_loader(dataset(), BATCH, epoch=0, seed=0))[:2]
+    ref = nn.Linear(3, 2)
+    with torch.no_grad():
+        for p, w in zip(ref.parameters(), w0, strict=True):
+            p.copy_(w)
+    loss = sum(nn.functional.cross_entropy(ref(bx), by) for bx, by in batches) / 2
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    for p, w, g in zip(model.parameters(), w0, grads, strict=True):
+        torch.testing.assert_close(p.detach(), w - 0.5 * g, rtol=0, atol=1e-6)
+    assert trainer.step == 1 and trainer.batch_in_epoch == 2
+
+
+def test_clip_grad_norm_limits_the_update(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w0 = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        return {"loss": 1000.0 * m(x).square().mean()}  # a huge gradient
+
+    build(tmp_path, ["train.optimizer=sgd", "train.momentum=0", "train.lr=1.0", "train.steps=1",
+                     "train.clip_grad_norm=0.01"], step_fn=step_fn, model=model).fit()
+    w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (w1 - w0).norm().item() == pytest.approx(0.01, rel=1e-4)  # lr * clipped norm
+
+
+# ------------------------------------------------------------------ eval, best.pt, logs
+def test_eval_every_best_checkpoint_and_run_files(tmp_path: Path) -> None:
+    scores = iter([0.5, 0.9, 0.7])  # evaluations at steps 2, 4 and the final one at 6
+    calls: list[bool] = []
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        calls.append(m.training)
+        return {"mIoU": next(scores), "loss": 1.0}
+
+    trainer = build(tmp_path, ["train.steps=6", "train.eval_every=2", "train.log_every=3"], eval_fn=eval_fn,
+                    extra={"class_names": ["neg", "pos"]})
+    final = trainer.fit()
+    assert final == {"mIoU": 0.7, "loss": 1.0}
+    assert calls == [False, False, False]  # evaluated in eval mode
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"recipe.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json"}
+    best = load_checkpoint(run / "best.pt")
+    assert best["step"] == 4 and best["best"] == {"metric": "mIoU", "value": 0.9, "step": 4}
+    assert best["extra"] == {"class_names": ["neg", "pos"]} and best["task"] == "toy"
+    assert best["recipe"]["train"]["eval_every"] == 2
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 6 and last["metrics"] == {"mIoU": 0.7, "loss": 1.0}
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["step"] == 6 and summary["mIoU"] == 0.7 and summary["best"]["value"] == 0.9
+    recs = records(tmp_path)
+    assert [(r["kind"], r["step"]) for r in recs] == [("train", 3), ("eval", 2), ("eval", 4), ("train", 6),
+                                                      ("eval", 6)] or \
+        sorted((r["kind"], r["step"]) for r in recs) == [("eval", 2), ("eval", 4), ("eval", 6), ("train", 3),
+                                                         ("train", 6)]
+    assert all("loss" in r and "lr" in r for r in recs if r["kind"] == "train")
+    assert [r["mIoU"] for r in recs if r["kind"] == "eval"] == [0.5, 0.9, 0.7]
+
+
+def test_best_mode_min_and_unknown_best_metric(tmp_path: Path) -> None:
+    losses = iter([3.0, 1.0, 2.0])
+    trainer = build(tmp_path / "a", ["train.steps=6", "train.eval_every=2", "train.best_metric=val_loss",
+                                     "train.best_mode=min"], eval_fn=lambda m: {"acc": 0.1, "val_loss": next(losses)})
+    trainer.fit()
+    assert load_checkpoint(tmp_path / "a" / "run" / "best.pt")["best"] == {"metric": "val_loss", "value": 1.0,
+                                                                            "step": 4}
+    trainer = build(tmp_path / "b", ["train.steps=2", "train.best_metric=mIoU"], eval_fn=lambda m: {"acc": 0.1})
+    with pytest.raises(ZskError, match="mIoU"):
+        trainer.fit()
+
+
+def test_epochs_evaluate_once_per_epoch(tmp_path: Path) -> None:
+    trainer = build(tmp_path, ["train.epochs=2", "train.log_every=100"], eval_fn=lambda m: {"acc": 0.5})
+    trainer.fit()
+    recs = records(tmp_path)
+    assert [r["step"] for r in recs if r["kind"] == "eval"] == [4, 8]  # 4 batches per epoch
+    assert trainer.step == 8
+
+
+def test_max_steps_stops_early(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        calls.append(step)
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(m(x), y)}
+
+    trainer = build(tmp_path, ["train.steps=100", "train.max_steps=3", "train.schedule=cosine", "train.lr=0.1"],
+                    step_fn=step_fn, eval_fn=lambda m: {"acc": 1.0})
+    trainer.fit()
+    assert calls == [0, 1, 2]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 3
+    # the schedule still spans train.steps: after 3 of 100 cosine steps the lr has barely moved
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr(3, 100, 0.1, "cosine"))
+
+
+def test_no_eval_fn_still_writes_best_and_eval_json(tmp_path: Path) -> None:
+    build(tmp_path, ["train.steps=2"]).fit()
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "best.pt")["step"] == 2
+    assert json.loads((run / "eval.json").read_text())["step"] == 2
+
+
+def test_bad_train_settings_are_zsk_errors(tmp_path: Path) -> None:
+    with pytest.raises(ZskError, match="train.steps"):
+        build(tmp_path / "a", [])  # neither steps nor epochs
+    with pytest.raises(ZskError, match="grad_accum"):
+        build(tmp_path / "b", ["train.steps=1", "train.grad_accum=0"])
+    with pytest.raises(ZskError, match="batch_size"):
+        ctx = start_run("toy", Config, None, ["train.steps=1"], out=tmp_path / "c", device="cpu")
+        Trainer(ctx, nn.Linear(3, 2), ctx.cfg.train, lambda m, b, s: {}, lambda e, s: [], steps_per_epoch=0)

@@ -1,0 +1,136 @@
+"""End to end through the command line: sample -> train -> eval --json -> predict -> info, and bad inputs (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsk.data import cubes
+from zsk.tasks.hsi.cli import app
+
+TINY = [
+    "model.patch=3", "model.band_groups=2", "model.branch_channels=[2,4]", "model.branch_spectral_kernels=[3,3]",
+    "model.feature_dim=8", "model.pairwise_hidden=8", "model.refine_reduced_dim=2", "model.refine_widths=[4,4]",
+    "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.refine_steps=3", "train.refine_eval_every=2",
+    "data.rgb_bands=[8,4,1]",
+]
+
+
+def _sets(values: list[str]) -> list[str]:
+    out = []
+    for v in values:
+        out += ["--set", v]
+    return out
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hsi_cli")
+    runner = CliRunner()
+    sample = root / "sample"
+    r = runner.invoke(app, ["sample", str(sample), "--size", "24", "--bands", "12", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["h5"].endswith("sample.h5")
+    run = root / "run"
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *_sets([f"data.root={sample}", *TINY]),
+                            "--out", str(run), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    return runner, root, sample, run, _json_lines(r.stdout)[-1]
+
+
+def test_train_writes_the_run_directory(trained):
+    _, _, _, run, result = trained
+    for name in ("best.pt", "eval.json", "recipe.yaml", "metrics.jsonl", "confusion_test.csv",
+                 "last-piecewise.pt", "last-refine.pt"):
+        assert (run / name).is_file(), name
+    assert set(result["stages"]) == {"cnn", "crf", "refined"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("stage") for r in records} == {"piecewise", "refine"}
+    assert any("pairwise" in r for r in records if r["kind"] == "train")
+    assert json.loads((run / "eval.json").read_text())["OA"] == pytest.approx(result["OA"])
+
+
+def test_eval_json_matches_training_eval(trained):
+    runner, _, _, run, result = trained
+    r = runner.invoke(app, ["eval", "--checkpoint", str(run / "best.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert {"OA", "AA", "kappa", "per_class", "per_class_f1", "stages"} <= set(out)
+    assert set(out["per_class"]) == {"Water", "Forest", "Meadow", "Bare soil", "Asphalt", "Roof"}
+    assert out["OA"] == pytest.approx(result["OA"])  # same split redrawn, same weights
+    assert out["pixels"] == result["pixels"]
+    # two checkpoints -> mean and std over runs
+    r = runner.invoke(app, ["eval", "-c", str(run / "best.pt"), "-c", str(run / "best.pt"), "--json",
+                            "--split", "val"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["runs"] == 2 and summary["OA"]["std"] == 0.0
+    assert (run / "confusion_val.csv").is_file()
+
+
+def test_predict_every_format_gives_the_same_map(trained):
+    runner, root, sample, run, _ = trained
+    out = root / "pred"
+    inputs = [str(sample / n) for n in ("sample.h5", "sample.mat", "sample.hdr", "sample.npy")]
+    r = runner.invoke(app, ["predict", *inputs, "--checkpoint", str(run / "best.pt"), "--out", str(out),
+                            "--probs", "--json"])
+    assert r.exit_code == 0, r.output
+    results = _json_lines(r.stdout)
+    assert len(results) == 4
+    maps = [np.load(res["labels_npy"]) for res in results]
+    for m in maps:
+        assert m.shape == (24, 24) and m.min() >= 1 and m.max() <= 6  # every pixel predicted, borders too
+        np.testing.assert_array_equal(m, maps[0])
+    probs = np.load(out / "sample_probs.npy")
+    assert probs.shape == (24, 24, 6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    png = Image.open(out / "sample_labels.png")
+    assert png.mode == "P"
+    np.testing.assert_array_equal(np.asarray(png), maps[0])
+    assert Image.open(out / "sample_preview.png").size[0] > 200
+
+
+def test_predict_wrong_band_count_exits_2(trained):
+    runner, root, _, run, _ = trained
+    np.save(root / "bands5.npy", np.zeros((10, 10, 5), dtype=np.float32))
+    r = runner.invoke(app, ["predict", str(root / "bands5.npy"), "-c", str(run / "best.pt"), "--out", str(root / "p2")])
+    assert r.exit_code == 2
+    assert "5 bands" in r.output and "12 bands" in r.output and "bands5.npy" in r.output
+    (root / "broken.h5").write_bytes(b"not hdf5 at all" * 10)
+    r = runner.invoke(app, ["predict", str(root / "broken.h5"), "-c", str(run / "best.pt"), "--out", str(root / "p2")])
+    assert r.exit_code == 2 and "broken.h5" in r.output and "Traceback" not in r.output
+
+
+def test_info_lists_params_and_classes(trained):
+    runner, _, sample, _, _ = trained
+    r = runner.invoke(app, ["info", "--recipe", "hsi/demo", *_sets([f"data.root={sample}", *TINY]), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["classes"]["1"] == "Water" and info["scene"]["bands"] == 12
+    assert info["params_trainable"] == info["params_total"] > 0
+    assert set(info["params_by_part"]) == {"features", "unary", "pairwise", "refine"}
+    assert info["gflops_per_pixel"] > 0
+
+
+def test_bad_inputs_exit_2(trained, tmp_path):
+    runner, _, sample, _, _ = trained
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", "--set", "model.band_grups=2", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "model.band_grups" in r.output
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "sample.h5" in r.output and "not found" in r.output
+    # labels not matching the cube
+    cubes.write_h5(tmp_path / "c.h5", np.zeros((8, 8, 12), np.float32))
+    np.save(tmp_path / "gt.npy", np.ones((8, 7), np.uint8))
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *_sets([f"data.root={tmp_path}", "data.image=c.h5",
+                            "data.labels=gt.npy", "data.class_names=null"]), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "gt.npy" in r.output and "does not match" in r.output
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert r.exit_code == 2 and "nope.pt" in r.output

@@ -1,0 +1,169 @@
+"""End to end through the command line: sample -> train -> eval --json -> predict, plus learning and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsk.tasks.segment.cli import app
+
+runner = CliRunner()
+# a short version of recipes/segment/demo.yaml (same model and data; fewer steps, smaller sample)
+FAST = ["--set", "train.steps=60", "--set", "train.log_every=30", "--set", "runtime.workers=0"]
+
+
+def _run(args: list[str], input: str | None = None):
+    result = runner.invoke(app, args, input=input)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("segment")
+    cache = tmp_path_factory.mktemp("segment-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ZSK_CACHE", str(cache))
+    data = root / "data"
+    r = _run(["sample", str(data), "--train", "24", "--val", "6", "--json"])
+    assert r.exit_code == 0, r.output
+    out = root / "run"
+    r = _run(["train", "--recipe", "segment/demo", "--set", f"data.root={data}", *FAST, "--out", str(out), "--json",
+              "--quiet"])
+    assert r.exit_code == 0, r.output
+    mp.undo()
+    return {"root": root, "data": data, "run": out, "train_out": r.stdout}
+
+
+def test_sample_is_in_the_voc_layout(trained: dict) -> None:
+    data = trained["data"]
+    assert (data / "ImageSets" / "Segmentation" / "train.txt").read_text().split() == [f"2026_train_{i:04d}" for i in range(24)]
+    lab = Image.open(data / "SegmentationClass" / "2026_val_0000.png")
+    img = Image.open(data / "JPEGImages" / "2026_val_0000.jpg")
+    assert lab.mode == "P" and lab.size == img.size
+    values = set(np.unique(np.array(lab)).tolist())
+    assert values <= {0, 255} | {c + 1 for c in range(20)} and len(values) >= 3
+
+
+def test_train_writes_the_run_directory(trained: dict) -> None:
+    run = trained["run"]
+    for name in ("recipe.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [ln["loss"] for ln in lines if ln["kind"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_eval_json_and_learning(trained: dict) -> None:
+    r = _run(["eval", "--checkpoint", str(trained["run"] / "best.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(res) >= {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "per_class"}
+    assert set(res["per_class"]) == set(json.loads((trained["run"] / "eval.json").read_text())["per_class"])
+    s, u = res["mIoU_seen"], res["mIoU_unseen"]
+    assert res["hIoU"] == pytest.approx(2 * s * u / (s + u) if s + u else 0.0)
+    # learning: the trained model segments the seen classes far above an untrained one of the same recipe
+    from zsk.core.run import load_config
+    from zsk.tasks.segment import pipeline
+    from zsk.tasks.segment.config import Config
+    from zsk.tasks.segment.data import SegEvalDataset, load_benchmark
+
+    cfg, _ = load_config("segment", Config, "segment/demo", [f"data.root={trained['data']}", *FAST[1::2]])
+    torch.manual_seed(0)
+    model, loaded = pipeline.build_model(cfg)
+    bench = load_benchmark(cfg.data)
+    text = pipeline.text_embeddings_for(model, loaded, cfg, bench.class_names)
+    before = pipeline.evaluate_model(model, SegEvalDataset(bench, "val"), text, bench, cfg, 0.1, torch.device("cpu"))
+    assert res["mIoU_seen"] > 0.35, res
+    assert res["mIoU_seen"] > before["mIoU_seen"] + 0.25
+    assert res["pAcc"] > 0.5
+
+
+def test_predict_open_vocabulary_and_stdin(trained: dict, tmp_path: Path) -> None:
+    images = sorted((trained["data"] / "JPEGImages").glob("2026_val_*.jpg"))[:2]
+    out = tmp_path / "pred"
+    r = _run(["predict", str(images[0]), "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(out),
+              "--classes", "cat, dog,grass", "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    legend = json.loads(Path(rec["legend"]).read_text())
+    assert [c["name"] for c in legend["classes"]] == ["cat", "dog", "grass"]
+    assert sum(c["pixels"] for c in legend["classes"]) == Image.open(images[0]).size[0] * Image.open(images[0]).size[1]
+    mask = Image.open(rec["mask"])
+    assert mask.mode == "P" and mask.size == Image.open(images[0]).size
+    assert np.array(mask).max() <= 2
+    assert Image.open(rec["overlay"]).size == mask.size
+    # paths from stdin, checkpoint's own classes
+    r = _run(["predict", "-", "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(out), "--json"],
+             input="\n".join(str(p) for p in images) + "\n")
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.strip().splitlines()) == 2
+    legend = json.loads((out / f"{images[1].stem}.json").read_text())
+    assert len(legend["classes"]) == 20
+
+
+def test_checkpoint_predicts_the_same_after_reloading(trained: dict, tmp_path: Path) -> None:
+    img = sorted((trained["data"] / "JPEGImages").glob("*.jpg"))[0]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for o in (a, b):
+        assert _run(["predict", str(img), "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(o)]).exit_code == 0
+    assert np.array_equal(np.array(Image.open(a / f"{img.stem}.png")), np.array(Image.open(b / f"{img.stem}.png")))
+
+
+def test_info_demo_recipe() -> None:
+    r = _run(["info", "--recipe", "segment/demo", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["classes"] == 20 and res["unseen"] == 5 and res["gflops"] > 0
+    assert res["params_trainable"] < res["params_image_model"] < res["params_total"]
+
+
+def test_paper_parameter_counts_within_five_percent() -> None:
+    from zsk.core.bench import count_params
+    from zsk.core.run import load_config
+    from zsk.tasks.segment import pipeline
+    from zsk.tasks.segment.config import Config
+    from zsk.tasks.segment.model import PromptedVisionTransformer, unused_self_attention_params
+
+    cfg, _ = load_config("segment", Config, "segment/voc", None)
+    model, loaded = pipeline.build_model(cfg, pretrained=False)
+    own = count_params(model)[1]
+    unused = unused_self_attention_params(512, 3)
+    assert abs(own + unused - 13.8e6) / 13.8e6 < 0.05
+    assert abs(own - (13.8e6 - 3.15e6)) / (13.8e6 - 3.15e6) < 0.05
+    # COCO-Stuff: 100 prompts instead of 10 on the same encoder
+    model.image_encoder = PromptedVisionTransformer(loaded.model.visual, 100, (32, 32))
+    own_coco = count_params(model)[1]
+    assert abs(own_coco + unused - 14.6e6) / 14.6e6 < 0.05
+    assert abs(own_coco - (14.6e6 - 3.15e6)) / (14.6e6 - 3.15e6) < 0.05
+
+
+def test_bad_inputs_exit_2_naming_the_problem(trained: dict, tmp_path: Path) -> None:
+    ckpt = str(trained["run"] / "best.pt")
+    r = _run(["eval", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2 and "missing.pt" in r.output
+    img = sorted((trained["data"] / "JPEGImages").glob("*.jpg"))[0]
+    r = _run(["predict", str(img), "--checkpoint", ckpt, "--out", str(tmp_path / "p"), "--classes", " , "])
+    assert r.exit_code == 2 and "--classes" in r.output
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\x00garbage")
+    r = _run(["predict", str(bad), "--checkpoint", ckpt, "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "broken.jpg" in r.output
+    r = _run(["train", "--recipe", "segment/demo", "--set", f"data.root={trained['data']}",
+              "--set", "data.unseen_classes=[sheep, unicorn]", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "unicorn" in r.output
+    # a mask whose size does not match its image
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    name = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(data / "SegmentationClass" / f"{name}.png")
+    r = _run(["eval", "--checkpoint", ckpt, "--set", f"data.root={data}"])
+    assert r.exit_code == 2 and f"{name}.png" in r.output
+    r = _run(["train", "--recipe", "segment/demo", "--set", "train.nosuchkey=1", "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "nosuchkey" in r.output
