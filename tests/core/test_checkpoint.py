@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from zsk.core import checkpoint
-from zsk.core.checkpoint import FORMAT_VERSION, load_checkpoint, load_model_state, model_state, save_checkpoint
+from zsk.core.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    save_checkpoint,
+)
 from zsk.core.errors import ZskError
 
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -81,9 +81,12 @@ def test_doctor_json_offline(tmp_path: Path) -> None:
 
 
 def test_recipes_json_offline(recipes_root: Path) -> None:
-    proc = run(ZSK + ["recipes", "--json"], env={"ZSK_RECIPES": str(recipes_root)})
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    from zsk.cli import app
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
+    res = CliRunner().invoke(app, ["recipes", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
     assert [r["recipe"] for r in rows] == ["hsi/demo", "hsi/pavia", "segment/voc"]  # _base is not a task
     by_name = {r["recipe"]: r for r in rows}
     assert by_name["hsi/demo"]["description"] == "tiny HSI demo on sample cubes"  # the first line only
@@ -104,18 +107,14 @@ def test_recipes_for_one_task_and_table(recipes_root: Path) -> None:
 
 
 def test_bad_usage_exits_2_with_one_error_line(recipes_root: Path) -> None:
-    proc = run(ZSK + ["recipes", "no-such-task"], env={"ZSK_RECIPES": str(recipes_root)})
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    err = proc.stderr.strip().splitlines()
-    assert err[-1].startswith("error: ") and "no-such-task" in err[-1] and "hsi" in err[-1]
-    assert "Traceback" not in proc.stderr
-
-
-def test_bad_usage_in_process(recipes_root: Path) -> None:
     from zsk.cli import app
 
     runner = CliRunner()
+    res = runner.invoke(app, ["recipes", "no-such-task"])
+    assert res.exit_code == 2 and res.stdout == ""
+    err = res.stderr.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no-such-task" in err[-1] and "hsi" in err[-1]
+    assert "Traceback" not in res.stderr
     res = runner.invoke(app, ["bench", "--recipe", str(recipes_root / "missing.yaml")])
     assert res.exit_code == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines()[-1].startswith("error: recipe not found")

@@ -40,8 +40,8 @@ def test_single_process_helpers_are_no_ops() -> None:
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
     ranks.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "ZSK_DEVICE": "cpu"}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", ZSK_DEVICE="cpu")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(SCRIPTS / "toy_train.py"), "--out", str(run_dir),
            "--ranks-dir", str(ranks), "--set", "train.steps=6", "--set", "train.eval_every=3"]

@@ -217,13 +217,21 @@ def test_cli_unknown_key_exits_2_with_one_error_line(chain: Path) -> None:
 
 
 def test_cli_wrong_type_exits_2_and_valid_recipe_exits_0(chain: Path) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "cli_app.py"), "recipe", "--recipe", str(chain),
-                           "--set", "train.batch_size=big"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    from typer.testing import CliRunner
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from cli_app import app
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    runner = CliRunner()
+    res = runner.invoke(app, ["recipe", "--recipe", str(chain), "--set", "train.batch_size=big"])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "train.batch_size" in lines[0]
-    assert "Traceback" not in proc.stderr
-    ok = subprocess.run([sys.executable, str(SCRIPTS / "cli_app.py"), "recipe", "--recipe", str(chain),
-                         "--set", "train.lr=2e-4"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == "lr=0.0002 batch_size=16 crop=[48]"
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    res = runner.invoke(app, ["recipe", "--recipe", str(chain), "--set", "model.name=huge"])
+    assert res.exit_code == 2 and "model.name" in res.stderr and "'tiny'" in res.stderr
+    res = runner.invoke(app, ["recipe", "--recipe", str(chain), "--set", "train.lr=2e-4"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "lr=0.0002 batch_size=16 crop=[48]"

@@ -277,6 +277,7 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self._bad_terms: list[str] = []
+        self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr the latest optimizer step used
 
     # ----------------------------------------------------------------- files
     def _name(self, base: str) -> str:
@@ -362,7 +363,7 @@ class Trainer:
         if self._count == 0:
             return
         record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": self.epoch,
-                                  "lr": self.optimizer.param_groups[0]["lr"]}
+                                  "lr": self._step_lr}
         if self.stage:
             record["stage"] = self.stage
         for k, v in self._sums.items():
@@ -445,6 +446,7 @@ class Trainer:
                     else:
                         self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    self._step_lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.step += 1
                     if self.device.type == "cpu":

@@ -26,7 +26,7 @@ from zsk.core import dist
 from zsk.core.options import report_error
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.run import start_run
-from zsk.core.trainer import Trainer, TrainConfig, batches_per_epoch, make_eval_loader, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, make_eval_loader, make_loader
 from zsk.metrics.classification import accuracy
 from zsk.metrics.confusion import ConfusionMatrix
 

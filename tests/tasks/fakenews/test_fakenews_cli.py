@@ -121,7 +121,7 @@ def test_finetune_from_local_hf_directory(tmp_path, trained):
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
     run = tmp_path / "run"
-    branch = "{ctbert: {pretrained: %s, new_tokens: paper}}" % hf_dir
+    branch = "{ctbert: {pretrained: " + str(hf_dir) + ", new_tokens: paper}}"
     r = invoke("train", "--recipe", "fakenews/demo", "--set", f"data.root={data}", "--set", f"model.branches={branch}",
                "--set", "train.max_steps=3", "--set", "train.epochs=1", "--out", run, "--json", "--quiet")
     assert r.exit_code == 0, r.output
@@ -195,3 +195,26 @@ def test_hard_example_augmentation_grows_the_training_pool(tmp_path, trained):
     assert 60 < len(pool["texts"]) == len(pool["labels"]) < 320
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals[0]["hard_examples"] == len(pool["texts"])
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, trained):
+    data, _, _ = trained
+    one = ("{ctbert: {encoder: {hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32, "
+           "max_position_embeddings: 64}, new_tokens: paper}}")
+    common = ["--recipe", "fakenews/demo", "--set", f"data.root={data}", "--set", f"model.branches={one}",
+              "--set", "train.select=last", "--set", "train.batch_size=16", "--quiet", "--json"]
+    r = invoke("train", *common, "--set", "train.max_steps=6", "--out", tmp_path / "full")
+    assert r.exit_code == 0, r.output
+    r = invoke("train", *common, "--set", "train.max_steps=3", "--out", tmp_path / "cut")
+    assert r.exit_code == 0, r.output
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 3
+    r = invoke("train", *common, "--set", "train.max_steps=6", "--out", tmp_path / "cut", "--resume")
+    assert r.exit_code == 0, r.output
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    ea = json.loads((tmp_path / "full" / "eval.json").read_text())
+    eb = json.loads((tmp_path / "cut" / "eval.json").read_text())
+    assert ea["test"] == eb["test"]

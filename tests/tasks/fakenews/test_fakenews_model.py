@@ -11,8 +11,13 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from zsk.core.recipe import load_recipe, parse_config
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.fakenews.config import Config, EncoderConfig
-from zsk.tasks.fakenews.model import (FakeNewsClassifier, FusionHead, TransformerBranch, encoder_from_config,
-                                      random_encoder_config)
+from zsk.tasks.fakenews.model import (
+    FakeNewsClassifier,
+    FusionHead,
+    TransformerBranch,
+    encoder_from_config,
+    random_encoder_config,
+)
 from zsk.tasks.fakenews.pipeline import bench_spec, classification_metrics, info, param_groups
 
 

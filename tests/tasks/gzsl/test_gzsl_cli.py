@@ -231,3 +231,28 @@ def test_resume_matches_uninterrupted_run(trained, tmp_path: Path) -> None:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
     snap = torch.load(tmp_path / "r" / "snapshots" / "epoch-20.pred", weights_only=True)["pred"]
     assert torch.allclose(snap, torch.load(run_dir / "snapshots" / "epoch-20.pred", weights_only=True)["pred"], atol=1e-6)
+
+
+def test_info_lists_test_classes_without_images(trained, tmp_path: Path) -> None:
+    data, _ = trained
+    sets = json.loads((data / "imagenet-testsets.json").read_text())
+    for w in sets["all"][2:]:
+        (tmp_path / "imgs" / w).mkdir(parents=True)
+    out = lines(run("info", "--recipe", "gzsl/demo", "--set", f"data.root={data}", "--set",
+                    f"data.images={tmp_path / 'imgs'}", "--json"))[0]
+    assert out["testsets"]["all"]["missing_images"] == 2
+    assert out["testsets"]["all"]["missing_images_first"] == sets["all"][:2]
+
+
+def test_seen_testset_needs_generalized(trained, tmp_path: Path) -> None:
+    data, run_dir = trained
+    split = json.loads((data / "imagenet-split.json").read_text())
+    feats = np.load(data / "features" / "test.npy")[:3]
+    np.save(tmp_path / "s.npy", feats)
+    (tmp_path / "s-labels.txt").write_text("".join(w + "\n" for w in split["train"][:3]))
+    res = run("eval", "-c", str(run_dir / "last.pt"), "--testset", "train", "--features", str(tmp_path / "s.npy"),
+              code=2)
+    assert "only seen classes" in res.stderr
+    out = lines(run("eval", "-c", str(run_dir / "last.pt"), "--testset", "train", "--features",
+                    str(tmp_path / "s.npy"), "--generalized", "--json"))[0]
+    assert out["images"] == 3 and out["candidates"] == 12

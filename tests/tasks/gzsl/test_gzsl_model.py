@@ -133,3 +133,17 @@ def test_losses_by_hand() -> None:
     assert classifier_mse_loss(pred, target).item() == pytest.approx(14 / 6)
     with pytest.raises(ValueError):
         classifier_l2_loss(pred, torch.zeros(3, 3))
+
+
+def test_forward_flops_by_hand() -> None:
+    from zsk.tasks.gzsl.pipeline import forward_flops
+
+    adj = symmetric_adjacency(EDGES, N)
+    nnz = N + 2 * len(EDGES)  # self-loops + both directions
+    gcn = GCN(4, 3, hidden=[6])
+    assert forward_flops(gcn, adj, N) == 2 * N * (4 * 6 + 6 * 3) + 2 * nnz * (6 + 3)
+    groups = merge_groups(ancestor_groups(N, EDGES), 2)
+    g = DenseGraph.from_groups(groups, N)
+    pairs = sum(len(x) for x in groups)  # each phase touches every (node, ancestor) pair once
+    dgp = DGP(4, 3, hidden=6, num_groups=3)
+    assert forward_flops(dgp, g, N) == 2 * N * (4 * 6 + 6 * 3) + 2 * pairs * (6 + 3)

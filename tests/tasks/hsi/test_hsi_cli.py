@@ -98,6 +98,18 @@ def test_predict_every_format_gives_the_same_map(trained):
     assert Image.open(out / "sample_preview.png").size[0] > 200
 
 
+def test_predict_reads_npy_from_stdin(trained):
+    runner, root, sample, run, _ = trained
+    r = runner.invoke(app, ["predict", "-", "-c", str(run / "best.pt"), "--out", str(root / "stdin"), "--no-preview",
+                            "--json"], input=(sample / "sample.npy").read_bytes())
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(sample / "sample.npy"), "-c", str(run / "best.pt"), "--out",
+                            str(root / "stdin"), "--no-preview"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(root / "stdin" / "stdin_labels.npy"),
+                                  np.load(root / "stdin" / "sample_labels.npy"))
+
+
 def test_predict_wrong_band_count_exits_2(trained):
     runner, root, _, run, _ = trained
     np.save(root / "bands5.npy", np.zeros((10, 10, 5), dtype=np.float32))
@@ -134,3 +146,64 @@ def test_bad_inputs_exit_2(trained, tmp_path):
     assert r.exit_code == 2 and "gt.npy" in r.output and "does not match" in r.output
     r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope.pt")])
     assert r.exit_code == 2 and "nope.pt" in r.output
+
+
+def test_train_runs_reports_mean_and_std(trained, tmp_path):
+    runner, _, sample, _, _ = trained
+    sets = _sets([f"data.root={sample}", *TINY, "train.steps=2", "model.refine=false", "model.name=cnn"])
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *sets, "--runs", "2", "--out", str(tmp_path / "runs"),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    summary = _json_lines(r.stdout)[-1]
+    assert summary["runs"] == 2 and {"mean", "std"} == set(summary["OA"])
+    assert (tmp_path / "runs" / "run-0" / "best.pt").is_file() and (tmp_path / "runs" / "run-1" / "best.pt").is_file()
+    seeds = [json.loads((tmp_path / "runs" / f"run-{i}" / "eval.json").read_text())["OA"] for i in (0, 1)]
+    assert summary["OA"]["mean"] == pytest.approx(sum(seeds) / 2)
+    assert (tmp_path / "runs" / "summary.json").is_file()
+    # eval of the --runs directory: every run's best.pt, mean and std
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "runs"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["OA"]["mean"] == pytest.approx(summary["OA"]["mean"])
+
+
+def test_unpadded_scene_leaves_border_unclassified(trained, tmp_path):
+    """data.pad: none reproduces DeepHyperX: border pixels are neither trained on, scored nor predicted."""
+    runner, _, sample, _, _ = trained
+    sets = _sets([f"data.root={sample}", *TINY, "train.steps=2", "data.pad=none"])
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *sets, "--out", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "-c", str(tmp_path / "run"), "--split", "all", "--json"])
+    assert r.exit_code == 0, r.output
+    labels = cubes.read_labels(sample / "sample.h5")
+    assert json.loads(r.stdout)["pixels"] == int((labels[1:-1, 1:-1] > 0).sum())
+    r = runner.invoke(app, ["predict", str(sample / "sample.npy"), "-c", str(tmp_path / "run" / "best.pt"),
+                            "--out", str(tmp_path / "p"), "--no-preview"])
+    assert r.exit_code == 0, r.output
+    m = np.load(tmp_path / "p" / "sample_labels.npy")
+    assert (m[0] == 0).all() and (m[:, -1] == 0).all() and (m[1:-1, 1:-1] > 0).all()
+
+
+def test_bench_spec_runs(trained):
+    import torch
+
+    from zsk.core.run import load_config
+    from zsk.tasks.hsi import pipeline
+    from zsk.tasks.hsi.config import Config
+
+    _, _, sample, _, _ = trained
+    cfg, _ = load_config("hsi", Config, "hsi/demo", [f"data.root={sample}", *TINY])
+    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 8)
+    spec.train_step()
+    spec.infer_step()
+    assert spec.infer_samples == 24 * 24 and spec.infer_unit == "pixels" and spec.train_samples == 8
+
+
+def test_no_training_pairs_skips_the_pairwise_term(trained, tmp_path):
+    runner, _, sample, _, _ = trained
+    sets = _sets([f"data.root={sample}", *TINY, "train.steps=2", "model.refine=false", "data.split.mode=fixed",
+                  "data.split.count=1", "data.split.fraction=null", "data.split.val_share=0", "train.batch_size=6"])
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *sets, "--out", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "pairwise term is skipped" in r.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("pairwise" not in rec for rec in records if rec["kind"] == "train")

@@ -104,6 +104,28 @@ def test_masks_mode(gt):
                         test_mask=train)
 
 
+def test_masks_from_files_through_make_split(tmp_path, gt):
+    cube = np.random.default_rng(0).random((40, 30, 4)).astype(np.float32)
+    cubes.write_h5(tmp_path / "scene.h5", cube, gt)
+    train = np.where((gt > 0) & (np.arange(40)[:, None] < 10), gt, 0)
+    test = np.where((gt > 0) & (np.arange(40)[:, None] >= 30), gt, 0)
+    np.save(tmp_path / "train.npy", train)
+    cubes.write_mat(tmp_path / "test.mat", {"test_gt": test})
+    cfg = DataConfig(root=str(tmp_path), image="scene.h5",
+                     split=SplitConfig(mode="masks", train_mask="train.npy", test_mask="test.mat", val_share=0.0))
+    split = hd.make_split(hd.load_scene(cfg), cfg, seed=0, margin=1)
+    assert np.array_equal(split.train, train) and np.array_equal(split.test, test)
+    np.save(tmp_path / "small.npy", train[:-1])
+    cfg.split.train_mask = "small.npy"
+    with pytest.raises(ZskError, match=r"small\.npy.*does not match"):
+        hd.make_split(hd.load_scene(cfg), cfg, seed=0, margin=1)
+    # a class without any training pixel is refused, naming the mask file
+    np.save(tmp_path / "no3.npy", np.where(train == 3, 0, train))
+    cfg.split.train_mask = "no3.npy"
+    with pytest.raises(ZskError, match=r"no3\.npy: class 3 \(class_3\) gets no training pixel"):
+        hd.make_split(hd.load_scene(cfg), cfg, seed=0, margin=1)
+
+
 def test_usable_mask_excludes_border(gt):
     usable = hd.border_mask(gt.shape, 3)
     split = hd.split_labels(gt, SplitConfig(mode="random", fraction=0.5), 0, usable=usable)
@@ -198,7 +220,7 @@ def test_extract_patches_matches_slicing():
     assert padded.shape == (2, 8, 9)
     ys, xs = torch.tensor([0, 5, 2]), torch.tensor([0, 6, 3])
     patches = hd.extract_patches(padded, ys, xs, 3)
-    for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
+    for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist(), strict=True)):
         torch.testing.assert_close(patches[i], padded[:, y : y + 3, x : x + 3])
     torch.testing.assert_close(patches[2][:, 1, 1], cube[:, 2, 3])  # centred on the pixel
     # reflect padding mirrors without repeating the edge

@@ -118,7 +118,7 @@ def test_piecewise_step_pairs_by_hand():
     step = pipeline.PiecewiseStep(torch.zeros(2, 6, 7), train_map, patch=3, offset=0, radius=1)
     assert len(step) == 4
     n_idx, q = step.pairs(step.coords)
-    pairs = {(tuple(step.coords[i].tolist()), tuple(qq.tolist())) for i, qq in zip(n_idx, q)}
+    pairs = {(tuple(step.coords[i].tolist()), tuple(qq.tolist())) for i, qq in zip(n_idx, q, strict=True)}
     assert pairs == {((1, 1), (1, 2)), ((1, 1), (2, 2)), ((1, 2), (1, 1)), ((1, 2), (2, 2)),
                      ((2, 2), (1, 1)), ((2, 2), (1, 2))}
     assert step.count_pairs() == 6

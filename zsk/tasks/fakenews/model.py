@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from zsk.core.errors import ZskError
-from zsk.tasks.fakenews import hf_compat  # noqa: F401  (must run before transformers models load)
 from zsk.tasks.fakenews.config import BranchConfig, EncoderConfig
 
 # Architectures of the paper's two pretrained encoders (from their published config.json files), so

@@ -30,22 +30,48 @@ from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
 from zsk.core.progress import log, progress, warn
 from zsk.core.run import RunContext, config_from_checkpoint, start_run
-from zsk.core.trainer import (Trainer, batches_per_epoch, epoch_batches, export_checkpoint, make_eval_loader,
-                              make_loader, move_to)
+from zsk.core.trainer import (
+    Trainer,
+    batches_per_epoch,
+    epoch_batches,
+    export_checkpoint,
+    make_eval_loader,
+    make_loader,
+    move_to,
+)
 from zsk.data.tables import decode_text, read_table, select_texts, table_format
 from zsk.metrics.classification import accuracy, precision_recall_f1
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.fakenews.adversarial import fgm_loss
 from zsk.tasks.fakenews.augment import hard_examples, load_synonyms
 from zsk.tasks.fakenews.config import PAPER_NEW_TOKENS, BranchConfig, Config
-from zsk.tasks.fakenews.data import Corpus, TokenizedTexts, encode_cached, encode_texts, load_split, split_path
+from zsk.tasks.fakenews.data import (
+    Corpus,
+    TokenizedTexts,
+    encode_cached,
+    encode_texts,
+    load_split,
+    split_path,
+)
 from zsk.tasks.fakenews.losses import heated_alpha, heated_softmax_cross_entropy
-from zsk.tasks.fakenews.model import (FakeNewsClassifier, TransformerBranch, architecture_config, config_from_dict,
-                                      config_to_json, encoder_from_config, load_pretrained_encoder,
-                                      random_encoder_config)
+from zsk.tasks.fakenews.model import (
+    FakeNewsClassifier,
+    TransformerBranch,
+    architecture_config,
+    config_from_dict,
+    config_to_json,
+    encoder_from_config,
+    load_pretrained_encoder,
+    random_encoder_config,
+)
 from zsk.tasks.fakenews.preprocess import clean_texts
-from zsk.tasks.fakenews.tokenization import (build_wordpiece_tokenizer, load_tokenizer, tokenizer_files,
-                                             tokenizer_fingerprint, tokenizer_from_files)
+from zsk.tasks.fakenews.tokenization import (
+    build_wordpiece_tokenizer,
+    load_tokenizer,
+    tokenizer_files,
+    tokenizer_fingerprint,
+    tokenizer_from_files,
+)
 from zsk.tasks.fakenews.vocab import expand_vocabulary, frequent_multipiece_terms
 
 TASK = "fakenews"

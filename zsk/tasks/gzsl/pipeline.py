@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from zsk.core import dist
-from zsk.core.bench import BenchSpec, count_flops, count_params
+from zsk.core.bench import BenchSpec, count_params
 from zsk.core.checkpoint import load_checkpoint, load_model_state
 from zsk.core.device import resolve_device
 from zsk.core.errors import ZskError
@@ -448,6 +448,9 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
                        f"({len(missing_graph)} missing)")
     test_idx = [index[w] for w in test_wnids]
     cand = candidate_indices(test_idx, data.seen_idx.tolist(), cfg.eval.generalized)
+    if len(cand) == 0:
+        raise ZskError(f"test set {name} holds only seen classes, which zero-shot evaluation masks out: "
+                       f"use --generalized")
     cand_pos = {int(c): k for k, c in enumerate(cand)}
     # class position (in test_wnids) -> candidate position; a test class that is a seen class has none in ZSL
     class_to_cand = np.asarray([cand_pos.get(i, -1) for i in test_idx], dtype=np.int64)
@@ -505,8 +508,11 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
         pred_top = torch.cat(top1) if top1 else torch.zeros(0, dtype=torch.long)
         lab = torch.cat(top1_labels) if top1_labels else torch.zeros(0, dtype=torch.long)
         result["top1_per_class"] = per_class_top1(pred_top[lab >= 0], lab[lab >= 0], len(cand))
-    images = torch.tensor(float(labels_t.numel()))
-    result.update({"testset": name, "generalized": cfg.eval.generalized, "images": int(dist.all_reduce_sum(images)),
+    images = dist.all_reduce_sum(valid.sum().double())
+    if float(images) == 0 and labels_t.numel():
+        raise ZskError(f"test set {name} holds only seen classes, which zero-shot evaluation masks out: "
+                       f"use --generalized")
+    result.update({"testset": name, "generalized": cfg.eval.generalized, "images": int(images),
                    "classes": int(len(present)), "candidates": int(len(cand)), "missing_classes": len(missing),
                    "keep_ratio": cfg.eval.keep_ratio})
     return result
@@ -549,6 +555,8 @@ def evaluate(checkpoint: Path, sets: list[str] | None = None, recipe: Path | Non
              device: str | None = None) -> dict[str, Any]:
     """``zsk gzsl eval``: hit@k of a checkpoint on the recipe's test set."""
     cfg, model, data, ckpt = load_model(checkpoint, sets, recipe)
+    if cfg.eval.features and (ckpt.get("extra") or {}).get("finetuned"):
+        warn(f"{checkpoint} has a fine-tuned CNN: eval.features must come from it (zsk gzsl features -c {checkpoint})")
     dev = resolve_device(device, cfg.runtime.device)
     model.to(dev).eval()
     pred = predicted_classifiers(model, data, cfg, ckpt.get("extra") or {}, dev)
@@ -664,6 +672,20 @@ def predict(checkpoint: Path, inputs: Sequence[Path], candidates: Path | None = 
 # ----------------------------------------------------------------------------- info
 
 
+def forward_flops(gnn: nn.Module, ops: DenseGraph | Tensor, num_nodes: int) -> float:
+    """FLOPs of one full-graph forward: 2 N d_in d_out per linear layer plus 2 nnz d_out per sparse
+    propagation (computed, not timed, so ``info`` stays instant on the 32K-node graph)."""
+    linears = [m for m in gnn.modules() if isinstance(m, nn.Linear)]
+    flops = sum(2.0 * num_nodes * m.in_features * m.out_features for m in linears)
+    if isinstance(ops, DenseGraph):
+        phases = (ops.descendants, ops.ancestors)
+        flops += sum(2.0 * op._nnz() * lin.out_features for family, lin in zip(phases, linears, strict=True)
+                     for op in family)
+    else:
+        flops += sum(2.0 * ops._nnz() * lin.out_features for lin in linears)
+    return flops
+
+
 def info(cfg: Config) -> dict[str, Any]:
     """Graph size, edges per hop-distance group, parameters and FLOPs per epoch, test-set coverage."""
     data = load_graph_data(cfg)
@@ -675,10 +697,8 @@ def info(cfg: Config) -> dict[str, Any]:
     out_dim = out_dim or (2049 if cfg.model.target_bias else 2048)
     gnn = build_gnn(cfg, data.vectors.shape[1], out_dim)
     total, trainable = count_params(gnn)
-    ops = build_operators(cfg, data)
-    x = torch.from_numpy(data.vectors)
-    gnn.eval()
-    flops = count_flops(lambda: gnn(x, ops))
+    flops = forward_flops(gnn, build_operators(cfg, data), n)
+    x = data.vectors
     res: dict[str, Any] = {
         "model": cfg.model.name, "nodes": n, "edges": int(len(data.graph.edges)), "word_dim": int(x.shape[1]),
         "classifier_dim": out_dim, "seen": len(data.seen), "unseen": len(data.unseen),
@@ -702,7 +722,10 @@ def info(cfg: Config) -> dict[str, Any]:
             if feature_labels is not None:
                 entry["missing_features"] = sum(w not in feature_labels for w in wnids)
             if images_root.is_dir():
-                entry["missing_images"] = sum(not (images_root / w).is_dir() for w in wnids)
+                absent = [w for w in wnids if not (images_root / w).is_dir()]
+                entry["missing_images"] = len(absent)
+                if absent:
+                    entry["missing_images_first"] = absent[:5]
             sets[name] = entry
         res["testsets"] = sets
     return res

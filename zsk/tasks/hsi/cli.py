@@ -30,7 +30,7 @@ app = typer.Typer(name="hsi", help="Hyperspectral image segmentation with a band
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 CheckpointsOpt = Annotated[list[Path], typer.Option("--checkpoint", "-c",
-                           help="A best.pt written by train; repeat it to report mean ± std over runs.")]
+                           help="best.pt written by train, or a run directory; repeat it (or give a `train --runs` directory) for mean ± std.")]
 RunsOpt = Annotated[int, typer.Option("--runs", min=1, help="Train N runs with seeds seed..seed+N-1 and report mean ± std.")]
 
 
@@ -73,7 +73,7 @@ def eval_(checkpoint: CheckpointsOpt, recipe: OptRecipeOpt = None, set_: SetOpt 
     from zsk.tasks.hsi import pipeline
 
     dev = resolve_device(device)
-    results = [pipeline.evaluate(c, set_, split, recipe, dev) for c in checkpoint]
+    results = [pipeline.evaluate(c, set_, split, recipe, dev) for c in pipeline.expand_checkpoints(checkpoint)]
     if len(results) == 1:
         r = results[0]
         emit_result({k: v for k, v in r.items() if k != "confusion"}, json_out, title=f"hsi eval ({r['split']})")

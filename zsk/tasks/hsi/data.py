@@ -154,7 +154,7 @@ def resolve_files(cfg: DataConfig) -> tuple[Path, str | None, Path, str | None, 
     labels_path = _find(root, folder, labels_name)
     image_key = cfg.image_key if cfg.image_key is not None else (bench.image_key if bench else None)
     labels_key = cfg.labels_key if cfg.labels_key is not None else (bench.labels_key if bench else None)
-    if not image_path.exists() and not (image_path.suffix.lower() == ".hdr" and image_path.with_suffix(".hdr").exists()):
+    if not image_path.exists():
         hint = f" (DeepHyperX layout: {root / folder / image_name})" if folder else ""
         raise ZskError(f"{image_path}: cube file not found; set data.root to the folder holding it{hint}")
     return image_path, image_key, labels_path, labels_key, bench
@@ -287,7 +287,8 @@ class Split:
 def split_size(cfg: SplitConfig) -> tuple[str, float]:
     """("fraction", f) or ("count", n) from the split section; ZskError when both are set or out of range."""
     if cfg.fraction is not None and cfg.count is not None:
-        raise ZskError("data.split: set either fraction or count, not both")
+        raise ZskError("data.split: set either fraction or count, not both (to use a count over a recipe that sets "
+                       "a fraction: --set data.split.fraction=null)")
     if cfg.count is not None:
         if cfg.count < 1:
             raise ZskError(f"data.split.count={cfg.count}: need at least 1 pixel")
@@ -378,7 +379,7 @@ def split_labels(
                 train_idx.append(rng.permutation(idx)[: counts[c]])
         elif cfg.mode == "disjoint":
             width = labels.shape[1]
-            for c, idx in groups.items():
+            for idx in groups.values():
                 fraction = size if kind == "fraction" else min(1.0, size / len(idx))
                 cut = disjoint_cut(idx // width, labels.shape[0], fraction)
                 train_idx.append(idx[idx // width < cut])
@@ -437,7 +438,7 @@ def make_split(scene: Scene, cfg: DataConfig, seed: int, margin: int) -> Split:
                 test_mask = mask
     split = split_labels(scene.labels, cfg.split, seed, usable, train_mask, test_mask)
     counts = split.counts(scene.num_classes)
-    fit = [t + v for t, v in zip(counts["train"], counts["val"])]
+    fit = [t + v for t, v in zip(counts["train"], counts["val"], strict=True)]
     missing = [f"{i + 1} ({scene.class_names[i]})" for i, n in enumerate(fit) if n == 0]
     if missing:
         where = cfg.split.train_mask if cfg.split.mode == "masks" else scene.labels_path
@@ -498,7 +499,7 @@ def synthetic_scene(
         centres = rng.uniform(0.05, 0.95, size=3)
         widths = rng.uniform(0.05, 0.2, size=3)
         heights = rng.uniform(0.2, 0.6, size=3)
-        s = 0.15 + 0.1 * c / num_classes + sum(h * np.exp(-0.5 * ((t - m) / w) ** 2) for h, m, w in zip(heights, centres, widths))
+        s = 0.15 + 0.1 * c / num_classes + sum(h * np.exp(-0.5 * ((t - m) / w) ** 2) for h, m, w in zip(heights, centres, widths, strict=True))
         spectra.append(s)
     spectra = np.stack(spectra)  # (K, B)
     n_seeds = max(num_classes * 2, (height * width) // 300)

@@ -53,7 +53,7 @@ class BandGroupBranch(nn.Module):
         pad = 1 if spatial_padding == "same" else 0
         layers: list[nn.Module] = []
         c_in = 1
-        for c_out, k in zip(channels, spectral_kernels):
+        for c_out, k in zip(channels, spectral_kernels, strict=True):
             layers += [
                 nn.Conv3d(c_in, c_out, (k, 3, 3), padding=(k // 2, pad, pad), bias=False),
                 nn.BatchNorm3d(c_out),
@@ -116,13 +116,13 @@ class SpectralGroupFeatures(nn.Module):
     def forward(self, patches: Tensor) -> Tensor:
         """(N, B, w, w) patch cubes -> (N, D) node features."""
         x = patches.unsqueeze(1)
-        parts = [branch(x[:, :, a:b]) for branch, (a, b) in zip(self.branches, self.groups)]
+        parts = [branch(x[:, :, a:b]) for branch, (a, b) in zip(self.branches, self.groups, strict=True)]
         return self.fuse(torch.cat(parts, dim=1))
 
     def forward_dense(self, tile: Tensor) -> Tensor:
         """(B, H + w - 1, W + w - 1) padded tile -> (H, W, D) node features, fully convolutional ("valid" only)."""
         x = tile.unsqueeze(0).unsqueeze(0)
-        parts = [branch.forward_dense(x[:, :, a:b], self.patch) for branch, (a, b) in zip(self.branches, self.groups)]
+        parts = [branch.forward_dense(x[:, :, a:b], self.patch) for branch, (a, b) in zip(self.branches, self.groups, strict=True)]
         h = torch.cat(parts, dim=0).permute(1, 2, 0)
         return self.fuse(h)
 
@@ -170,9 +170,8 @@ class PairwiseHead(nn.Module):
 
     def forward(self, f_p: Tensor, f_q: Tensor) -> Tensor:
         """(N, D), (N, D) -> (N, K, K) with [k, l] the energy of y_p = k, y_q = l."""
-        a_p, _ = self.project(f_p)
-        _, b_q = self.project(f_q)
-        return self.combine(a_p, b_q)
+        d, w = self.feature_dim, self.hidden.weight
+        return self.combine(F.linear(f_p, w[:, :d], self.hidden.bias), F.linear(f_q, w[:, d:]))
 
 
 def neighbour_offsets(radius: int) -> list[tuple[int, int]]:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -34,8 +33,8 @@ from zsk.core.progress import log, progress, warn
 from zsk.core.run import RunContext, config_from_checkpoint
 from zsk.core.trainer import Trainer, batches_per_epoch, export_checkpoint, make_loader
 from zsk.data import cubes
-from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
 from zsk.metrics.classification import accuracy as overall_accuracy
+from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import Config, EvalConfig
@@ -302,8 +301,8 @@ def classification_metrics(pred: Tensor, labels: np.ndarray | Tensor, class_name
         "OA": overall_accuracy(matrix),
         "AA": average_accuracy(matrix),
         "kappa": cohen_kappa(matrix),
-        "per_class": {name: (None if math.isnan(a) else a) for name, a in zip(class_names, per_class)},
-        "per_class_f1": {name: float(v) for name, v in zip(class_names, f1)},
+        "per_class": {name: (None if math.isnan(a) else a) for name, a in zip(class_names, per_class, strict=True)},
+        "per_class_f1": {name: float(v) for name, v in zip(class_names, f1, strict=True)},
         "confusion": matrix.tolist(),
     }
 
@@ -316,6 +315,8 @@ def evaluate_scene(net: HSINet, data: SceneData, cfg: Config, device: torch.devi
               "all": data.scene.labels}[split]
     shape = data.scene.labels.shape
     offset = grid_offset(cfg)
+    if offset:  # data.pad: none leaves the border unpredicted: it is not scored
+        labels = np.where(hsi_data.border_mask(shape, offset), labels, 0)
     final_pred = to_image_grid(probs["final"].argmax(-1), shape, offset)
     metrics = classification_metrics(final_pred, labels, data.scene.class_names)
     stages = {}
@@ -330,7 +331,7 @@ def write_confusion(directory: Path, metrics: dict, class_names: list[str], spli
     """Confusion matrix as CSV (rows true, columns predicted) in the run directory."""
     path = directory / f"confusion_{split}.csv"
     lines = ["true\\pred," + ",".join(f'"{n}"' for n in class_names)]
-    for name, row in zip(class_names, metrics["confusion"]):
+    for name, row in zip(class_names, metrics["confusion"], strict=True):
         lines.append(f'"{name}",' + ",".join(str(v) for v in row))
     if dist.is_main():
         path.write_text("\n".join(lines) + "\n")
@@ -537,6 +538,20 @@ def evaluate(checkpoint: Path, sets: list[str] | None = None, split: str | None 
     return metrics
 
 
+def expand_checkpoints(paths: list[Path]) -> list[Path]:
+    """Checkpoint files; a run directory stands for its best.pt, a `--runs` directory for every run-*/best.pt."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = [p / "best.pt"] if (p / "best.pt").is_file() else sorted(p.glob("run-*/best.pt"))
+            if not found:
+                raise ZskError(f"{p}: no best.pt in this directory or its run-*/ folders")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
 def summarize_runs(results: list[dict]) -> dict:
     """Mean and standard deviation (n - 1) of OA, AA, kappa and per-class accuracy over several runs."""
     def mean_std(values: list[float]) -> dict:
@@ -650,7 +665,7 @@ def predict(inputs: list[str], checkpoint: Path, out: Path, key: str | None = No
             save_preview(files["preview"], raw, labels, names, palette, extra["rgb_bands"], f"{name}: {Path(str(checkpoint)).parent.name}")
         counts = np.bincount(labels.ravel(), minlength=len(names) + 1)
         results.append({"input": where, "shape": list(raw.shape), **{k: str(v) for k, v in files.items()},
-                        "class_pixels": {n: int(c) for n, c in zip(names, counts[1:])}})
+                        "class_pixels": {n: int(c) for n, c in zip(names, counts[1:], strict=True)}})
     return results
 
 

@@ -49,8 +49,9 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
 
     ctx = start_run("retrieve", Config, recipe, set_, out=out, resume=resume, device=device, seed=seed)
     result = pipeline.train(ctx)
-    log(f"run directory: {ctx.run_dir}")
-    emit_result({"run_dir": str(ctx.run_dir), **result}, as_json=True)
+    if ctx.dist.is_main:  # one result line per run, not per process
+        log(f"run directory: {ctx.run_dir}")
+        emit_result({"run_dir": str(ctx.run_dir), **result}, as_json=True)
 
 
 @app.command("eval")

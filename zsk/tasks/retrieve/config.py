@@ -33,6 +33,9 @@ class DataConfig:
     use_restval: bool = False  # format karpathy: add COCO restval images to train (VSE++ --use_restval)
     split_files: dict[str, str] = field(default_factory=dict)  # format iapr: split name -> list of image ids
     vocab_threshold: int = 4  # words seen fewer times in the training captions map to <unk> (VSE++ vocab.py)
+    # splits whose captions build the word vocabulary: training only (intended); the original VSE++
+    # vocabulary also counted dev/test captions by mistake (vsepp #29), [train, dev, test] reproduces that
+    vocab_splits: list[str] = field(default_factory=lambda: ["train"])
     lsa_file: str | None = None  # a train_svd.txt to use instead of computing the LSA (spec Step 1.5)
     lsa_rank: int = 400  # spec Step 1.4
     lsa_iter: int = 100
@@ -58,7 +61,7 @@ class ModelConfig:
     gpo_dim: int = 32  # GPO positional code and GRU width
     bert: str = "bert-base-uncased"  # Hugging Face id or local directory (text_encoder bert)
     bert_lr_mult: float = 0.1  # VSE infinity trains BERT at lr x 0.1
-    backbone: str = "resnet152"  # image_encoder cnn: torchvision model name
+    backbone: str = "resnet152"  # image_encoder cnn: torchvision model name, or timm:NAME for a timm model
     pretrained: str | None = "imagenet"  # image_encoder cnn: imagenet (local torchvision cache), a file, or null
     finetune: bool = False  # image_encoder cnn: train the backbone too
     image_size: int = 224  # image_encoder cnn: crop size

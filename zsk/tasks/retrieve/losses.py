@@ -7,6 +7,11 @@
 - **L_MH** (VSE++): hinge of the hardest negative per query, fixed margin alpha = 0.2.
 - **L_LSEH**: hardest negative with a per-pair margin ``M[i, j] = alpha' + lambda * S_hat[i, j]``,
   alpha' = 0.185, lambda = 0.025, where ``S_hat`` compares the LSA vectors of the batch captions.
+
+One implementation serves every base network. The official VSE infinity variant's loss file is broken
+(it references an undefined margin class and returns variables that exist only with max_violation on);
+it is not reproduced. The official same-image mask is an O(B^2) Python loop; here it is one broadcast
+comparison of the batch's image ids.
 """
 
 from __future__ import annotations

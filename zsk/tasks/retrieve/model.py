@@ -204,6 +204,53 @@ def torchvision_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
     raise ValueError(f"cannot find the classification layer of torchvision model {name!r}")
 
 
+def timm_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
+    """A timm model without its classifier (pooled features) and its feature width.
+
+    ``weights``: None (random init), ``imagenet`` (timm's default pretrained tag from the local Hugging
+    Face cache, no download) or a path to a state-dict file.
+    """
+    import timm
+
+    from zsk.core.errors import ZskError
+
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError:
+        raise ZskError(f"unknown timm model {name!r} (model.backbone=timm:NAME, e.g. timm:resnet50)") from None
+    if weights is None:
+        return net, int(net.num_features)
+    if weights == "imagenet":
+        try:
+            net = timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as e:  # noqa: BLE001 - offline hub errors vary by version
+            raise ZskError(f"timm weights for {name} are not in the local Hugging Face cache "
+                           f"({str(e).splitlines()[0][:120]}); pass a local file with "
+                           f"--set model.pretrained=/path/to/{name}.pth") from None
+        return net, int(net.num_features)
+    from pathlib import Path
+
+    path = Path(weights)
+    if not path.is_file():
+        raise ZskError(f"weights for {name} not found at {path}; pass a local file with --set model.pretrained=PATH")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ZskError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    result = net.load_state_dict(state, strict=False)
+    if len(result.missing_keys) == len(net.state_dict()):
+        raise ZskError(f"weights {path} do not match timm's {name} (no key matched)")
+    return net, int(net.num_features)
+
+
+def cnn_trunk(backbone: str, weights: str | None) -> tuple[nn.Module, int]:
+    """``timm:NAME`` through timm, any other name through torchvision."""
+    if backbone.startswith("timm:"):
+        return timm_trunk(backbone.removeprefix("timm:"), weights)
+    return torchvision_trunk(backbone, weights)
+
+
 # ----------------------------------------------------------------------------- text encoders
 
 

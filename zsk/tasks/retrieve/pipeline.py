@@ -47,7 +47,7 @@ from zsk.tasks.retrieve.model import (
     GRUTextEncoder,
     PrecompLinearImageEncoder,
     VSEModel,
-    torchvision_trunk,
+    cnn_trunk,
 )
 
 TASK = "retrieve"
@@ -75,7 +75,7 @@ def build_model(cfg: Config, vocab_size: int, load_pretrained: bool = True) -> V
     m = cfg.model
     pool, text = m.resolved()
     if m.image_encoder == "cnn":
-        trunk, feat_dim = torchvision_trunk(m.backbone, m.pretrained if load_pretrained else None)
+        trunk, feat_dim = cnn_trunk(m.backbone, m.pretrained if load_pretrained else None)
         image = CNNImageEncoder(trunk, feat_dim, m.embed_size, m.finetune)
     elif pool in ("flatten", "mean"):
         image = PrecompLinearImageEncoder(m.img_dim, m.num_regions, m.embed_size, pool)
@@ -256,6 +256,16 @@ def _with_lr_update(tcfg: TrainConfig, optim_steps_per_epoch: int) -> TrainConfi
     return dataclasses.replace(tcfg, schedule="step", milestones=list(range(every, total, every)))
 
 
+def vocabulary_captions(cfg: Config, train_split) -> list[str]:
+    """Captions the word vocabulary is counted over (``data.vocab_splits``; training only by default)."""
+    caps: list[str] = []
+    for name in cfg.data.vocab_splits:
+        caps += train_split.captions if name == cfg.data.train_split else load_split(cfg.data, name).captions
+    if not caps:
+        raise ZskError("data.vocab_splits is empty; list at least the training split")
+    return caps
+
+
 def param_groups(model: VSEModel, cfg: Config) -> list[dict]:
     """BERT trains at ``lr * model.bert_lr_mult`` (VSE infinity); everything else at ``lr``."""
     bert = getattr(model.text_encoder, "bert", None)
@@ -274,7 +284,7 @@ def train(ctx: RunContext) -> dict:
     val_split = subset_split(load_split(cfg.data, cfg.data.val_split), cfg.eval.val_max_images)
     for s in (train_split, val_split):
         check_split_features(cfg, s)
-    tokenizer = build_tokenizer(cfg, train_split.captions)
+    tokenizer = build_tokenizer(cfg, vocabulary_captions(cfg, train_split))
     loss_fn = RankingLoss(cfg.train.loss)
     lsa = training_lsa(cfg, train_split) if loss_fn.needs_lsa else None
     dataset = make_dataset(cfg, train_split, tokenizer, lsa, train=True)
@@ -591,7 +601,7 @@ def info(cfg: Config) -> dict:
             s = load_split(cfg.data, name)
             splits[name] = {"images": s.num_images, "captions": s.num_captions}
             if name == cfg.data.train_split:
-                train_caps = s.captions
+                train_caps = vocabulary_captions(cfg, s)
         except ZskError as e:
             splits[name] = f"not available: {e}"
     if text == "bert":

@@ -43,7 +43,8 @@ class TextConfig:
     """Class text embeddings: computed with the CLIP text encoder, or read from a .npy file."""
 
     templates: str | list[str] = "single"  # single | multi | explicit list of templates with {}
-    embeddings_file: str | None = None  # precomputed (C, D) .npy in the dataset's class order
+    embeddings_file: str | None = None  # precomputed (C, D) .npy in the dataset's class order; a relative
+    # path is looked up under data.root first
 
 
 @dataclass

@@ -172,4 +172,19 @@ def write_sample(root: str | Path, num_train: int = 48, num_val: int = 12, seed:
             names[split].append(name)
     for split, lst in names.items():
         (sets / f"{split}.txt").write_text("\n".join(lst) + "\n")
+    np.save(root / SAMPLE_EMBEDDINGS, sample_class_embeddings(len(img_io.VOC_CLASSES), SAMPLE_EMBED_DIM, seed))
     return root
+
+
+# Precomputed class embeddings for the demo, like the .npy files ZegCLIP ships: a random-weight tiny
+# CLIP text tower maps class names to nearly parallel vectors (cosine ~0.7-0.98), which a model trained
+# for seconds cannot tell apart; the demo uses orthonormal stand-ins of the tiny model's width instead.
+SAMPLE_EMBEDDINGS = "class_embeddings_tiny.npy"
+SAMPLE_EMBED_DIM = 64
+
+
+def sample_class_embeddings(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Orthonormal rows (num_classes, dim) from a seeded Gaussian matrix (QR)."""
+    g = np.random.default_rng(seed + 1)
+    q, _ = np.linalg.qr(g.normal(size=(dim, num_classes)))
+    return q.T.astype(np.float32)

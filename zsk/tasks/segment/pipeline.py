@@ -84,7 +84,10 @@ def text_embeddings_for(model: ZegCLIP, loaded: LoadedCLIP, cfg: Config, class_n
     if not class_names:
         raise ZskError("the class name list is empty; give at least one class name")
     if embeddings_file:
-        return load_npy_embeddings(embeddings_file, len(class_names), model.embed_dim)
+        path = Path(embeddings_file).expanduser()
+        if not path.is_absolute() and (Path(cfg.data.root).expanduser() / path).is_file():
+            path = Path(cfg.data.root).expanduser() / path
+        return load_npy_embeddings(path, len(class_names), model.embed_dim)
     assert model.text_encoder is not None
     key = weights_identity(model.text_encoder, loaded.source, loaded.random_init)
     return cached_class_embeddings(model.text_encoder, list(class_names), cfg.model.text.templates, key)
