@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from zsk import __version__
 from zsk.core.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, guarded
@@ -46,23 +49,39 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _LazyTaskGroup(TyperGroup):
+    """The root group: task sub-apps are imported only when a task command runs (or for --help), so
+    ``zsk --version``, ``zsk cache`` and one task's commands do not pay for every task's imports."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *[t for t in available_tasks() if t not in self.commands]]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None or cmd_name not in TASKS or cmd_name not in available_tasks():
+            return cmd
+        try:
+            module = importlib.import_module(TASKS[cmd_name][0])
+        except Exception as exc:  # noqa: BLE001 - one broken task must not take the others down
+            print(f"warning: task {cmd_name} could not be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return None
+        cmd = typer.main.get_command(module.app)
+        cmd.name = cmd_name
+        cmd.params = [p for p in cmd.params if p.name not in ("install_completion", "show_completion")]
+        cmd.help = cmd.help or TASKS[cmd_name][1]
+        cmd.short_help = TASKS[cmd_name][1]
+        self.add_command(cmd, cmd_name)
+        return cmd
+
+
 app = typer.Typer(name="zsk", help="Eleven published vision-and-language methods behind one command line.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+                  cls=_LazyTaskGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
 
 
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """zsk: run `zsk TASK --help` for a task's commands, `zsk recipes` for the shipped recipes."""
-
-
-for _name in available_tasks():
-    try:
-        _module = importlib.import_module(TASKS[_name][0])
-    except Exception as _exc:  # noqa: BLE001 - one broken task must not take the others down
-        print(f"warning: task {_name} could not be loaded: {type(_exc).__name__}: {_exc}", file=sys.stderr)
-        continue
-    app.add_typer(_module.app, name=_name, help=TASKS[_name][1])
 
 
 @app.command()

@@ -11,7 +11,7 @@ from zsk.metrics.medical import asd, assd, binary_case_metrics, dice, hd95, jacc
 
 def cube(shape, lo, size):
     m = np.zeros(shape, dtype=bool)
-    m[tuple(slice(a, a + s) for a, s in zip(lo, size))] = True
+    m[tuple(slice(a, a + s) for a, s in zip(lo, size, strict=True))] = True
     return m
 
 

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 
 from zsk import __version__
+from zsk.core.errors import ZskFailure
 
 T = TypeVar("T")
 
@@ -141,6 +142,11 @@ class Cache:
             except KeyError:
                 value = compute()
                 self._write(path, value)
+                try:
+                    self._read(path)
+                except KeyError:
+                    raise ZskFailure(f"cache namespace {namespace!r}: the computed value cannot be stored safely "
+                                     f"(only tensors, arrays and primitives are allowed)") from None
                 return value
 
     def info(self) -> dict[str, dict[str, int]]:

@@ -53,6 +53,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ZskError(f"checkpoint {path} is damaged or not a torch file: {_first_line(e)}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise ZskError(f"{path} is not a zsk checkpoint (no format_version)")
+    if not isinstance(state["format_version"], int):
+        raise ZskError(f"{path} is not a zsk checkpoint (format_version is not an integer)")
     if state["format_version"] > FORMAT_VERSION:
         raise ZskError(f"checkpoint {path} has format {state['format_version']}; this zsk reads up to "
                        f"{FORMAT_VERSION}: upgrade zsk")

@@ -77,7 +77,7 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     elif cfg.schedule == "cosine":
         factor = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / total))
     elif cfg.schedule == "step":
-        factor = cfg.gamma ** sum(1 for m in cfg.milestones if step >= m)
+        factor = max(cfg.gamma ** sum(1 for m in cfg.milestones if step >= m), min_ratio)
     else:
         raise ZskError(f"train.schedule: {cfg.schedule!r} is not one of constant, poly, cosine, step")
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:

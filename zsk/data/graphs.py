@@ -299,7 +299,7 @@ def synset_to_wnid(synset: Any) -> str:
 def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
                          xml_wnids: Sequence[str] | None = None, nltk_data: str | Path | None = None
                          ) -> tuple[KnowledgeGraph, list[list[str]]]:
-    """Induce the hypernym graph over the given wnids (DGP's `make_induced_graph`, Section 4).
+    """Induce the hypernym graph over the given wnids (DGP's `make_induced_graph.py`, spec "Graph construction").
 
     Node order: the train wnids (as given: they must follow the CNN's fc rows), then the test wnids,
     then the hypernyms met by a BFS that stops climbing at nodes of ``xml_wnids`` (ImageNet's

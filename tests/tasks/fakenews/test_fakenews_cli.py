@@ -69,6 +69,10 @@ def test_eval_json_matches_train_and_sklearn(trained):
     assert out["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 96)
     r = invoke("eval", "--checkpoint", run / "best.pt", "--split", "val", "--json")
     assert json.loads(r.stdout)["samples"] == 96
+    # several checkpoints (e.g. seeds): mean ± std
+    r = invoke("eval", "--checkpoint", run / "best.pt", "--checkpoint", run / "last.pt", "--json")
+    both = json.loads(r.stdout)
+    assert both["runs"] == 2 and "f1_weighted_std" in both
 
 
 def test_predict_file_and_stdin(trained, tmp_path):
@@ -218,3 +222,27 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, traine
     ea = json.loads((tmp_path / "full" / "eval.json").read_text())
     eb = json.loads((tmp_path / "cut" / "eval.json").read_text())
     assert ea["test"] == eb["test"]
+
+
+def test_generic_jsonl_corpus_with_three_classes(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    cues = {"sport": ["goal", "match", "team"], "health": ["vaccine", "doctor", "virus"], "money": ["bank", "price", "tax"]}
+    for name, n in (("train.jsonl", 60), ("val.jsonl", 30), ("test.jsonl", 30)):
+        with open(tmp_path / name, "w", encoding="utf-8") as f:
+            for i in range(n):
+                topic = list(cues)[i % 3]
+                f.write(json.dumps({"text": " ".join(rng.choices(cues[topic], k=4)), "y": topic}) + "\n")
+    one = "{b: {encoder: {hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}}}"
+    sets = [f"data.root={tmp_path}", "data.train_file=train.jsonl", "data.val_file=val.jsonl",
+            "data.test_file=test.jsonl", "data.text_column=text", "data.label_column=y", "data.id_column=null",
+            "data.classes=[]", f"model.branches={one}", "train.max_steps=2", "train.batch_size=16"]
+    args = [a for s in sets for a in ("--set", s)]
+    r = invoke("train", "--recipe", "fakenews/demo", *args, "--out", tmp_path / "run", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", "--checkpoint", tmp_path / "run" / "best.pt", "--json")
+    out = json.loads(r.stdout)
+    assert len(out["confusion"]) == 3 and sum(map(sum, out["confusion"])) == 30
+    r = invoke("predict", "-", "--checkpoint", tmp_path / "run" / "best.pt", input="goal team\n")
+    assert json.loads(r.stdout)["label"] in ("health", "money", "sport")

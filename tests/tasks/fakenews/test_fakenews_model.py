@@ -131,3 +131,13 @@ def test_info_without_data_and_bench_on_demo_architecture(tmp_path):
     spec.train_step()
     spec.infer_step()
     assert spec.train_samples == 4 and spec.infer_samples == 4 and spec.infer_unit == "texts"
+
+
+def test_mean_and_std_over_runs():
+    from zsk.tasks.fakenews.cli import summarize_runs
+
+    out = summarize_runs([{"f1_weighted": 0.9, "accuracy": 0.8}, {"f1_weighted": 0.8, "accuracy": 0.8}])
+    assert out["runs"] == 2
+    assert out["f1_weighted"] == pytest.approx(0.85)
+    assert out["f1_weighted_std"] == pytest.approx((2 * 0.05**2 / 1) ** 0.5)  # sample std, n - 1 = 1
+    assert out["accuracy_std"] == 0.0

@@ -109,7 +109,8 @@ def test_attention_off_freezes_uniform_weights() -> None:
 
 def test_gcn_matches_dense_formula() -> None:
     torch.manual_seed(2)
-    adj = symmetric_adjacency(EDGES, N).to_dense()
+    sparse_adj = symmetric_adjacency(EDGES, N)
+    adj = sparse_adj.to_dense()
     a = torch.eye(N)
     for c, p in EDGES:
         a[c, p] = a[p, c] = 1
@@ -121,7 +122,7 @@ def test_gcn_matches_dense_formula() -> None:
         h = row_norm(a) @ (h @ layer.linear.weight.T + layer.linear.bias)
         if i < 2:
             h = F.leaky_relu(h, 0.2)
-    assert torch.allclose(model(x, adj), F.normalize(h, dim=1), atol=1e-5)
+    assert torch.allclose(model(x, sparse_adj), F.normalize(h, dim=1), atol=1e-5)
     assert len(GCN(300, 2048, hidden=[2048, 2048, 1024, 1024, 512]).layers) == 6  # GCNZ
 
 
@@ -147,3 +148,20 @@ def test_forward_flops_by_hand() -> None:
     pairs = sum(len(x) for x in groups)  # each phase touches every (node, ancestor) pair once
     dgp = DGP(4, 3, hidden=6, num_groups=3)
     assert forward_flops(dgp, g, N) == 2 * N * (4 * 6 + 6 * 3) + 2 * pairs * (6 + 3)
+
+
+def test_propagation_flops_and_gradient() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zsk.tasks.gzsl.model import _spmm
+
+    op = symmetric_adjacency(EDGES, N)
+    x = torch.randn(N, 5, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        y = _spmm(op, x)
+        (y * torch.arange(5.0)).sum().backward()
+    # forward and backward each touch the nnz entries once per column (not the dense N x N product)
+    assert counter.get_total_flops() == 2 * (2 * op._nnz() * 5)
+    dense = op.to_dense()
+    assert torch.allclose(y, dense @ x.detach(), atol=1e-6)
+    assert torch.allclose(x.grad, dense.T @ torch.arange(5.0).expand(N, 5), atol=1e-6)

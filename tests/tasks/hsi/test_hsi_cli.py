@@ -207,3 +207,29 @@ def test_no_training_pairs_skips_the_pairwise_term(trained, tmp_path):
     assert "pairwise term is skipped" in r.output
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("pairwise" not in rec for rec in records if rec["kind"] == "train")
+
+
+def test_info_of_a_paper_recipe_without_its_files(tmp_path):
+    r = CliRunner().invoke(app, ["info", "--recipe", "hsi/pavia_u", "--set", f"data.root={tmp_path}", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["scene"]["bands"] == 103 and "benchmark table" in info["scene"]["source"]
+    assert info["band_groups"] == [[0, 26], [26, 52], [52, 78], [78, 103]]  # spec: 26, 26, 26, 25
+    assert len(info["classes"]) == 9 and info["classes"]["9"] == "Shadows"
+
+
+def test_shipped_recipes_parse():
+    from zsk.core.recipe import recipes_dir
+    from zsk.core.run import load_config
+    from zsk.tasks.hsi.config import Config
+
+    paths = sorted((recipes_dir() / "hsi").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"demo", "indian_pines", "pavia_u", "pavia_c", "salinas", "ksc", "botswana",
+                                       "indian_pines_cnn"}
+    for p in paths:
+        assert p.read_text().startswith("task: hsi\ndescription: ")
+        cfg, _ = load_config("hsi", Config, p)
+        if p.stem != "demo":
+            assert cfg.model.patch == 7 and cfg.model.band_groups == 4 and cfg.train.lr == 1e-3
+    cnn, _ = load_config("hsi", Config, "hsi/indian_pines_cnn")
+    assert cnn.model.name == "cnn" and not cnn.model.refine and cnn.data.dataset == "indian_pines"

@@ -16,7 +16,6 @@ from zsk.tasks.medseg.inference import (
 from zsk.tasks.medseg.model import DualTaskVNet
 
 
-
 def assert_close(a, b, atol=1e-6, rtol=1e-5):
     """Element-wise closeness via numpy (torch.testing.assert_close imports torch.distributed, slow)."""
     np.testing.assert_allclose(np.asarray(a.detach()), np.asarray(b.detach()), atol=atol, rtol=rtol)

@@ -20,7 +20,6 @@ from zsk.tasks.medseg.losses import (
 from zsk.tasks.medseg.model import DualTaskVNet, foreground_probabilities, transform_layer
 
 
-
 def assert_close(a, b, atol=1e-6, rtol=1e-5):
     """Element-wise closeness via numpy (torch.testing.assert_close imports torch.distributed, slow)."""
     np.testing.assert_allclose(np.asarray(a.detach()), np.asarray(b.detach()), atol=atol, rtol=rtol)

@@ -16,7 +16,7 @@ from zsk.tasks.segment.cli import app
 
 runner = CliRunner()
 # a short version of recipes/segment/demo.yaml (same model and data; fewer steps, smaller sample)
-FAST = ["--set", "train.steps=60", "--set", "train.log_every=30", "--set", "runtime.workers=0"]
+FAST = ["--set", "train.steps=100", "--set", "train.log_every=50", "--set", "runtime.workers=0"]
 
 
 def _run(args: list[str], input: str | None = None):
@@ -78,7 +78,7 @@ def test_eval_json_and_learning(trained: dict) -> None:
     torch.manual_seed(0)
     model, loaded = pipeline.build_model(cfg)
     bench = load_benchmark(cfg.data)
-    text = pipeline.text_embeddings_for(model, loaded, cfg, bench.class_names)
+    text = pipeline.text_embeddings_for(model, loaded, cfg, bench.class_names, cfg.model.text.embeddings_file)
     before = pipeline.evaluate_model(model, SegEvalDataset(bench, "val"), text, bench, cfg, 0.1, torch.device("cpu"))
     assert res["mIoU_seen"] > 0.35, res
     assert res["mIoU_seen"] > before["mIoU_seen"] + 0.25

@@ -78,7 +78,8 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
     if runs == 1:
         ctx = start_run("fakenews", Config, recipe, set_, out=out, resume=resume, device=device, seed=seed)
         summary = pipeline.train(ctx)
-        emit_result({"run_dir": str(ctx.run_dir), **_flat(summary)}, json_out, title="fakenews train")
+        if ctx.dist.is_main:  # one result line under torchrun
+            emit_result({"run_dir": str(ctx.run_dir), **_flat(summary)}, json_out, title="fakenews train")
         return
     cfg, raw = load_config("fakenews", Config, recipe, set_, seed=seed)
     base = out or Path("runs") / "fakenews" / f"{Path(str(raw.get('_source', 'run'))).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -91,9 +92,10 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
         summary = pipeline.train(ctx)
         tests.append(summary.get("test") or summary["val"])
     result = {"run_dir": str(base), **summarize_runs(tests)}
-    Path(base).mkdir(parents=True, exist_ok=True)
-    (Path(base) / "summary.json").write_text(json.dumps(result, indent=2))
-    emit_result(result, json_out, title=f"fakenews train: {runs} runs")
+    if ctx.dist.is_main:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        (Path(base) / "summary.json").write_text(json.dumps(result, indent=2))
+        emit_result(result, json_out, title=f"fakenews train: {runs} runs")
 
 
 def _flat(summary: dict) -> dict:

@@ -118,7 +118,7 @@ class HardExamplesConfig:
     source: Literal["train+val", "train"] = "train+val"
     synonyms: str | None = None  # synonym groups file; without one, only word deletion is used
     max_edits: int = 2  # delete / replace 1..max_edits words
-    max_pool: int = 100000  # cap on augmented samples kept
+    max_pool: int = 100000  # cap on augmented samples kept (applies to the branch fine-tuning stages)
 
 
 @dataclass

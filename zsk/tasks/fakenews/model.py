@@ -81,7 +81,10 @@ def load_pretrained_encoder(source: str, option: str) -> nn.Module:
 
 
 def architecture_config(branch: BranchConfig, name: str):
-    """The encoder config of a branch without loading weights: local config, or a known paper model."""
+    """The encoder config of a branch without loading weights: a local directory or cached config,
+    else the known architecture of a paper model (no network wait), else the hub."""
+    from pathlib import Path
+
     from transformers import AutoConfig
 
     from zsk.models.hf import load_hf_model
@@ -89,12 +92,13 @@ def architecture_config(branch: BranchConfig, name: str):
     src = branch.pretrained
     if src is None:
         raise ValueError("architecture_config needs a pretrained source")
-    try:
-        return load_hf_model(src, option=f"model.branches.{name}.pretrained", loader=AutoConfig)
-    except ZskError:
-        if src in KNOWN_ARCHITECTURES:
-            return config_from_dict(KNOWN_ARCHITECTURES[src])
-        raise
+    if not Path(src).expanduser().exists():
+        try:
+            return AutoConfig.from_pretrained(src, local_files_only=True)
+        except (OSError, ValueError):
+            if src in KNOWN_ARCHITECTURES:
+                return config_from_dict(KNOWN_ARCHITECTURES[src])
+    return load_hf_model(src, option=f"model.branches.{name}.pretrained", loader=AutoConfig)
 
 
 class TransformerBranch(nn.Module):

@@ -557,6 +557,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                 fused = assemble(cfg, branches, num_classes)
                 load_model_state(fused, state["model"], source=str(src))
                 export_checkpoint(ctx, fused, ctx.run_dir / f"{fname}.pt", extra=extra, metrics=state.get("metrics"))
+        dist.barrier()  # rank 0 wrote the exports; every rank reads the final one below
         final_path = ctx.run_dir / ("best.pt" if cfg.train.select == "best" else "last.pt")
 
     summary: dict[str, Any] = {"checkpoint": str(final_path)}

@@ -1,7 +1,8 @@
 """Recipe schema of the hsi task: `data`, `model`, `train`, `eval`, `runtime` (see recipes/hsi/*.yaml).
 
 Every size is a recipe option; the defaults are the spec's reconstruction (shared/specs/hsi.md, "Open
-points"), since the paper publishes none.
+points"), since the paper publishes none. DeepHyperX's `--lr` quirk (ignored by several of its models) is
+not reproduced: every model reads `train.lr`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class DataConfig:
     drop_last_bands: int = 0  # DFC2018 drops its last 2 channels
     normalize: Literal["global", "band", "standard", "none"] = "global"  # DeepHyperX: global min-max
     pca: int | None = None  # keep this many principal components (None: all bands)
-    pad: Literal["reflect", "none"] = "reflect"  # none: DeepHyperX, border pixels never predicted
+    # reflect: every pixel gets a patch and a prediction (the intended behaviour). none: DeepHyperX's quirk
+    # (spec "Open points: Border pixels"): pixels within patch // 2 of the border are never sampled nor predicted.
+    pad: Literal["reflect", "none"] = "reflect"
     split: SplitConfig = field(default_factory=SplitConfig)
 
 

@@ -22,7 +22,15 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log, progress
 from zsk.core.run import RunContext, config_from_checkpoint
 from zsk.core.trainer import Trainer, make_loader
-from zsk.data.volumes import Volume, is_h5, is_nifti, read_h5_volume, read_nifti_volume, write_h5_volume, write_nifti
+from zsk.data.volumes import (
+    Volume,
+    is_h5,
+    is_nifti,
+    read_h5_volume,
+    read_nifti_volume,
+    write_h5_volume,
+    write_nifti,
+)
 from zsk.metrics.medical import binary_case_metrics
 from zsk.tasks.medseg.config import Config
 from zsk.tasks.medseg.data import (

@@ -309,7 +309,7 @@ def evaluate(checkpoint: str | Path, sets: list[str] | None = None, split: str |
     dist.init_distributed(dev)
     model, loaded, cfg, extra = load_trained(checkpoint, ckpt, cfg, dev)
     bench = load_benchmark(cfg.data)
-    if list(extra.get("class_names", bench.class_names)) != list(bench.class_names) or cfg.model.text.embeddings_file:
+    if list(extra.get("class_names", bench.class_names)) != list(bench.class_names):
         text = text_embeddings_for(model, loaded, cfg, bench.class_names, cfg.model.text.embeddings_file)
     else:
         text = extra["text_embeddings"].float()
