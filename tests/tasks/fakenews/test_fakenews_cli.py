@@ -28,13 +28,17 @@ def invoke(*args: str, input: str | bytes | None = None):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("fakenews")
     data = root / "data"
-    r = invoke("sample", data, "--json")
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout.strip().splitlines()[-1])["Constraint_Train.csv"] == 320
-    run = root / "run"
-    r = invoke("train", "--recipe", "fakenews/demo", "--set", f"data.root={data}", *FAST, "--out", run, "--json",
-               "--quiet")
-    assert r.exit_code == 0, r.output
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: set up before the per-test cache isolation
+        mp.setenv("ZSK_CACHE", str(root / "cache"))
+        r = invoke("sample", data, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout.strip().splitlines()[-1])["Constraint_Train.csv"] == 320
+        run = root / "run"
+        r = invoke("train", "--recipe", "fakenews/demo", "--set", f"data.root={data}", *FAST, "--out", run, "--json",
+                   "--quiet")
+        assert r.exit_code == 0, r.output
+    # tokenised corpora went through the zsk cache: train, val, test for each of the two branches
+    assert len(list((root / "cache" / "fakenews-tokens").glob("*.pt"))) == 6
     return data, run, json.loads(r.stdout.strip().splitlines()[-1])
 
 

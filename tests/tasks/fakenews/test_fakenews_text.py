@@ -114,3 +114,21 @@ def test_sample_corpus_is_in_constraint_layout_and_deterministic(tmp_path):
         s = read_texts(tmp_path / "a" / name, "tweet", "label", "id", classes=["real", "fake"])
         assert len(s) == SAMPLE_SIZES[name] and 0.35 < sum(s.labels) / len(s) < 0.65
     assert a.startswith(b"id,tweet,label\n")
+
+
+def test_tokenised_corpora_are_cached(tokenizer_and_encoder, monkeypatch):
+    from zsk.tasks.fakenews import data as data_mod
+    from zsk.tasks.fakenews.tokenization import tokenizer_fingerprint
+
+    tok, _ = tokenizer_and_encoder
+    calls = []
+    real = data_mod.encode_texts
+    monkeypatch.setattr(data_mod, "encode_texts", lambda *a: calls.append(1) or real(*a))
+    texts = ["covid cases rise", "the pandemic"]
+    fp = tokenizer_fingerprint(tok)
+    a = data_mod.encode_cached(tok, texts, 16, fp)
+    b = data_mod.encode_cached(tok, texts, 16, fp)
+    assert len(calls) == 1 and torch.equal(a["input_ids"], b["input_ids"])
+    data_mod.encode_cached(tok, texts, 8, fp)  # another max_length is another entry
+    assert len(calls) == 2
+    assert a["lengths"].tolist() == [len(tok(t)["input_ids"]) for t in texts]

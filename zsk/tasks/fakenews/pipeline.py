@@ -44,7 +44,7 @@ from zsk.metrics.classification import accuracy, precision_recall_f1
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.fakenews.adversarial import fgm_loss
 from zsk.tasks.fakenews.augment import hard_examples, load_synonyms
-from zsk.tasks.fakenews.config import PAPER_NEW_TOKENS, BranchConfig, Config
+from zsk.tasks.fakenews.config import PAPER_NEW_TOKENS, BranchConfig, Config, EncoderConfig
 from zsk.tasks.fakenews.data import (
     Corpus,
     TokenizedTexts,
@@ -131,6 +131,8 @@ def build_branch(name: str, bcfg: BranchConfig, cfg: Config, num_classes: int,
         key = f"{option}.tokenizer.source" if bcfg.tokenizer.source else f"{option}.pretrained"
         tokenizer = load_tokenizer(tok_source, option=key)
     if bcfg.pretrained:
+        if bcfg.encoder != EncoderConfig():
+            warn(f"{option}.encoder is ignored: the architecture comes from {bcfg.pretrained}")
         encoder = load_pretrained_encoder(bcfg.pretrained, option=f"{option}.pretrained")
         rows = encoder.get_input_embeddings().num_embeddings
         if len(tokenizer) > rows:
