@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,12 +41,17 @@ stdout_console = Console(highlight=False)
 
 def show_progress() -> bool:
     """Bars only on an interactive stderr and without ``--quiet`` (cluster logs and pipes stay clean)."""
-    return not settings.quiet and sys.stderr.isatty()
+    return not settings.quiet and sys.stderr.isatty() and _is_rank_zero()
+
+
+def _is_rank_zero() -> bool:
+    # read torchrun's variable directly: importing zsk.core.dist would pull torch into every CLI start
+    return os.environ.get("RANK", "0") == "0"
 
 
 def log(message: str) -> None:
-    """A log line on stderr (suppressed by ``--quiet``)."""
-    if not settings.quiet:
+    """A log line on stderr from rank 0 (suppressed by ``--quiet``)."""
+    if not settings.quiet and _is_rank_zero():
         console.print(message, markup=False)
 
 

@@ -22,6 +22,8 @@ def _load(loader: Any, name_or_path: str, what: str, option: str, **kwargs: Any)
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
         reason = "offline mode is on"
+    elif not _hub_reachable():
+        reason = "the hub cannot be reached from this machine"
     else:
         try:
             return loader.from_pretrained(name_or_path, **kwargs)
@@ -30,6 +32,22 @@ def _load(loader: Any, name_or_path: str, what: str, option: str, **kwargs: Any)
     raise ZskError(f"{what} {name_or_path!r} is not in the local Hugging Face cache and could not be downloaded "
                    f"({reason}); save it with `save_pretrained` on a machine with network and pass the directory "
                    f"with --set {option}=/path/to/{name_or_path.split('/')[-1]}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub, so an offline machine fails at once instead of after the
+    hub client's retries with back-off (minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def load_hf_model(name_or_path: str, option: str = "model.encoder", loader: Any = None, **kwargs: Any) -> Any:

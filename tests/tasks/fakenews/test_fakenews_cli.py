@@ -98,7 +98,7 @@ def test_predict_file_and_stdin(trained, tmp_path):
     assert [p["label"] for p in piped] == [row["label"] for row in rows[:5]]
     assert [p["score"] for p in piped] == pytest.approx([row["score"] for row in rows[:5]], abs=1e-5)
     r = invoke("predict", "-", "--checkpoint", run / "best.pt", input=b"ok line\n\xff\xfe bad\n")
-    assert r.exit_code == 2 and "<stdin>, line 1" in r.output  # line 1 of the bytes handed to the decoder
+    assert r.exit_code == 2 and "<stdin>, line 2" in r.output and "not valid utf-8" in r.output
 
 
 def test_info(trained):

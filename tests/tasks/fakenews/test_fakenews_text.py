@@ -132,3 +132,19 @@ def test_tokenised_corpora_are_cached(tokenizer_and_encoder, monkeypatch):
     data_mod.encode_cached(tok, texts, 8, fp)  # another max_length is another entry
     assert len(calls) == 2
     assert a["lengths"].tolist() == [len(tok(t)["input_ids"]) for t in texts]
+
+
+def test_new_tokens_for_each_mode():
+    from zsk.tasks.fakenews.config import PAPER_NEW_TOKENS, BranchConfig
+    from zsk.tasks.fakenews.pipeline import new_tokens_for
+
+    tok = build_wordpiece_tokenizer(["corona corona virus"] * 20, vocab_size=60, lowercase=True)
+    texts = ["lockdownqq lockdownqq corona", "lockdownqq corona"]
+    assert new_tokens_for(BranchConfig(new_tokens="none"), tok, texts, "b") == []
+    assert new_tokens_for(BranchConfig(new_tokens="paper"), tok, None, "b") == list(PAPER_NEW_TOKENS)
+    assert new_tokens_for(BranchConfig(new_tokens="list", new_tokens_list=["x-y"]), tok, None, "b") == ["x-y"]
+    assert new_tokens_for(BranchConfig(new_tokens="frequent", new_tokens_n=3), tok, texts, "b") == ["lockdownqq"]
+    with pytest.raises(ZskError, match="new_tokens_list is empty"):
+        new_tokens_for(BranchConfig(new_tokens="list"), tok, None, "b")
+    with pytest.raises(ZskError, match="needs the training corpus"):
+        new_tokens_for(BranchConfig(new_tokens="frequent"), tok, None, "b")

@@ -138,10 +138,11 @@ def test_bad_inputs_exit_2_naming_the_file(sample_dir, tmp_path):
 def test_nifti_csv_layout_trains_and_evaluates_in_mm(sample_dir, tmp_path):
     nii = sample_dir / "nifti"
     r = invoke("train", "--recipe", "medseg/demo", "--set", f"data.root={nii}", "--set", "data.format=nifti",
-               "--set", "data.train_list={root}/train.csv", "--set", "data.test_list={root}/test.csv", *TINY,
+               "--set", "data.train_list=\"{root}/train.csv\"", "--set", f"data.test_list={nii / 'test.csv'}", *TINY,
                "--set", "train.max_steps=2", "--out", tmp_path / "run", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    r = invoke("eval", "--checkpoint", tmp_path / "run" / "best.pt", "--spacing-mm", "--json")
+    r = invoke("eval", "--checkpoint", tmp_path / "run" / "best.pt", "--spacing-mm", "--set", "eval.max_cases=null",
+               "--json")
     assert r.exit_code == 0, r.output
     res = last_json(r)
     assert res["distances"] == "mm" and [c["case"] for c in res["per_case"]] == ["SAMPLE004", "SAMPLE005"]

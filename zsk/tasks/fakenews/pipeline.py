@@ -612,8 +612,13 @@ def evaluate(checkpoint: str | Path, recipe: str | Path | None = None, sets: lis
 
 
 def _stdin_lines(stream) -> Iterator[tuple[int, str]]:
+    """Non-empty lines of a byte stream, decoded as UTF-8 one at a time (so pipes stream)."""
     for i, raw in enumerate(stream, start=1):
-        text = decode_text(raw, "<stdin>").rstrip("\r\n")
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise ZskError(f"<stdin>, line {i}: bytes that are not valid utf-8 ({e.reason}); "
+                           f"convert the input to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
         if text.strip():
             yield i, text
 

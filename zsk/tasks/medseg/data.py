@@ -131,6 +131,10 @@ def split_cases(cfg: DataConfig, split: str) -> list[CaseRef]:
         spec = _expand(cfg.test_list, cfg.root)
     else:
         spec = str(Path(cfg.root) / f"{split}.list")
+    if not Path(spec).exists():
+        hint = f" or set data.{split}_list" if split in ("train", "test") else ""
+        raise ZskError(f"{split} list not found: {spec}; point data.root at the dataset folder "
+                       f"(e.g. --set data.root=/data/LA){hint}")
     return cases_from(spec, cfg)
 
 
