@@ -172,3 +172,37 @@ def test_exit_codes_in_process(cli_app, tmp_path: Path) -> None:  # noqa: ANN001
     assert res.exit_code == 2 and "checkpoint not found" in res.stderr
     res = runner.invoke(cli_app, ["recipe", "--recipe", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "recipe not found" in res.stderr
+
+
+def test_bad_input_after_start_run_leaves_no_empty_run_dir(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A run that stops on bad input right after ``start_run`` removes the folder it just created,
+    but never a folder that existed before (a resumed run's directory)."""
+    import typer
+
+    from zsk.core.errors import ZskError
+    from zsk.core.options import guarded
+    from zsk.core.run import start_run
+
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    try:
+        from cli_app import config_cls
+    finally:
+        sys.path.pop(0)
+
+    @guarded
+    def train(out: Path) -> None:
+        start_run("toy", config_cls(), None, None, out=out)
+        raise ZskError("data.root: no such folder")
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(typer.Exit) as info:
+        train(out=fresh)
+    assert info.value.exit_code == 2
+    assert not fresh.exists()
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(typer.Exit):
+        train(out=existing)
+    assert existing.is_dir() and (existing / "recipe.yaml").is_file()

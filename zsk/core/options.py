@@ -38,6 +38,10 @@ def report_error(exc: BaseException) -> int:
     if settings.debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, (ZskError, ZskFailure)):
+        if isinstance(exc, ZskError):
+            from zsk.core.run import discard_fresh_run_dir
+
+            discard_fresh_run_dir()
         console.print(f"error: {exc}", markup=False, style="red")
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):

@@ -63,6 +63,20 @@ def config_from_checkpoint(ckpt: dict, config_cls: type[C], sets: list[str] | No
     return parse_config(config_cls, recipe), recipe
 
 
+_fresh_run_dir: Path | None = None
+
+
+def discard_fresh_run_dir() -> None:
+    """Remove the run directory this process just created if it still holds only ``recipe.yaml``
+    (a run that stopped on bad input before training leaves no empty folder behind)."""
+    global _fresh_run_dir
+    d, _fresh_run_dir = _fresh_run_dir, None
+    if d is not None and d.is_dir() and {p.name for p in d.iterdir()} <= {"recipe.yaml"}:
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+
+
 def _default_run_dir(task: str, recipe: dict) -> Path:
     name = Path(str(recipe.get("_source", "run"))).stem
     return Path("runs") / task / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -101,6 +115,8 @@ def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, se
     if resume and not any(run_dir.glob("last*.pt")):
         raise ZskError(f"--resume: {run_dir} has no last.pt to continue from")
     if info.is_main:
+        global _fresh_run_dir
+        _fresh_run_dir = None if (resume or run_dir.exists()) else run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, run_dir / "recipe.yaml")
         log(f"run directory: {run_dir}  device: {dev}" + (f"  world size: {info.world_size}" if info.enabled else ""))
