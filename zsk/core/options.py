@@ -60,15 +60,17 @@ def guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("quiet"):
-            settings.quiet = True
-        if kwargs.get("debug"):
-            settings.debug = True
+        saved = (settings.quiet, settings.debug)
+        # each command call starts from its own flags (several calls may share one process, e.g. tests)
+        settings.quiet = bool(kwargs.get("quiet", False))
+        settings.debug = bool(kwargs.get("debug", False))
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - this is the CLI boundary
             raise typer.Exit(report_error(exc)) from None
+        finally:
+            settings.quiet, settings.debug = saved
 
     return wrapper  # type: ignore[return-value]
