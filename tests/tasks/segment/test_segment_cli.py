@@ -138,7 +138,7 @@ def test_paper_parameter_counts_within_five_percent() -> None:
     assert abs(own + unused - 13.8e6) / 13.8e6 < 0.05
     assert abs(own - (13.8e6 - 3.15e6)) / (13.8e6 - 3.15e6) < 0.05
     # COCO-Stuff: 100 prompts instead of 10 on the same encoder
-    model.image_encoder = PromptedVisionTransformer(loaded.model.visual, 100, (32, 32))
+    model.image_encoder = PromptedVisionTransformer(model.image_encoder.visual, 100, (32, 32))
     own_coco = count_params(model)[1]
     assert abs(own_coco + unused - 14.6e6) / 14.6e6 < 0.05
     assert abs(own_coco - (14.6e6 - 3.15e6)) / (14.6e6 - 3.15e6) < 0.05
@@ -167,3 +167,55 @@ def test_bad_inputs_exit_2_naming_the_problem(trained: dict, tmp_path: Path) -> 
     assert r.exit_code == 2 and f"{name}.png" in r.output
     r = _run(["train", "--recipe", "segment/demo", "--set", "train.nosuchkey=1", "--out", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "nosuchkey" in r.output
+
+
+def test_transductive_two_stages_and_fully_supervised(trained: dict, tmp_path: Path) -> None:
+    common = ["--set", f"data.root={trained['data']}", "--set", "train.log_every=2", "--set", "eval.max_images=2",
+              "--quiet", "--json"]
+    out = tmp_path / "st"
+    r = _run(["train", "--recipe", "segment/demo", "--set", "train.setting=transductive", "--set", "train.steps=4",
+              *common, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for name in ("last-inductive.pt", "last-self_training.pt", "best.pt", "eval.json"):
+        assert (out / name).is_file(), name
+    from zsk.core.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["extra"]["setting"] == "transductive" and ck["stage"] == "self_training"
+    stages = [json.loads(ln).get("stage") for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages.index("inductive") < stages.index("self_training")
+    out = tmp_path / "fully"
+    r = _run(["train", "--recipe", "segment/demo", "--set", "train.setting=fully", "--set", "train.steps=2",
+              *common, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(out / "best.pt")["extra"]["setting"] == "fully"
+
+
+def test_bench_spec_runs_train_and_inference_steps(trained: dict) -> None:
+    from zsk.core.bench import run_bench
+    from zsk.core.run import load_config
+    from zsk.tasks.segment import pipeline
+    from zsk.tasks.segment.config import Config
+
+    cfg, _ = load_config("segment", Config, "segment/demo", [f"data.root={trained['data']}"])
+    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 2)
+    res = run_bench(spec, 1, torch.device("cpu"), None)
+    assert spec.unit == "images" and res["train_images_per_s"] > 0 and res["infer_gflops_per_call"] > 0
+
+
+@pytest.mark.parametrize("name", ["voc", "voc_transductive", "voc_fully", "coco_stuff", "coco_stuff_transductive",
+                                  "coco_stuff_fully", "context", "demo"])
+def test_shipped_recipes_parse_with_paper_values(name: str) -> None:
+    from zsk.core.recipe import load_recipe
+    from zsk.core.run import load_config
+    from zsk.tasks.segment.config import Config
+
+    cfg, _ = load_config("segment", Config, f"segment/{name}", None)
+    raw = load_recipe(f"segment/{name}")
+    assert raw["task"] == "segment" and raw["description"]
+    if name != "demo":
+        assert cfg.train.lr == 2e-5 and cfg.train.weight_decay == 0.01 and cfg.train.warmup_steps == 1500
+        assert cfg.train.loss.focal_weight == 100.0 and cfg.train.effective_batch == 16
+        assert cfg.model.num_prompts == (100 if name.startswith("coco") else 10)
+        assert cfg.train.steps == {"voc": 20000, "coco": 80000, "context": 40000}[name.split("_")[0]]
+        assert cfg.model.text.templates == ("single" if name.startswith("voc") else "multi")

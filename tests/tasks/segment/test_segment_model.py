@@ -65,7 +65,7 @@ def test_dice_matches_formula_and_is_zero_for_a_perfect_mask() -> None:
     t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
     p = [_sigmoid(v) for v in (2.0, -1.0, 0.5, -3.0)]
     tt = [1, 0, 1, 0]
-    want = 1 - (2 * sum(a * b for a, b in zip(p, tt)) + 1) / (sum(p) + sum(tt) + 1)
+    want = 1 - (2 * sum(a * b for a, b in zip(p, tt, strict=True)) + 1) / (sum(p) + sum(tt) + 1)
     assert dice_loss(logits, t).item() == pytest.approx(want, rel=1e-6)
     perfect = torch.tensor([[[[50.0, -50.0], [50.0, -50.0]]]])
     assert dice_loss(perfect, t).item() == pytest.approx(0.0, abs=1e-6)
@@ -236,3 +236,48 @@ def test_benchmark_splits_and_inductive_remapping(name, classes, unseen_names) -
 def test_unknown_unseen_class_is_an_error() -> None:
     with pytest.raises(ZskError, match="zebra-crossing"):
         splits.unseen_from_names(VOC_CLASSES, ["sheep", "zebra-crossing"], "data.unseen_classes")
+
+
+def test_sliding_window_equals_whole_image_when_one_window_covers_it(tiny_clip) -> None:
+    import copy
+
+    from zsk.tasks.segment.config import EvalConfig
+    from zsk.tasks.segment.pipeline import segment_scores
+
+    visual = copy.deepcopy(tiny_clip.model.visual)
+    model = ZegCLIP(PromptedVisionTransformer(visual, 2, (4, 4)), None, 64, 2, 4).eval()
+    text = torch.nn.functional.normalize(torch.randn(5, 64), dim=-1)
+    image = torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8)
+    dev = torch.device("cpu")
+    whole = segment_scores(model, image, text, EvalConfig(mode="whole", img_scale=(64, 32)), "imagenet", [0, 1], 0.1, dev)
+    slide = segment_scores(model, image, text, EvalConfig(mode="slide", crop_size=64, stride=48, img_scale=(64, 32)),
+                           "imagenet", [0, 1], 0.1, dev)
+    assert whole.shape == (5, 40, 56)
+    assert torch.allclose(whole, slide, atol=1e-6)
+    # calibration: seen scores are sigmoid - 0.1, unseen untouched
+    raw = segment_scores(model, image, text, EvalConfig(mode="whole", img_scale=(64, 32)), "imagenet", [0, 1], 0.0, dev)
+    assert torch.allclose(raw[:2] - 0.1, whole[:2], atol=1e-6) and torch.allclose(raw[2:], whole[2:])
+    # two overlapping windows: the overlap holds the mean of both windows' scores
+    two = segment_scores(model, image, text, EvalConfig(mode="slide", crop_size=32, stride=24, img_scale=(64, 32)),
+                         "imagenet", [], 0.0, dev)
+    assert two.shape == (5, 40, 56) and torch.isfinite(two).all()
+
+
+def test_segmentation_metrics_on_a_hand_worked_confusion_matrix() -> None:
+    from zsk.tasks.segment.pipeline import segmentation_metrics
+
+    # rows = true, columns = predicted; classes 0, 1 seen, 2 unseen
+    cm = torch.tensor([[8, 2, 0], [1, 6, 1], [0, 3, 3]])
+    m = segmentation_metrics(cm, ["a", "b", "c"], [0, 1], [2])
+    iou = [8 / (10 + 9 - 8), 6 / (8 + 11 - 6), 3 / (6 + 4 - 3)]
+    assert m["per_class"] == pytest.approx(dict(zip("abc", iou, strict=True)))
+    s, u = (iou[0] + iou[1]) / 2, iou[2]
+    assert m["mIoU_seen"] == pytest.approx(s) and m["mIoU_unseen"] == pytest.approx(u)
+    assert m["hIoU"] == pytest.approx(2 * s * u / (s + u))
+    assert m["mIoU"] == pytest.approx(sum(iou) / 3)
+    assert m["pAcc"] == pytest.approx(17 / 24)
+    # a class with no pixels and no predictions is left out of the means (NaN -> None)
+    cm4 = torch.zeros(4, 4, dtype=torch.long)
+    cm4[:3, :3] = cm
+    m4 = segmentation_metrics(cm4, ["a", "b", "c", "d"], [0, 1, 3], [2])
+    assert m4["per_class"]["d"] is None and m4["mIoU_seen"] == pytest.approx(s)

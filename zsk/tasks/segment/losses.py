@@ -56,7 +56,7 @@ def num_masks_across_ranks(present: Tensor) -> Tensor:
 
 
 class NonMutuallyExclusiveLoss(nn.Module):
-    """Sigmoid focal + dice over class masks (ZegCLIP Sec. 3.4).
+    """Sigmoid focal + dice over class masks (ZegCLIP's non-mutually-exclusive loss).
 
     ``focal_ignore='negative'`` (official code) lets 255 pixels count as negatives for every class;
     ``'mask'`` leaves them out of the focal average.

@@ -89,10 +89,13 @@ class PromptedVisionTransformer(nn.Module):
             if not all(hasattr(blk, n) for n in ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2", "attention")):
                 raise ZskError(f"unsupported CLIP block type {type(blk).__name__}; use a standard open_clip ViT")
 
-    def prompts(self, layer: int, batch: int) -> Tensor:
-        """The projected prompt set of a layer (B, N, width)."""
-        raw = self.prompt_embeddings[0] if layer == 0 else self.deep_prompt_embeddings[layer - 1]
-        return self.prompt_dropout(self.prompt_proj(raw)).unsqueeze(0).expand(batch, -1, -1)
+    def projected_prompts(self) -> Tensor:
+        """All prompt sets through the shared projection (layers, N, width)."""
+        return self.prompt_proj(torch.cat([self.prompt_embeddings, self.deep_prompt_embeddings]))
+
+    def prompts(self, projected: Tensor, layer: int, batch: int) -> Tensor:
+        """A layer's prompts for the batch (B, N, width), dropout drawn per sample as in the official code."""
+        return self.prompt_dropout(projected[layer].unsqueeze(0).expand(batch, -1, -1))
 
     def _block(self, blk: nn.Module, x: Tensor, rate: float) -> Tensor:
         if not self.batch_first:
@@ -116,10 +119,11 @@ class PromptedVisionTransformer(nn.Module):
         x = torch.cat([cls + cls_pos, x + pos[1:]], dim=1)
         x = v.ln_pre(x)
         n = self.num_prompts
-        x = torch.cat([x[:, :1], self.prompts(0, b).to(x.dtype), x[:, 1:]], dim=1)
+        projected = self.projected_prompts()
+        x = torch.cat([x[:, :1], self.prompts(projected, 0, b).to(x.dtype), x[:, 1:]], dim=1)
         for i, blk in enumerate(v.transformer.resblocks):
             if i > 0:
-                x = torch.cat([x[:, :1], self.prompts(i, b).to(x.dtype), x[:, 1 + n :]], dim=1)
+                x = torch.cat([x[:, :1], self.prompts(projected, i, b).to(x.dtype), x[:, 1 + n :]], dim=1)
             x = self._block(blk, x, self.drop_path_rates[i])
         x = self.prompt_norm(x)
         x = v.ln_post(x) @ v.proj
@@ -129,7 +133,7 @@ class PromptedVisionTransformer(nn.Module):
 
 
 class RelationshipDescriptor(nn.Module):
-    """Queries from text and image: q_c = W [g * t_c ; t_c] (ZegCLIP Sec. 3.3, the relationship descriptor)."""
+    """Queries from text and image: q_c = W [g * t_c ; t_c] (ZegCLIP's relationship descriptor)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

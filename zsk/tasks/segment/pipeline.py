@@ -248,7 +248,7 @@ def train(ctx: RunContext) -> dict:
         calibration = calibration_for(setting, cfg.eval)
         seen_t = torch.as_tensor(seen, device=device)
 
-        def step_fn(m, batch, step, text=text, self_training=self_training):
+        def step_fn(m, batch, step, text=text, self_training=self_training, seen_t=seen_t):
             logits = m(batch["image"], text, all_layers=lc.deep_supervision)
             labels = batch["label"]
             if self_training:
