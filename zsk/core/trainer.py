@@ -8,6 +8,7 @@ start_batch)`` and optionally ``eval_fn(model) -> metrics``; methods with severa
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -62,13 +63,16 @@ class TrainConfig:
     best_mode: Literal["max", "min"] = "max"
 
 
-def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, total: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
     """Learning-rate multiplier at optimizer step ``step`` (0-based) of ``total``.
 
     poly: (1 - t/T)^p (mmseg), cosine: (1 + cos(pi t/T))/2, step: gamma^(#milestones <= t); all decay
-    from 1 to ``min_lr/lr``; linear warmup multiplies by 1 - (1 - t/W)(1 - warmup_ratio) for t < W.
+    from 1 to ``min_lr/base_lr``; linear warmup multiplies by 1 - (1 - t/W)(1 - warmup_ratio) for t < W.
+    ``base_lr`` is the parameter group's own initial lr (``lr * lr_mult``), so ``min_lr`` is an absolute
+    floor in every group, as in mmcv's LR hooks.
     """
-    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    base = cfg.lr if base_lr is None else base_lr
+    min_ratio = cfg.min_lr / base if base > 0 else 0.0
     t = min(step, total)
     if cfg.schedule == "constant":
         factor = 1.0
@@ -266,7 +270,8 @@ class Trainer:
         groups = param_groups if param_groups is not None else [{"params": list(self.model.parameters())}]
         self.optimizer = build_optimizer(groups, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
+            self.optimizer, [functools.partial(lr_factor, total=self.total_steps, cfg=cfg, base_lr=g["lr"])
+                             for g in self.optimizer.param_groups])
         self.ddp_model = dist.wrap_ddp(self.model, self.device, find_unused_parameters=find_unused_parameters)
         self.step = 0
         self.epoch = 0
