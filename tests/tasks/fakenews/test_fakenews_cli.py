@@ -111,7 +111,7 @@ def test_info(trained):
     # fusion MLP: (48 + 48) -> 64 -> 2
     assert info["fusion"].startswith("features: MLP 96 -> 64 -> 2")
     assert info["fusion_params"] == 96 * 64 + 64 + 64 * 2 + 2
-    assert info["gflops_per_input"] > 0
+    assert info["gflops"] > 0
     assert info["params_total"] == sum(b["params"] for b in info["branches"].values()) + info["fusion_params"]
 
 

@@ -129,7 +129,7 @@ def test_info_lists_params_and_classes(trained):
     assert info["classes"]["1"] == "Water" and info["scene"]["bands"] == 12
     assert info["params_trainable"] == info["params_total"] > 0
     assert set(info["params_by_part"]) == {"features", "unary", "pairwise", "refine"}
-    assert info["gflops_per_pixel"] > 0
+    assert info["gflops"] > 0 and info["gflops_unit"] == "per pixel of dense inference"
 
 
 def test_bad_inputs_exit_2(trained, tmp_path):

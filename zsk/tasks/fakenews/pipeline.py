@@ -735,7 +735,8 @@ def info(cfg: Config) -> dict[str, Any]:
         "fusion": (f"{cfg.model.fusion}: MLP {model.fusion_dim()} -> {cfg.model.fusion_hidden} -> {len(classes)}"
                    if model.fusion_head is not None else "none (single branch)"),
         "fusion_params": sum(p.numel() for p in model.fusion_head.parameters()) if model.fusion_head is not None else 0,
-        "gflops_per_input": flops / 1e9,
+        "gflops": flops / 1e9,
+        "gflops_unit": "per input text (all branches + fusion)",
     }
 
 

@@ -43,6 +43,9 @@ class DataConfig:
     rgb_bands: list[int] | None = None
     palette: list[list[int]] | None = None  # RGB per class 1..K
     drop_last_bands: int = 0  # DFC2018 drops its last 2 channels
+    # band count of the cube (after drop_last_bands), for `info`/`bench` when the files are not at hand
+    # (a cube that differs is used as it is, with a warning). Benchmarks take it from their table.
+    bands: int | None = None
     normalize: Literal["global", "band", "standard", "none"] = "global"  # DeepHyperX: global min-max
     pca: int | None = None  # keep this many principal components (None: all bands)
     # reflect: every pixel gets a patch and a prediction (the intended behaviour). none: DeepHyperX's quirk

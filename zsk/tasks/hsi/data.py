@@ -175,6 +175,9 @@ def load_scene(cfg: DataConfig) -> Scene:
     image_path, image_key, labels_path, labels_key, bench = resolve_files(cfg)
     drop = cfg.drop_last_bands or (bench.drop_last_bands if bench else 0)
     image = read_image(image_path, image_key, drop)
+    if cfg.bands is not None and image.shape[2] != cfg.bands:
+        warn(f"{image_path}: the cube has {image.shape[2]} bands, the recipe's data.bands says {cfg.bands}; "
+             "the cube's count is used (data.bands only sizes `info`/`bench` when the files are absent)")
     labels = cubes.read_labels(labels_path, labels_key)
     cubes.check_labels_match(image, labels, image_path, labels_path)
     nan = ~np.isfinite(image).all(axis=2)
@@ -481,6 +484,8 @@ def extract_patches(padded: Tensor, ys: Tensor, xs: Tensor, patch: int) -> Tenso
 # ----------------------------------------------------------------------------------------------
 
 SAMPLE_CLASSES = ("Water", "Forest", "Meadow", "Bare soil", "Asphalt", "Roof")
+SAMPLE_SHAPE = (64, 64, 48)
+
 
 
 def synthetic_scene(
@@ -521,7 +526,8 @@ def synthetic_scene(
     return cube.astype(np.float32), labels, wavelengths
 
 
-def write_sample(directory: str | Path, height: int = 64, width: int = 64, bands: int = 48, seed: int = 0) -> dict[str, str]:
+def write_sample(directory: str | Path, height: int = SAMPLE_SHAPE[0], width: int = SAMPLE_SHAPE[1],
+                 bands: int = SAMPLE_SHAPE[2], seed: int = 0) -> dict[str, str]:
     """Write the synthetic sample scene as HDF5, MATLAB v5 and ENVI (+ NumPy), with its labels; return the paths.
 
     Files: sample.h5 (`image`, `gt`), sample.mat (`sample`, `sample_gt`), sample.hdr/.img with

@@ -681,6 +681,8 @@ def scene_shape(cfg: Config) -> tuple[tuple[int, int, int], list[str], str]:
         image_path, image_key, labels_path, labels_key, bench = hsi_data.resolve_files(cfg.data)
     except ZskError:
         bench = hsi_data.BENCHMARKS.get(cfg.data.dataset or "")
+        if (bench is None or bench.shape is None) and cfg.data.bands and cfg.data.class_names:
+            return (0, 0, cfg.data.bands), list(cfg.data.class_names), "recipe (data.bands; files not found under data.root)"
         if bench is None or bench.shape is None:
             raise
         names = cfg.data.class_names or list(bench.class_names)
@@ -716,7 +718,8 @@ def info(cfg: Config) -> dict:
         "params_total": total,
         "params_trainable": trainable,
         "params_by_part": parts,
-        "gflops_per_pixel": flops / tile**2 / 1e9,
+        "gflops": flops / tile**2 / 1e9,
+        "gflops_unit": "per pixel of dense inference",
         "classes": {str(i + 1): n for i, n in enumerate(names)},
     }
 
@@ -730,6 +733,8 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None):
         (h, w, b), names, _ = scene_shape(cfg)
     except ZskError:
         (h, w, b), names = DEFAULT_BENCH_SHAPE, [f"class_{i}" for i in range(1, 17)]
+    if h == 0:  # band count from the recipe, no scene at hand: bench the standard scene size
+        h, w = DEFAULT_BENCH_SHAPE[:2]
     bands = cfg.data.pca or b
     k = len(names)
     bs = batch_size or cfg.train.batch_size

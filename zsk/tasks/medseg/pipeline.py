@@ -316,7 +316,7 @@ def info(cfg: Config) -> dict[str, Any]:
             splits[split] = f"not available ({e})"
     return {"task": TASK, "model": "dual-task V-Net (DTC)", "classes": list(cfg.data.class_names),
             "params_total": total, "params_trainable": trainable, "input_patch": list(cfg.data.patch_size),
-            "gflops_per_patch": flops / 1e9, "eval_window": list(cfg.eval_patch), "eval_stride": list(cfg.eval.stride),
+            "gflops": flops / 1e9, "gflops_unit": "per training patch", "eval_window": list(cfg.eval_patch), "eval_stride": list(cfg.eval.stride),
             "splits": splits}
 
 

@@ -627,7 +627,8 @@ def info(cfg: Config) -> dict:
         "params": {"image_encoder": {"total": img_total, "trainable": img_train},
                    "text_encoder": {"total": txt_total, "trainable": txt_train},
                    "total": img_total + txt_total, "trainable": img_train + txt_train},
-        "gflops_per_pair": flops / 1e9, "captions_per_image": cfg.data.captions_per_image, "splits": splits,
+        "params_total": img_total + txt_total, "params_trainable": img_train + txt_train,
+        "gflops": flops / 1e9, "gflops_unit": "per image-caption pair", "captions_per_image": cfg.data.captions_per_image, "splits": splits,
     }
 
 
