@@ -695,16 +695,17 @@ def info(cfg: Config) -> dict[str, Any]:
     Without the dataset only the network is reported (parameters for GloVe-300 inputs and ResNet-50
     classifier targets, as the paper), with ``gflops`` per node; graph figures need the graph files.
     """
-    try:
-        data = load_graph_data(cfg)
-    except ZskError as exc:
+    missing = [f for f in (resolve(cfg.data.root, cfg.data.split), resolve(cfg.data.root, cfg.data.graph)) if not f.is_file()]
+    if missing:
         out_dim = 2049 if cfg.model.target_bias else 2048
         gnn = build_gnn(cfg, GLOVE_DIM, out_dim)
         total, trainable = count_params(gnn)
         per_node = sum(2.0 * m.in_features * m.out_features for m in gnn.modules() if isinstance(m, nn.Linear))
         return {"model": cfg.model.name, "word_dim": GLOVE_DIM, "classifier_dim": out_dim,
                 "params_total": total, "params_trainable": trainable, "gflops": per_node / 1e9,
-                "gflops_unit": "per node, dense layers only (no graph data)", "data": f"not available: {exc}"}
+                "gflops_unit": "per node, dense layers only (no graph data)",
+                "data": f"not available: {', '.join(map(str, missing))} not found"}
+    data = load_graph_data(cfg)
     n = data.graph.num_nodes
     merged = merge_groups(data.groups, cfg.model.max_distance)
     out_dim = None

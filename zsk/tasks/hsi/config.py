@@ -94,7 +94,7 @@ class TrainConfig(CoreTrainConfig):
 class EvalConfig:
     split: Literal["test", "val", "train", "all"] = "test"
     chunk_pixels: int = 1024  # patches per batched forward in dense prediction ("same" padding)
-    tile_pixels: int = 16384  # pixels per fully convolutional tile ("valid" padding) and CRF chunk
+    tile_pixels: int = 16384  # pixels per fully convolutional tile ("valid" padding), CRF chunk and refinement band
 
 
 @dataclass

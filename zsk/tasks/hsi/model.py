@@ -264,6 +264,19 @@ class DeconvRefinement(nn.Module):
         self.dec2 = nn.Sequential(*_conv_bn_relu(c2, c2, True), *_conv_bn_relu(c2, c1, True))
         self.dec1 = nn.Sequential(*_conv_bn_relu(c1, c1, True), *_conv_bn_relu(c1, c1, True))
         self.classifier = nn.Conv2d(c1, num_classes, 1)
+        self.num_classes = num_classes
+
+    stride = 4  # two 2 x 2 poolings: the padded scene and every tile start on this grid
+
+    @property
+    def halo(self) -> int:
+        """Context (pixels) a tile needs on each side for its output to equal the whole scene's.
+
+        The receptive radius: four 3x3 convs at full resolution (4) and four at half (2 * 4), plus the
+        pool/unpool block alignment at each level (1 + 2) = 15, rounded up to a multiple of `stride`.
+        """
+        radius = 4 * 1 + 4 * 2 + (2 - 1) * 1 + (2 - 1) * 2
+        return -(-radius // self.stride) * self.stride
 
     def forward(self, q: Tensor, features: Tensor) -> Tensor:
         """(N, K, H, W) marginals and (N, D, H, W) node features -> (N, K, H, W) logits.

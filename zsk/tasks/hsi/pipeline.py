@@ -8,7 +8,7 @@ Training runs in two stages of `zsk.core.trainer.Trainer`:
 
 Inference is dense: node features for whole tiles at once (batched windows, or fully convolutional with
 `model.branch_padding: valid`), mean-field over the whole scene with pairwise energies computed on the fly,
-then the refinement network.
+then the refinement network in row bands with a halo of context (equal to running it on the whole scene).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import Config, EvalConfig
 from zsk.tasks.hsi.losses import pairwise_loss, refinement_loss, unary_loss
-from zsk.tasks.hsi.model import CRFGrid, HSINet, mean_field, neighbour_offsets
+from zsk.tasks.hsi.model import CRFGrid, DeconvRefinement, HSINet, mean_field, neighbour_offsets
 
 TASK = "hsi"
 DEFAULT_BENCH_SHAPE = (145, 145, 200)  # Indian Pines, the issue's benchmark cube
@@ -215,6 +215,13 @@ def class_weights(train_map: np.ndarray, num_classes: int, mode: str) -> Tensor 
 # ----------------------------------------------------------------------------------------------
 
 
+def row_bands(height: int, width: int, tile_pixels: int, multiple: int = 1) -> range:
+    """Start rows of the row bands of about `tile_pixels` pixels that dense inference runs one at a time
+    (`range.step` rows each, a multiple of `multiple`)."""
+    rows = max(1, tile_pixels // max(1, width))
+    return range(0, height, max(multiple, rows - rows % multiple))
+
+
 @torch.no_grad()
 def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str = "features") -> Tensor:
     """(B, Hp, Wp) padded cube -> (Hp - w + 1, Wp - w + 1, D) node features of every pixel, tile by tile.
@@ -229,9 +236,9 @@ def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str =
         raise ZskError(f"the cube ({padded.shape[1]} x {padded.shape[2]} pixels) is smaller than the {w} x {w} patch")
     out = torch.empty(ho, wo, feats.feature_dim, device=padded.device)
     if feats.spatial_padding == "valid":
-        rows = max(1, eval_cfg.tile_pixels // wo)
-        for r0 in progress(range(0, ho, rows), desc=desc):
-            r1 = min(ho, r0 + rows)
+        bands = row_bands(ho, wo, eval_cfg.tile_pixels)
+        for r0 in progress(bands, desc=desc):
+            r1 = min(ho, r0 + bands.step)
             out[r0:r1] = feats.forward_dense(padded[:, r0 : r1 + w - 1])
         return out
     n = ho * wo
@@ -256,6 +263,24 @@ def crf_marginals(net: HSINet, features: Tensor, radius: int, iters: int, chunk_
 
 
 @torch.no_grad()
+def refine_logits(refine: DeconvRefinement, q: Tensor, features: Tensor, tile_pixels: int, desc: str = "refine") -> Tensor:
+    """Marginals (H, W, K) and node features (H, W, D) -> refinement logits (K, H, W), row band by row band.
+
+    Each band runs with `refine.halo` rows of context above and below and is cropped back; bands start on
+    the pooling grid (`refine.stride`), so the result equals `refine` on the whole scene at once.
+    """
+    h, w = q.shape[:2]
+    out = torch.empty(refine.num_classes, h, w, dtype=q.dtype, device=q.device)
+    bands = row_bands(h, w, tile_pixels, refine.stride)
+    for r0 in progress(bands, desc=desc):
+        r1 = min(h, r0 + bands.step)
+        a, b = max(0, r0 - refine.halo), min(h, r1 + refine.halo)
+        logits = refine(q[a:b].permute(2, 0, 1)[None], features[a:b].permute(2, 0, 1)[None])[0]
+        out[:, r0:r1] = logits[:, r0 - a : r1 - a]
+    return out
+
+
+@torch.no_grad()
 def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "features") -> dict[str, Tensor]:
     """Class probabilities (Ho, Wo, K) of every stage the model has: cnn, crf, refined; `final` is the last."""
     net.eval()
@@ -263,7 +288,8 @@ def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "f
     out = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels)
     q = out.get("crf", out["cnn"])
     if net.refine is not None:
-        logits = net.refine(q.permute(2, 0, 1)[None], features.permute(2, 0, 1)[None])[0]
+        logits = refine_logits(net.refine, q, features, cfg.eval.tile_pixels,
+                               "refine" if desc == "features" else f"{desc} (refine)")
         out["refined"] = torch.softmax(logits, dim=0).permute(1, 2, 0)
     out["final"] = out.get("refined", q)
     return out
