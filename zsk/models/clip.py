@@ -87,7 +87,12 @@ class LoadedCLIP:
 
 
 def _load_state_from_file(model: nn.Module, path: Path, name: str) -> None:
-    """Load a local CLIP checkpoint: open_clip/HF state dict (.bin/.pt/.pth/.safetensors) or OpenAI TorchScript."""
+    """Load a local CLIP checkpoint: open_clip/HF state dict (.bin/.pt/.pth/.safetensors) or OpenAI TorchScript.
+
+    OpenAI's checkpoints use the parameter names of open_clip's ``CLIP`` (open_clip's own OpenAI loader
+    builds that class from them), store most weights in float16 (cast to the model's float32 here) and
+    carry ``input_resolution``/``context_length``/``vocab_size`` entries, which are dropped.
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -105,6 +110,9 @@ def _load_state_from_file(model: nn.Module, path: Path, name: str) -> None:
     for k in ("input_resolution", "context_length", "vocab_size"):  # OpenAI JIT extras
         state.pop(k, None)
     own = model.state_dict()
+    # buffers the model does not save (open_clip's attn_mask) that a traced/scripted copy of it does save
+    transient = {n for n, _ in model.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in transient}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shape_bad = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -219,3 +219,60 @@ def test_shipped_recipes_parse_with_paper_values(name: str) -> None:
         assert cfg.model.num_prompts == (100 if name.startswith("coco") else 10)
         assert cfg.train.steps == {"voc": 20000, "coco": 80000, "context": 40000}[name.split("_")[0]]
         assert cfg.model.text.templates == ("single" if name.startswith("voc") else "multi")
+
+
+def test_sigterm_in_self_training_stage_then_resume_equals_an_uninterrupted_run(
+        trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transductive training (inductive stage, then self-training) stopped by SIGTERM inside the second
+    stage and continued with --resume ends with bitwise the same weights as a run that was never stopped."""
+    import os
+    import signal
+
+    from zsk.core.checkpoint import load_checkpoint
+    from zsk.tasks.segment import pipeline
+
+    # 24 samples / batch 8 = 3 batches per epoch: stage 1 takes steps 0-2 (crossing into epoch 1), stage 2 steps 0-2
+    common = ["--recipe", "segment/demo", "--set", f"data.root={trained['data']}", "--set", "train.setting=transductive",
+              "--set", "train.steps=6", "--set", "train.log_every=1", "--set", "eval.max_images=1",
+              "--set", "runtime.seed=3", "--quiet"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    r = _run(["train", *common, "--out", str(ref)])
+    assert r.exit_code == 0, r.output
+
+    # the step hook: pseudo-labels are made only in the self-training stage, once per step (grad_accum 1);
+    # at its second step this process sends itself SIGTERM, which the trainer handles after that step
+    real, calls = pipeline.transductive_pseudo_labels, []
+
+    def pseudo_labels_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "transductive_pseudo_labels", pseudo_labels_then_sigterm)
+    r = _run(["train", *common, "--out", str(run)])
+    assert r.exit_code == 143, r.output
+    assert "--resume" in r.output
+    monkeypatch.setattr(pipeline, "transductive_pseudo_labels", real)
+    assert len(calls) == 2
+    stopped = load_checkpoint(run / "last-self_training.pt")
+    assert stopped["stage"] == "self_training" and stopped["step"] == 2 and stopped["total_steps"] == 3
+    assert load_checkpoint(run / "last-inductive.pt")["step"] == 3
+    assert not (run / "last.pt").exists() and not (run / "eval-self_training.json").exists()
+
+    r = _run(["train", *common, "--out", str(run), "--resume"])
+    assert r.exit_code == 0, r.output
+    a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["stage"] == b["stage"] == "self_training" and a["step"] == b["step"] == 3
+    # the demo CLIP has random weights, so the checkpoint holds the frozen tower as well as the trainable part
+    trainable = {n for n, p in pipeline.build_model(pipeline.read_checkpoint(ref / "last.pt")[1], pretrained=False)[0]
+                 .named_parameters() if p.requires_grad}
+    assert trainable and trainable <= set(a["model"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    # training really went on after the interruption
+    assert any(not torch.equal(stopped["model"][k], b["model"][k]) for k in trainable)
+    assert json.loads((ref / "eval.json").read_text())["mIoU"] == json.loads((run / "eval.json").read_text())["mIoU"]
