@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,3 +124,25 @@ def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, se
         log(f"run directory: {run_dir}  device: {dev}" + (f"  world size: {info.world_size}" if info.enabled else ""))
     dist.barrier()
     return RunContext(task=task, cfg=cfg, recipe=recipe, run_dir=run_dir, device=dev, dist=info, resume=resume)
+
+
+def train_seeds(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None, *,
+                runs: int, train_fn: Callable[[RunContext], dict], summarize: Callable[[list[dict]], dict],
+                out: str | Path | None = None, resume: bool = False, device: str | None = None,
+                seed: int | None = None) -> dict:
+    """Train ``runs`` runs with seeds ``seed, seed + 1, ...`` under ``<out>/run-<i>/`` and write
+    ``<out>/summary.json`` with ``summarize(results)`` (mean ± std as the literature reports)."""
+    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed)
+    base = Path(out) if out is not None else dist.broadcast_object(_default_run_dir(task, recipe))
+    first_seed = int(getattr(getattr(cfg, "runtime", None), "seed", 0))
+    results = []
+    for i in range(runs):
+        log(f"run {i + 1}/{runs} (seed {first_seed + i})")
+        ctx = start_run(task, config_cls, recipe_path, sets, out=base / f"run-{i}", resume=resume, device=device,
+                        seed=first_seed + i)
+        results.append(train_fn(ctx))
+    summary = {"run_dir": str(base), **summarize(results)}
+    if dist.is_main():
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

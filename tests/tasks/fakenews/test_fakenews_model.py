@@ -138,6 +138,6 @@ def test_mean_and_std_over_runs():
 
     out = summarize_runs([{"f1_weighted": 0.9, "accuracy": 0.8}, {"f1_weighted": 0.8, "accuracy": 0.8}])
     assert out["runs"] == 2
-    assert out["f1_weighted"] == pytest.approx(0.85)
-    assert out["f1_weighted_std"] == pytest.approx((2 * 0.05**2 / 1) ** 0.5)  # sample std, n - 1 = 1
-    assert out["accuracy_std"] == 0.0
+    assert out["f1_weighted"]["mean"] == pytest.approx(0.85)
+    assert out["f1_weighted"]["std"] == pytest.approx((2 * 0.05**2 / 1) ** 0.5)  # sample std, n - 1 = 1
+    assert out["accuracy"] == {"mean": pytest.approx(0.8), "std": 0.0}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -53,15 +51,16 @@ def _settings_quiet_transformers() -> None:
 
 def summarize_runs(results: list[dict]) -> dict:
     """Mean and (sample) standard deviation of each metric over runs (spec: Open points, seeds)."""
-    import statistics
+    from zsk.metrics.summary import summarize_runs as summarize
 
-    out: dict = {"runs": len(results)}
-    for key in SCALARS:
-        values = [r[key] for r in results if key in r]
-        if values:
-            out[key] = statistics.fmean(values)
-            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return out
+    return summarize(results, SCALARS)
+
+
+def _test_metrics(ctx) -> dict:  # noqa: ANN001 - a RunContext
+    from zsk.tasks.fakenews import pipeline
+
+    summary = pipeline.train(ctx)
+    return summary.get("test") or summary["val"]
 
 
 @app.command()
@@ -70,7 +69,8 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
           device: DeviceOpt = None, seed: SeedOpt = None, runs: RunsOpt = 1, json_out: JsonOpt = False,
           quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Fine-tune every branch (heated softmax, FGM, new tokens), then the fusion MLP; writes RUN/best.pt, RUN/eval.json."""
-    from zsk.core.run import load_config, start_run
+    from zsk.core.dist import is_main
+    from zsk.core.run import start_run, train_seeds
     from zsk.tasks.fakenews import pipeline
     from zsk.tasks.fakenews.config import Config
 
@@ -81,20 +81,9 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
         if ctx.dist.is_main:  # one result line under torchrun
             emit_result({"run_dir": str(ctx.run_dir), **_flat(summary)}, json_out, title="fakenews train")
         return
-    cfg, raw = load_config("fakenews", Config, recipe, set_, seed=seed)
-    base = out or Path("runs") / "fakenews" / f"{Path(str(raw.get('_source', 'run'))).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tests = []
-    for i in range(runs):
-        run_seed = cfg.runtime.seed + i
-        log(f"run {i + 1}/{runs} (seed {run_seed})")
-        ctx = start_run("fakenews", Config, recipe, set_, out=Path(base) / f"run-{i}", resume=resume, device=device,
-                        seed=run_seed)
-        summary = pipeline.train(ctx)
-        tests.append(summary.get("test") or summary["val"])
-    result = {"run_dir": str(base), **summarize_runs(tests)}
-    if ctx.dist.is_main:
-        Path(base).mkdir(parents=True, exist_ok=True)
-        (Path(base) / "summary.json").write_text(json.dumps(result, indent=2))
+    result = train_seeds("fakenews", Config, recipe, set_, runs=runs, train_fn=_test_metrics,
+                         summarize=summarize_runs, out=out, resume=resume, device=device, seed=seed)
+    if is_main():  # one result line under torchrun
         emit_result(result, json_out, title=f"fakenews train: {runs} runs")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ from zsk.core.options import (
     SplitOpt,
     guarded,
 )
-from zsk.core.progress import emit_result, log
+from zsk.core.progress import emit_result
 
 app = typer.Typer(name="hsi", help="Hyperspectral image segmentation with a band-group CNN and a deep CRF.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -40,7 +39,7 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
           device: DeviceOpt = None, seed: SeedOpt = None, runs: RunsOpt = 1, json_out: JsonOpt = False,
           quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Train on the recipe's scene (piecewise CRF, then refinement); writes RUN/best.pt and RUN/eval.json."""
-    from zsk.core.run import load_config, start_run
+    from zsk.core.run import start_run, train_seeds
     from zsk.tasks.hsi import pipeline
     from zsk.tasks.hsi.config import Config
 
@@ -50,18 +49,8 @@ def train(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: Re
         emit_result({"run_dir": str(ctx.run_dir), **{k: v for k, v in metrics.items() if k != "confusion"}},
                     json_out, title="hsi train")
         return
-    cfg, raw = load_config("hsi", Config, recipe, set_, seed=seed)
-    base = out or Path("runs") / "hsi" / f"{Path(str(raw.get('_source', 'run'))).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = []
-    for i in range(runs):
-        run_seed = cfg.runtime.seed + i
-        log(f"run {i + 1}/{runs} (seed {run_seed})")
-        ctx = start_run("hsi", Config, recipe, set_, out=Path(base) / f"run-{i}", resume=resume, device=device,
-                        seed=run_seed)
-        results.append(pipeline.train(ctx))
-    summary = {"run_dir": str(base), **pipeline.summarize_runs(results)}
-    Path(base).mkdir(parents=True, exist_ok=True)
-    (Path(base) / "summary.json").write_text(__import__("json").dumps(summary, indent=2))
+    summary = train_seeds("hsi", Config, recipe, set_, runs=runs, train_fn=pipeline.train,
+                          summarize=pipeline.summarize_runs, out=out, resume=resume, device=device, seed=seed)
     emit_result(summary, json_out, title=f"hsi train: {runs} runs")
 
 

@@ -33,6 +33,7 @@ from zsk.core.progress import log, progress, warn
 from zsk.core.run import RunContext, config_from_checkpoint
 from zsk.core.trainer import Trainer, batches_per_epoch, export_checkpoint, make_loader
 from zsk.data import cubes
+from zsk.metrics import summary as metric_summary
 from zsk.metrics.classification import accuracy as overall_accuracy
 from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
 from zsk.metrics.confusion import ConfusionMatrix
@@ -580,18 +581,7 @@ def expand_checkpoints(paths: list[Path]) -> list[Path]:
 
 def summarize_runs(results: list[dict]) -> dict:
     """Mean and standard deviation (n - 1) of OA, AA, kappa and per-class accuracy over several runs."""
-    def mean_std(values: list[float]) -> dict:
-        arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-        if arr.size == 0:
-            return {"mean": None, "std": None}
-        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
-
-    out: dict = {"runs": len(results)}
-    for key in ("OA", "AA", "kappa"):
-        out[key] = mean_std([r[key] for r in results])
-    names = list(results[0]["per_class"])
-    out["per_class"] = {n: mean_std([r["per_class"][n] for r in results]) for n in names}
-    return out
+    return metric_summary.summarize_runs(results, ("OA", "AA", "kappa", "per_class"))
 
 
 def read_input_cube(spec: str, key: str | None) -> tuple[np.ndarray, str]:
