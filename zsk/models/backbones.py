@@ -43,13 +43,24 @@ def build_torchvision_backbone(name: str, weights: str | None = None, **kwargs: 
         hint = f"copy torchvision's {path.name} there" if weights == "imagenet" else "check the path"
         raise ZskError(f"weights for {name} not found at {path}: {hint}, or pass a local file with "
                        f"--set model.pretrained=/path/to/{name}.pth")
+    load_weights_file(model, path, f"torchvision's {name}")
+    return model
+
+
+def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load a state-dict file (plain, or under a ``state_dict`` key) into ``model`` non-strictly, so
+    classifier heads may differ; a file none of whose keys match ``what`` is refused (exit 2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"weights for {what} not found at {path}; pass a local file with --set model.pretrained=PATH")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
         raise ZskError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing and len(missing) == len(model.state_dict()):
-        raise ZskError(f"weights {path} do not match torchvision's {name} (no key matched)")
-    return model
+    if not isinstance(state, dict):
+        raise ZskError(f"weights {path} are not a state dict")
+    result = model.load_state_dict(state, strict=False)
+    if len(result.missing_keys) == len(model.state_dict()):
+        raise ZskError(f"weights {path} do not match {what} (no key matched)")

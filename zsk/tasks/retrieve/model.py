@@ -213,6 +213,7 @@ def timm_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
     import timm
 
     from zsk.core.errors import ZskError
+    from zsk.models.backbones import load_weights_file
 
     try:
         net = timm.create_model(name, pretrained=False, num_classes=0)
@@ -228,19 +229,7 @@ def timm_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
                            f"({str(e).splitlines()[0][:120]}); pass a local file with "
                            f"--set model.pretrained=/path/to/{name}.pth") from None
         return net, int(net.num_features)
-    from pathlib import Path
-
-    path = Path(weights)
-    if not path.is_file():
-        raise ZskError(f"weights for {name} not found at {path}; pass a local file with --set model.pretrained=PATH")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ZskError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    result = net.load_state_dict(state, strict=False)
-    if len(result.missing_keys) == len(net.state_dict()):
-        raise ZskError(f"weights {path} do not match timm's {name} (no key matched)")
+    load_weights_file(net, weights, f"timm's {name}")
     return net, int(net.num_features)
 
 
