@@ -61,6 +61,30 @@ def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ZskError(f"weights {path} are not a state dict")
-    result = model.load_state_dict(state, strict=False)
-    if len(result.missing_keys) == len(model.state_dict()):
+    if not set(state) & set(model.state_dict()):
         raise ZskError(f"weights {path} do not match {what} (no key matched)")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another variant of the architecture
+        raise ZskError(f"weights {path} do not fit {what}: {str(e).splitlines()[1].strip()}") from None
+
+
+def split_classifier(net: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """Remove a torchvision classifier's last Linear layer in place; return (pooled-feature trunk, layer).
+
+    Handles ``fc`` (ResNet), ``classifier`` (VGG, DenseNet, MobileNet: everything after the last Linear
+    goes too) and ``heads``/``head`` (ViT, Swin).
+    """
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(net, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(net, attr, nn.Identity())
+            return net, head
+        if isinstance(head, nn.Sequential):
+            layers = list(head.children())
+            for i in range(len(layers) - 1, -1, -1):
+                if isinstance(layers[i], nn.Linear):
+                    setattr(net, attr, nn.Sequential(*layers[:i]))
+                    return net, layers[i]
+    raise ZskError(f"{type(net).__name__} has no final Linear layer (fc, classifier, heads or head) to remove; "
+                   "use a ResNet, VGG, DenseNet, MobileNet or ViT torchvision classifier")

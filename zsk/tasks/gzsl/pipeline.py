@@ -174,20 +174,9 @@ def _pretrained_arg(cfg: Config) -> str | None:
 
 def build_cnn(cfg: Config, pretrained: bool = True) -> tuple[nn.Module, nn.Linear | None]:
     """The torchvision CNN without its last layer (pooled features) and that layer (the targets' source)."""
-    from zsk.models.backbones import build_torchvision_backbone
+    from zsk.models.backbones import build_torchvision_backbone, split_classifier
 
-    net = build_torchvision_backbone(cfg.model.cnn, _pretrained_arg(cfg) if pretrained else None)
-    fc = getattr(net, "fc", None)
-    if isinstance(fc, nn.Linear):
-        net.fc = nn.Identity()
-        return net, fc
-    head = getattr(net, "classifier", None)
-    if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-        last = head[-1]
-        head[-1] = nn.Identity()
-        return net, last
-    raise ZskError(f"model.cnn {cfg.model.cnn!r}: no final Linear layer (fc or classifier[-1]) to regress; "
-                   f"use a ResNet, VGG, DenseNet or similar torchvision classifier")
+    return split_classifier(build_torchvision_backbone(cfg.model.cnn, _pretrained_arg(cfg) if pretrained else None))
 
 
 class ZeroShotModel(nn.Module):

@@ -33,6 +33,7 @@ from zsk.core.progress import log, progress, warn
 from zsk.core.run import RunContext, config_from_checkpoint
 from zsk.core.trainer import Trainer, batches_per_epoch, export_checkpoint, make_loader
 from zsk.data import cubes
+from zsk.data.images import write_label
 from zsk.metrics import summary as metric_summary
 from zsk.metrics.classification import accuracy as overall_accuracy
 from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
@@ -602,13 +603,7 @@ def read_input_cube(spec: str, key: str | None) -> tuple[np.ndarray, str]:
 
 def save_label_png(path: Path, labels: np.ndarray, palette: np.ndarray) -> None:
     """Label map 0..K as an indexed PNG with the class palette (0 black)."""
-    from PIL import Image
-
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[: len(palette)] = palette
-    img.putpalette(pal.ravel().tolist())
-    img.save(path)
+    write_label(path, labels, palette)
 
 
 def rgb_composite(cube: np.ndarray, bands: list[int] | tuple[int, ...]) -> np.ndarray:

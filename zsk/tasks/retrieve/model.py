@@ -185,23 +185,10 @@ class CNNImageEncoder(nn.Module):
 
 def torchvision_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
     """A torchvision classifier with its last classification layer removed, and its feature width."""
-    from zsk.models.backbones import build_torchvision_backbone
+    from zsk.models.backbones import build_torchvision_backbone, split_classifier
 
-    net = build_torchvision_backbone(name, weights)
-    for attr in ("fc", "classifier", "heads", "head"):
-        head = getattr(net, attr, None)
-        if head is None:
-            continue
-        if isinstance(head, nn.Linear):
-            setattr(net, attr, nn.Identity())
-            return net, head.in_features
-        if isinstance(head, nn.Sequential):  # VGG / MobileNet style: keep all but the last linear
-            layers = list(head.children())
-            for i in range(len(layers) - 1, -1, -1):
-                if isinstance(layers[i], nn.Linear):
-                    setattr(net, attr, nn.Sequential(*layers[:i]))
-                    return net, layers[i].in_features
-    raise ValueError(f"cannot find the classification layer of torchvision model {name!r}")
+    net, last = split_classifier(build_torchvision_backbone(name, weights))
+    return net, last.in_features
 
 
 def timm_trunk(name: str, weights: str | None) -> tuple[nn.Module, int]:
