@@ -343,3 +343,25 @@ def test_bad_train_settings_are_zsk_errors(tmp_path: Path) -> None:
     with pytest.raises(ZskError, match="batch_size"):
         ctx = start_run("toy", Config, None, ["train.steps=1"], out=tmp_path / "c", device="cpu")
         Trainer(ctx, nn.Linear(3, 2), ctx.cfg.train, lambda m, b, s: {}, lambda e, s: [], steps_per_epoch=0)
+
+
+def test_extra_mutated_during_training_is_restored_on_resume(tmp_path: Path) -> None:
+    """A task may keep growing state in ``trainer.extra``; --resume brings back the saved value, not the
+    one the task passed at construction."""
+    holder: dict[str, Trainer] = {}
+
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        holder["t"].extra["seen_steps"].append(step)
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(m(x), y)}
+
+    first = build(tmp_path, ["train.steps=6", "train.max_steps=3"], step_fn=step_fn,
+                  extra={"seen_steps": [], "classes": ["a", "b"]})
+    holder["t"] = first
+    first.fit()
+    ctx = first.ctx
+    ctx.resume = True
+    second = Trainer(ctx, nn.Linear(3, 2), ctx.cfg.train, step_fn, first.loader_fn, first.batches_per_epoch,
+                     extra={"seen_steps": [], "classes": ["a", "b"]})
+    second.load(second.last_path)
+    assert second.extra == {"seen_steps": [0, 1, 2], "classes": ["a", "b"]}

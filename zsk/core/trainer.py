@@ -335,7 +335,8 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best = dict(state.get("best") or {})
         self.last_metrics = dict(state.get("metrics") or {})
-        self.extra.update({k: v for k, v in (state.get("extra") or {}).items() if k not in self.extra})
+        # the checkpoint's `extra` wins: tasks may keep training state there (e.g. a growing example pool)
+        self.extra.update(state.get("extra") or {})
         set_rng_state(state["rng"])
 
     def _log_jsonl(self, record: dict) -> None:

@@ -418,7 +418,7 @@ def train_branch_stage(ctx: RunContext, module: nn.Module, name: str, embedding_
                       extra=extra, stage=stage)
     holder.append(trainer)
     if pool is not None:
-        pool.store = trainer.extra  # the trainer keeps (and checkpoints) its own copy of `extra`
+        pool.store = trainer.extra  # checkpointed by the trainer and restored from it on --resume
     metrics = trainer.fit()
     if tcfg.select == "best" and trainer.best_path.is_file():
         state = load_checkpoint(trainer.best_path)
