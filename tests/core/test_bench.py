@@ -75,3 +75,15 @@ def test_run_bench_on_a_toy_spec() -> None:
     assert out["train_mfu"] == pytest.approx(out["train_tflops"] / out["matmul_peak_tflops"])
     assert out["train_mfu"] < 1.5  # a tiny layer cannot beat a large matmul by much
     assert out["s_per_volume"] == 0.5 and calls["extra"] == 1
+
+
+def test_count_flops_books_sparse_products_by_nonzeros() -> None:
+    # a 3x5 operator with 4 non-zeros times a 5x4 matrix: 2 * 4 * 4 = 32 multiply-adds, not 2 * 3 * 5 * 4
+    idx = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    a = torch.sparse_coo_tensor(idx, torch.ones(4), (3, 5)).coalesce()
+    x = torch.randn(5, 4, requires_grad=True)
+    assert count_flops(lambda: torch.sparse.mm(a, x)) == 32
+    # backward: A^T @ grad touches the same 4 non-zeros per column
+    assert count_flops(lambda: torch.sparse.mm(a, x).sum().backward()) == 64
+    # dense products keep torch's formula
+    assert count_flops(lambda: torch.randn(4, 6) @ torch.randn(6, 7)) == 2 * 4 * 6 * 7

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from zsk.core.device import autocast
 
@@ -39,9 +39,36 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def _sparse_aware(packet: object, a: int, b: int) -> Callable[..., int]:
+    """A raw-tensor FLOP formula for a matmul-like op whose operands are ``args[a] @ args[b]``: with a
+    sparse operand it counts 2·nnz·d (what the kernel does), otherwise torch's dense formula."""
+    dense = flop_registry.get(packet)
+
+    def formula(*args: object, out_val: object = None, **kwargs: object) -> int:
+        left, right = args[a], args[b]
+        if isinstance(left, torch.Tensor) and left.layout != torch.strided:
+            return 2 * int(left._nnz()) * int(right.shape[-1])  # type: ignore[union-attr]
+        if isinstance(right, torch.Tensor) and right.layout != torch.strided:
+            return 2 * int(right._nnz()) * int(left.shape[0])  # type: ignore[union-attr]
+        return int(dense(*args, out_val=out_val, **kwargs)) if dense is not None else 0
+
+    formula._get_raw = True  # type: ignore[attr-defined]
+    return formula
+
+
+# torch books a sparse x dense product as the dense product of the same shapes; graph methods
+# (gzsl) would report FLOPs (and MFU) thousands of times too high.
+_SPARSE_AWARE = {
+    torch.ops.aten.mm: _sparse_aware(torch.ops.aten.mm, 0, 1),
+    torch.ops.aten.addmm: _sparse_aware(torch.ops.aten.addmm, 1, 2),
+    torch.ops.aten._sparse_addmm: _sparse_aware(torch.ops.aten._sparse_addmm, 1, 2),
+}
+
+
 def count_flops(fn: Callable[[], object]) -> float:
-    """FLOPs of one call of ``fn`` (forward and backward ops seen by torch's flop counter)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call of ``fn`` (forward and backward ops seen by torch's flop counter); a sparse
+    matrix times a dense one counts 2·nnz·d."""
+    with FlopCounterMode(display=False, custom_mapping=_SPARSE_AWARE) as counter:
         fn()
     return float(counter.get_total_flops())
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import register_flop_formula
 
 
 def row_normalized_operator(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> Tensor:
@@ -68,45 +66,10 @@ def symmetric_adjacency(edges: np.ndarray, num_nodes: int) -> Tensor:
     return row_normalized_operator(rows, cols, num_nodes)
 
 
-@torch.library.custom_op("zsk_gzsl::propagate", mutates_args=())
-def propagate(indices: Tensor, values: Tensor, x: Tensor, num_rows: int) -> Tensor:
-    """Sparse (num_rows x N) operator given as COO indices/values, times dense x (N x d).
-
-    A custom op so that torch's FLOP counter (``zsk bench``, ``info``) counts 2 nnz d instead of the
-    dense-matrix product that ``aten.mm`` on a sparse operand is booked as."""
-    op = torch.sparse_coo_tensor(indices, values, (num_rows, x.shape[0]), check_invariants=False)
-    return torch.sparse.mm(op, x)
-
-
-@propagate.register_fake
-def _propagate_fake(indices: Tensor, values: Tensor, x: Tensor, num_rows: int) -> Tensor:
-    return x.new_empty(num_rows, x.shape[1])
-
-
-def _propagate_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
-    indices, values, x, _ = inputs
-    ctx.save_for_backward(indices, values)
-    ctx.num_cols = x.shape[0]
-
-
-def _propagate_backward(ctx: Any, grad: Tensor) -> tuple:
-    indices, values = ctx.saved_tensors
-    # d(A x)/dx = A^T grad; the operators themselves are constants
-    return None, None, propagate(indices.flip(0), values, grad.contiguous(), ctx.num_cols), None
-
-
-propagate.register_autograd(_propagate_backward, setup_context=_propagate_setup)
-
-
-@register_flop_formula(torch.ops.zsk_gzsl.propagate)
-def _propagate_flops(indices_shape: Any, values_shape: Any, x_shape: Any, *args: Any, **kwargs: Any) -> int:
-    return 2 * values_shape[0] * x_shape[1]
-
-
 def _spmm(op: Tensor, x: Tensor) -> Tensor:
     """Sparse x dense in float32 (sparse kernels have no reduced-precision autocast path)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return propagate(op.indices(), op.values(), x.float().contiguous(), op.shape[0])
+        return torch.sparse.mm(op, x.float())
 
 
 class DGPLayer(nn.Module):
