@@ -101,7 +101,7 @@ def test_karpathy_errors(tmp_path) -> None:
     with pytest.raises(ZskError, match="not found"):
         read_karpathy(tmp_path / "dataset.json", tmp_path / "elsewhere", "test", captions_per_image=3)
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ZskError, match="invalid JSON"):
+    with pytest.raises(ZskError, match="Karpathy split file .* is not valid JSON"):
         read_karpathy(tmp_path / "bad.json", tmp_path, "test")
 
 

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from filelock import FileLock
 
 from zsk import __version__
 from zsk.core.errors import ZskFailure
+from zsk.core.io import atomic_open
 
 T = TypeVar("T")
 
@@ -104,16 +104,8 @@ class Cache:
         torch.save(_to_storable(value), buf)
         data = buf.getvalue()
         for target, payload in ((path, data), (path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_open(target) as f:
+                f.write(payload)
 
     def get(self, namespace: str, key_parts: dict) -> Any:
         """The cached value, or ``KeyError`` when absent or damaged."""

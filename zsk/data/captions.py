@@ -17,7 +17,6 @@ Every reader validates what it opens and raises :class:`ZskError` naming the fil
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from zsk.core.errors import ZskError
+from zsk.core.io import read_json
 
 PRECOMP_SPLITS: tuple[str, ...] = ("train", "dev", "test", "testall")
 
@@ -215,12 +215,7 @@ def read_karpathy(
     fewer is an error naming the image.
     """
     json_path, image_root = Path(json_path), Path(image_root)
-    if not json_path.is_file():
-        raise ZskError(f"Karpathy split file not found: {json_path}")
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ZskError(f"{json_path}: invalid JSON ({e})") from None
+    doc = read_json(json_path, "Karpathy split file")
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ZskError(f"{json_path}: expected a Karpathy split file with an 'images' list")
     wanted = {"dev": "val"}.get(split, split)

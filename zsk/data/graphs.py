@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from zsk.core.errors import ZskError
+from zsk.core.io import read_json
 
 
 @dataclass
@@ -42,18 +43,6 @@ class KnowledgeGraph:
     def index(self) -> dict[str, int]:
         """wnid -> node index."""
         return {w: i for i, w in enumerate(self.wnids)}
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ZskError(f"{what} not found: {path} (set data.root or the file's data.* key)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ZskError(f"cannot read {what} {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ZskError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def _check_wnids(path: Path, wnids: Any) -> list[str]:
@@ -100,7 +89,7 @@ def _check_pairs(path: Path, pairs: Any, n: int, key: str) -> np.ndarray:
 def read_induced_graph(path: str | Path) -> KnowledgeGraph:
     """Read ``imagenet-induced-graph.json`` (or any graph in its format) and validate it."""
     path = Path(path)
-    obj = _read_json(path, "graph file")
+    obj = read_json(path, "graph file")
     if not isinstance(obj, dict) or "wnids" not in obj or "edges" not in obj:
         raise ZskError(f"{path}: a graph file holds {{'wnids', 'vectors', 'edges'}}; "
                        f"found keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
@@ -124,7 +113,7 @@ def read_dense_grouped_graph(path: str | Path) -> tuple[KnowledgeGraph, list[np.
     """Read ``imagenet-dense-grouped-graph.json``: the nodes and one ``(u, ancestor)`` array per hop
     distance ``d`` (index 0 = the node itself)."""
     path = Path(path)
-    obj = _read_json(path, "dense graph file")
+    obj = read_json(path, "dense graph file")
     if not isinstance(obj, dict) or "wnids" not in obj or "edges_set" not in obj:
         raise ZskError(f"{path}: a dense grouped graph holds {{'wnids', 'vectors', 'edges_set'}}; "
                        f"found keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")

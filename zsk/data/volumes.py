@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from zsk.core.errors import ZskError
+from zsk.core.io import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -265,20 +266,14 @@ def write_h5_volume(path: str | Path, image: np.ndarray, label: np.ndarray | Non
                     spacing: tuple[float, float, float] | None = None, image_key: str = "image",
                     label_key: str = "label", compression: str | None = "gzip") -> None:
     """Write an HDF5 case in the LA layout (float32 ``image``, uint8 ``label``), written atomically."""
-    import os
-
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset(image_key, data=np.asarray(image, dtype=np.float32), compression=compression)
         if label is not None:
             f.create_dataset(label_key, data=np.asarray(label, dtype=np.uint8), compression=compression)
         if spacing is not None:
             f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
-    os.replace(tmp, path)
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, header: Any = None,

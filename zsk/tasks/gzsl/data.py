@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from zsk.core.errors import ZskError
+from zsk.core.io import read_json
 from zsk.data.embeddings import l2_normalize_rows
 from zsk.data.graphs import (
     KnowledgeGraph,
@@ -46,17 +47,6 @@ def resolve(root: str | Path, path: str | Path) -> Path:
     return p if p.is_absolute() else Path(root).expanduser() / p
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ZskError(f"{what} not found: {path} (set data.root or the data.* key naming it)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ZskError(f"cannot read {what} {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ZskError(f"{what} {path} is not valid JSON: {e}") from None
-
-
 def _wnid_list(path: Path, obj: Any, key: str) -> list[str]:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
@@ -74,7 +64,7 @@ class Split:
 
 def read_split(path: Path) -> Split:
     """``imagenet-split.json`` (or ``awa2-split.json``): train and test wnids, disjoint."""
-    obj = _read_json(path, "split file")
+    obj = read_json(path, "split file")
     train, test = _wnid_list(path, obj, "train"), _wnid_list(path, obj, "test")
     both = set(train) & set(test)
     if both:
@@ -91,7 +81,7 @@ def read_testsets(path: Path) -> dict[str, list[str]]:
             raise ZskError(f"{path} holds no <testset>.txt wnid lists")
         return {p.stem: [ln.split()[0] for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
                 for p in lists}
-    obj = _read_json(path, "test-set file")
+    obj = read_json(path, "test-set file")
     if not isinstance(obj, dict):
         raise ZskError(f"{path}: expected a mapping of test-set names to wnid lists")
     return {k: _wnid_list(path, obj, k) for k in obj}
@@ -99,7 +89,7 @@ def read_testsets(path: Path) -> dict[str, list[str]]:
 
 def read_awa2_split(path: Path) -> tuple[list[str], list[str]]:
     """``awa2-split.json`` -> (test wnids, test folder names such as 'killer+whale')."""
-    obj = _read_json(path, "AwA2 split file")
+    obj = read_json(path, "AwA2 split file")
     wnids = _wnid_list(path, obj, "test")
     names = obj.get("test_names") if isinstance(obj, dict) else None
     if not isinstance(names, list) or len(names) != len(wnids):
@@ -110,7 +100,7 @@ def read_awa2_split(path: Path) -> tuple[list[str], list[str]]:
 def read_fc_weights(path: Path, seen: Sequence[str]) -> np.ndarray:
     """``fc-weights.json`` -> (M, F+1) rows in the order of ``seen``; the wnids must be exactly the
     seen classes (one classifier per seen class)."""
-    obj = _read_json(path, "classifier file")
+    obj = read_json(path, "classifier file")
     if not isinstance(obj, list) or not all(isinstance(r, list) and r and isinstance(r[0], str) for r in obj):
         raise ZskError(f"{path}: expected [[wnid, w_1, ..., w_F, b], ...] (DGP's fc-weights.json)")
     rows = {r[0]: r[1:] for r in obj}
