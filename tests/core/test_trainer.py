@@ -365,3 +365,23 @@ def test_extra_mutated_during_training_is_restored_on_resume(tmp_path: Path) -> 
                      extra={"seen_steps": [], "classes": ["a", "b"]})
     second.load(second.last_path)
     assert second.extra == {"seen_steps": [0, 1, 2], "classes": ["a", "b"]}
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+def test_eval_loader_leaves_the_global_rng_alone(sharded: bool) -> None:
+    """An evaluation between training steps must not shift the random stream training draws from
+    (else a resumed run differs); a plain DataLoader does shift it, which is what this guards."""
+    from torch.utils.data import DataLoader
+
+    from zsk.core.trainer import make_eval_loader
+
+    data = dataset()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    batches = list(make_eval_loader(data, 7, sharded=sharded))
+    assert sum(len(b[0]) for b in batches) == N
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(5)
+    list(DataLoader(data, batch_size=7))
+    assert not torch.equal(torch.rand(3), expected)

@@ -149,10 +149,17 @@ def make_loader(dataset: Dataset, batch_size: int, *, epoch: int = 0, seed: int 
                       persistent_workers=False)
 
 
-def make_eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, collate_fn: Callable | None = None) -> DataLoader:
-    """In-order loader for evaluation, split across ranks without padding (every sample counted once)."""
+def make_eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, collate_fn: Callable | None = None,
+                     sharded: bool = True) -> DataLoader:
+    """In-order loader for evaluation, split across ranks without padding (every sample counted once),
+    or the whole dataset on every rank with ``sharded=False``. Like :func:`make_loader` it draws nothing
+    from the global RNG, so an evaluation in the middle of training leaves a resumed run exact."""
+    batches = None
+    if not sharded:
+        n = len(dataset)  # type: ignore[arg-type]
+        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=workers, collate_fn=collate_fn,
-                       even_shards=False)
+                       even_shards=False, batch_sampler=batches)
 
 
 def rng_state() -> dict:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from zsk.core import dist
 from zsk.core.bench import BenchSpec, count_flops, count_params
@@ -239,11 +239,7 @@ def infer(logits_fn: Callable[[dict], Tensor], dataset: Dataset, batch_size: int
           amp: torch.dtype | None, sharded: bool = True, desc: str = "eval") -> tuple[Tensor, Tensor]:
     """(indices, logits) over `dataset` (this rank's share when `sharded`), in dataset order."""
     collate = dataset.collate  # type: ignore[attr-defined]
-    if sharded:
-        loader = make_eval_loader(dataset, batch_size, collate_fn=collate)
-    else:
-        batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+    loader = make_eval_loader(dataset, batch_size, collate_fn=collate, sharded=sharded)
     idx, out = [], []
     for batch in progress(loader, desc=desc):
         batch = move_to(batch, device)

@@ -557,7 +557,6 @@ def export_features(checkpoint: Path, out: Path, sets: list[str] | None = None,
     """``zsk gzsl features``: pooled CNN features of every image of ``eval.testset``'s classes, written as
     ``<out>.npy`` (N x F) and ``<out>-labels.txt`` (one wnid per line), so later evaluations (any test set,
     ZSL or GZSL, any keep ratio) skip the CNN."""
-    from torch.utils.data import DataLoader
 
     cfg, model, data, _ = load_model(checkpoint, sets, None, need_cnn=True)
     dev = resolve_device(device, cfg.runtime.device)
@@ -570,9 +569,8 @@ def export_features(checkpoint: Path, out: Path, sets: list[str] | None = None,
         raise ZskError(f"no images of test set {name} under {root}/<{'name' if folders else 'wnid'}>/")
     if missing:
         warn(f"test set {name}: {len(missing)} of {len(wnids)} classes have no images under {root} (e.g. {missing[0]})")
-    loader = DataLoader(ImageList(paths, labels, eval_transform(cfg.data.resize, cfg.data.crop)),
-                        batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.runtime.workers,
-                        pin_memory=dev.type == "cuda")
+    loader = make_eval_loader(ImageList(paths, labels, eval_transform(cfg.data.resize, cfg.data.crop)),
+                              cfg.eval.batch_size, workers=cfg.runtime.workers, sharded=False)
     feats = []
     with torch.no_grad():
         for images, _ in progress(loader, desc="features"):

@@ -20,7 +20,7 @@ from zsk.core.device import autocast, autocast_dtype, resolve_device
 from zsk.core.errors import ZskError
 from zsk.core.progress import log, progress
 from zsk.core.run import RunContext, config_from_checkpoint
-from zsk.core.trainer import Trainer, batches_per_epoch, make_loader
+from zsk.core.trainer import Trainer, batches_per_epoch, make_eval_loader, make_loader
 from zsk.data.captions import PrecompSplit, read_caption_lines, read_features, write_lsa_matrix
 from zsk.metrics.retrieval import coco_1k, evaluate_embeddings
 from zsk.tasks.retrieve.config import Config, TrainConfig
@@ -167,10 +167,8 @@ def encode_images(model: VSEModel, images, cfg: Config, device: torch.device, de
     """Embeddings of a gallery: ``images`` is a feature array ``(N, ...)`` or a list of image paths."""
     model.eval()
     ds = ImageFeatures(images) if isinstance(images, np.ndarray) else ImageFiles(list(images), cfg.model.image_size)
-    # an own generator: evaluation must not advance the global RNG that training augmentation draws from
-    # (an evaluation at an interruption would otherwise change the resumed run)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0,
-                                         generator=torch.Generator())
+    # every rank encodes the whole gallery; the loader leaves the global RNG alone (exact resume)
+    loader = make_eval_loader(ds, cfg.eval.batch_size, sharded=False)
     dtype = autocast_dtype(device, cfg.runtime.precision)
     out = []
     for x in progress(loader, desc=f"encode {desc}"):
