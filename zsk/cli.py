@@ -18,6 +18,7 @@ import typer.main
 from typer.core import TyperGroup
 
 from zsk import __version__
+from zsk.core.task import Task
 from zsk.core.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, guarded
 from zsk.core.progress import emit_result, log, stdout_console
 
@@ -41,6 +42,11 @@ def available_tasks() -> list[str]:
     """Tasks whose package is installed in this version of zsk."""
     return [name for name, (module, _) in TASKS.items() if importlib.util.find_spec(f"zsk.tasks.{name}") is not None
             and importlib.util.find_spec(module) is not None]
+
+
+def task_of(name: str) -> Task:
+    """The :class:`zsk.core.task.Task` of an installed task (its ``cli.TASK``)."""
+    return importlib.import_module(TASKS[name][0]).TASK
 
 
 def _version(value: bool) -> None:
@@ -254,11 +260,10 @@ def demo(tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to run (d
     with tempfile.TemporaryDirectory(prefix="zsk-demo-") as tmp:
         root = Path(out) if out is not None else Path(tmp)
         for name in names:
-            pipeline = importlib.import_module(f"zsk.tasks.{name}.pipeline")
             log(f"demo: {name}")
             t0 = time.perf_counter()
             try:
-                result = pipeline.run_demo(root / name, device or "cpu")
+                result = task_of(name).demo(root / name, device or "cpu")
             except Exception as exc:  # noqa: BLE001 - one failing task must not hide the others
                 report_error(exc)
                 failed.append(name)
@@ -283,7 +288,7 @@ def demo(tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to run (d
 @app.command()
 @guarded
 def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task's recipe.")],
-          steps: Annotated[int, typer.Option("--steps", help="Timed steps.")] = 10,
+          steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps.")] = 10,
           batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the recipe's batch size.")] = None,
           set_: SetOpt = None, device: DeviceOpt = None, json_out: JsonOpt = False,
           quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
@@ -297,14 +302,13 @@ def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task'
     task = raw.get("task")
     if task not in available_tasks():
         raise ZskError(f"recipe {recipe} names task {task!r}, which is not installed; tasks: {', '.join(available_tasks())}")
-    config_mod = importlib.import_module(f"zsk.tasks.{task}.config")
-    pipeline = importlib.import_module(f"zsk.tasks.{task}.pipeline")
-    cfg = parse_config(config_mod.Config, raw)
+    definition = task_of(task)
+    cfg = parse_config(definition.Config, raw)
     dev = resolve_device(device, cfg.runtime.device)
     dtype = autocast_dtype(dev, cfg.runtime.precision)
     log(f"bench {task} {recipe} on {dev} ({dtype or 'fp32'})")
-    spec = pipeline.bench_spec(cfg, dev, batch_size)
-    result = {"task": task, "recipe": str(recipe), **run_bench(spec, steps, dev, dtype)}
+    spec = definition.bench_spec(cfg, dev, batch_size)
+    result = {"task": task, "recipe": str(recipe), **run_bench(spec, steps, dev, dtype, cfg)}
     emit_result(result, json_out, title=f"zsk bench {recipe}")
 
 

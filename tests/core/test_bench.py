@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 from torch import nn
 
-from zsk.core.bench import BenchSpec, count_flops, count_params, run_bench
+from zsk.core.bench import BenchSpec, count_flops, count_params, run_bench, trainer_step
+from zsk.core.recipe import RuntimeConfig
+from zsk.core.trainer import TrainConfig
 
 B, IN, OUT = 8, 16, 32
 
@@ -40,16 +43,19 @@ def test_count_params() -> None:
     assert count_params(model) == (67, 27)
 
 
+@dataclass
+class _Cfg:
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(device="cpu"))
+
+
 def test_run_bench_on_a_toy_spec() -> None:
     model = nn.Linear(IN, OUT)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(B, IN)
-    calls = {"extra": 0}
+    calls = {"extra": 0, "step_fn": 0}
 
-    def train_step() -> None:
-        opt.zero_grad()
-        model(x).square().mean().backward()
-        opt.step()
+    def step_fn(m: nn.Module, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        calls["step_fn"] += 1
+        return {"loss": m(batch).square().mean()}
 
     def infer_step() -> None:
         with torch.no_grad():
@@ -59,10 +65,12 @@ def test_run_bench_on_a_toy_spec() -> None:
         calls["extra"] += 1
         return {"s_per_volume": 0.5}
 
-    spec = BenchSpec(train_step=train_step, infer_step=infer_step, train_samples=B, infer_samples=B * 10,
-                     unit="images", infer_unit="pixels", extra=extra)
-    out = run_bench(spec, steps=3, device=torch.device("cpu"), dtype=None)
+    train_cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.0, steps=1)
+    spec = BenchSpec(model=model, step_fn=step_fn, batch=x, train_cfg=train_cfg, infer_step=infer_step,
+                     train_samples=B, infer_samples=B * 10, unit="images", infer_unit="pixels", extra=extra)
+    out = run_bench(spec, steps=3, device=torch.device("cpu"), dtype=None, cfg=_Cfg())
     assert out["device"] == "cpu" and out["dtype"] == "float32" and out["steps"] == 3
+    assert out["optimizer"] == "sgd" and out["grad_accum"] == 1
     positive = ["train_step_s", "train_steps_per_s", "train_images_per_s", "infer_call_s", "infer_pixels_per_s",
                 "train_gflops_per_step", "infer_gflops_per_call", "matmul_peak_tflops", "train_tflops",
                 "infer_tflops", "train_mfu", "infer_mfu", "peak_memory_mb"]
@@ -75,6 +83,28 @@ def test_run_bench_on_a_toy_spec() -> None:
     assert out["train_mfu"] == pytest.approx(out["train_tflops"] / out["matmul_peak_tflops"])
     assert out["train_mfu"] < 1.5  # a tiny layer cannot beat a large matmul by much
     assert out["s_per_volume"] == 0.5 and calls["extra"] == 1
+
+
+def test_bench_times_the_trainers_step_with_the_recipes_optimizer_and_accumulation() -> None:
+    model = nn.Linear(IN, OUT)
+    x = torch.randn(B, IN)
+    seen = []
+
+    def step_fn(m: nn.Module, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        seen.append(step)
+        return {"loss": m(batch).square().mean()}
+
+    train_cfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_accum=3, clip_grad_norm=1.0, steps=1)
+    spec = BenchSpec(model=model, step_fn=step_fn, batch=x, train_cfg=train_cfg, infer_step=lambda: None,
+                     train_samples=B, infer_samples=1)
+    step, trainer = trainer_step(spec, _Cfg(), torch.device("cpu"))
+    step()
+    # one bench step = one optimizer step of 3 micro-batches, through the recipe's AdamW
+    assert seen == [0, 0, 0] and trainer.step == 1
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert all("exp_avg" in trainer.optimizer.state[p] for p in model.parameters())
+    step()
+    assert seen[3:] == [1, 1, 1] and trainer.step == 2
 
 
 def test_count_flops_books_sparse_products_by_nonzeros() -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,15 +22,53 @@ from zsk.core.device import autocast
 
 @dataclass
 class BenchSpec:
-    """What a task hands to ``zsk bench``: closures over a model and fixed synthetic batches."""
+    """What a task hands to ``zsk bench``: the model, step function and train settings the recipe
+    trains with, one synthetic batch of the recipe's real input size, and an inference closure.
 
-    train_step: Callable[[], None]
+    ``zsk bench`` builds the real :class:`zsk.core.trainer.Trainer` from these and times its
+    ``train_step`` (optimizer, AMP and GradScaler, accumulation and clipping of the recipe): one timed
+    train step is one optimizer step, i.e. ``train.grad_accum`` micro-batches.
+    """
+
+    model: nn.Module
+    step_fn: Callable[[nn.Module, Any, int], dict[str, torch.Tensor]]
+    batch: Any
+    train_cfg: Any  # the stage's zsk.core.trainer.TrainConfig
     infer_step: Callable[[], None]
-    train_samples: int
+    train_samples: int  # samples per micro-batch
     infer_samples: int
+    param_groups: list[dict] | None = None
+    exclude_prefixes: tuple[str, ...] = ()
     unit: str = "samples"
     infer_unit: str | None = None
     extra: Callable[[], dict] | None = None
+
+
+def trainer_step(spec: BenchSpec, cfg: Any, device: torch.device) -> tuple[Callable[[], None], Any]:
+    """A closure running one optimizer step of the real Trainer on ``spec.batch`` (``grad_accum``
+    micro-batches), and the Trainer itself. ``cfg`` is the task's Config (its ``runtime.precision``
+    picks AMP as in training)."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from zsk.core import dist
+    from zsk.core.run import RunContext
+    from zsk.core.trainer import Trainer, move_to
+
+    train_cfg = dataclasses.replace(spec.train_cfg, steps=10**9, epochs=None, max_steps=None, stages={})
+    ctx = RunContext(task="bench", cfg=cfg, recipe={}, run_dir=Path(tempfile.gettempdir()), device=device,
+                     dist=dist.get_dist())
+    trainer = Trainer(ctx, spec.model, train_cfg, spec.step_fn, lambda epoch, start: [], 1,
+                      param_groups=spec.param_groups, exclude_prefixes=spec.exclude_prefixes)
+    batch = move_to(spec.batch, device)
+    trainer.model.train()
+
+    def step() -> None:
+        for _ in range(train_cfg.grad_accum):
+            trainer.train_step(batch)
+
+    return step, trainer
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -122,14 +161,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def run_bench(spec: BenchSpec, steps: int, device: torch.device, dtype: torch.dtype | None) -> dict:
-    """Time ``steps`` train steps and inference calls; count FLOPs; compare with the matmul peak."""
+def run_bench(spec: BenchSpec, steps: int, device: torch.device, dtype: torch.dtype | None, cfg: Any) -> dict:
+    """Time ``steps`` optimizer steps of the Trainer and ``steps`` inference calls; count FLOPs;
+    compare with the matmul peak. ``cfg``: the task's Config (runtime settings of the recipe)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = _timed(spec.train_step, steps, device, dtype)
+    train_step, trainer = trainer_step(spec, cfg, device)
+    train_s = _timed(train_step, steps, device, None)  # the Trainer applies the recipe's autocast itself
     infer_s = _timed(spec.infer_step, steps, device, dtype)
+    train_flops = count_flops(train_step)
     with autocast(device, dtype):
-        train_flops = count_flops(spec.train_step)
         infer_flops = count_flops(spec.infer_step)
     peak = matmul_peak(device, dtype)
     infer_unit = spec.infer_unit or spec.unit
@@ -137,9 +178,11 @@ def run_bench(spec: BenchSpec, steps: int, device: torch.device, dtype: torch.dt
         "device": str(device),
         "dtype": str(dtype or torch.float32).replace("torch.", ""),
         "steps": steps,
+        "optimizer": trainer.cfg.optimizer,
+        "grad_accum": trainer.cfg.grad_accum,
         "train_step_s": train_s,
         "train_steps_per_s": 1.0 / train_s,
-        f"train_{spec.unit}_per_s": spec.train_samples / train_s,
+        f"train_{spec.unit}_per_s": spec.train_samples * trainer.cfg.grad_accum / train_s,
         "infer_call_s": infer_s,
         f"infer_{infer_unit}_per_s": spec.infer_samples / infer_s,
         "train_gflops_per_step": train_flops / 1e9,

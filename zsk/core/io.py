@@ -6,9 +6,10 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from zsk.core.errors import ZskError
 
@@ -49,3 +50,73 @@ def read_json(path: str | Path, what: str) -> Any:
         raise ZskError(f"cannot read {what} {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ZskError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class StdinInput:
+    """What ``-`` read from standard input when it carries data rather than paths: lines of text
+    (``stdin="texts"``) or raw bytes such as a ``.npy`` stream (``stdin="bytes"``)."""
+
+    data: bytes
+    name: str = "stdin"
+
+    @property
+    def lines(self) -> list[str]:
+        """Non-empty lines of the input decoded as UTF-8."""
+        return [ln for ln in self.data.decode("utf-8").splitlines() if ln.strip()]
+
+
+def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
+                  stdin: Literal["paths", "texts", "bytes"] = "paths", what: str = "input") -> list[Path | StdinInput]:
+    """Expand ``predict`` arguments into a list of inputs, in the order given: files as they are,
+    folders to their files with one of ``suffixes`` (sorted, recursively), glob patterns to their
+    matches, and ``-`` to paths read one per line from stdin (``stdin="paths"``) or to one
+    :class:`StdinInput` holding stdin's data (``"texts"``, ``"bytes"``). A name that matches nothing
+    is a ``ZskError`` naming it; so is an empty result."""
+    import glob
+    import sys
+
+    wanted = tuple(s.lower() for s in suffixes)
+
+    def matches(p: Path) -> bool:
+        return not wanted or p.name.lower().endswith(wanted)
+
+    out: list[Path | StdinInput] = []
+    seen_stdin = False
+
+    def add(item: str | Path) -> None:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and matches(f))
+            if not files:
+                kinds = f" ({', '.join(suffixes)})" if suffixes else ""
+                raise ZskError(f"{what} folder {p} holds no files{kinds}")
+            out.extend(files)
+        elif p.is_file():
+            out.append(p)
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            found = [f for f in found if f.is_file() and matches(f)]
+            if not found:
+                raise ZskError(f"{what} pattern {item!r} matches no file")
+            out.extend(found)
+        else:
+            raise ZskError(f"{what} not found: {p} (give files, folders, glob patterns or '-' for stdin)")
+
+    for item in items:
+        if str(item) != "-":
+            add(item)
+            continue
+        if seen_stdin:
+            raise ZskError(f"'-' (stdin) can be given only once among the {what}s")
+        seen_stdin = True
+        if stdin == "paths":
+            for line in sys.stdin.read().splitlines():
+                if line.strip():
+                    add(line.strip())
+        else:
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+            out.append(StdinInput(data))
+    if not out:
+        raise ZskError(f"no {what}s given (pass files, folders, globs, or '-' to read stdin)")
+    return out

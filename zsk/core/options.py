@@ -20,13 +20,18 @@ RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML fil
 OptRecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML (default: the checkpoint's own).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.lr=2e-4 (repeatable).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt (RUN from --out or the newest run).")]
+ResumeOpt = Annotated[str | None, typer.Option(
+    "--resume", metavar="[auto]", help="Continue from RUN/last.pt (RUN from --out or the newest run); `--resume auto` "
+    "continues when last.pt exists and starts fresh otherwise (preemptible jobs).")]
+RunsOpt = Annotated[int, typer.Option("--runs", min=1, help="Train N runs with seeds seed..seed+N-1 and report mean ± std.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: $ZSK_DEVICE, recipe).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides runtime.seed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON lines on stdout.")]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", "-c", help="A checkpoint written by train (best.pt / last.pt).")]
+CheckpointsOpt = Annotated[list[Path], typer.Option(
+    "--checkpoint", "-c", help="A checkpoint written by train; repeat it (runs with other seeds) for mean ± std.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Dataset split to evaluate (default: the recipe's eval split).")]
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
@@ -18,6 +18,59 @@ from zsk.core.progress import log
 from zsk.core.recipe import apply_set, dump_recipe, load_recipe, parse_config
 
 C = TypeVar("C")
+
+# `data.root: "@sample"` in a recipe (every demo.yaml) means the task's embedded sample data, written
+# into the cache on first use, so a demo recipe runs on a machine that never ran `zsk <task> sample`.
+SAMPLE_ROOT = "@sample"
+
+
+class SampleSource(Protocol):
+    """What ``data.root: "@sample"`` needs of a task (its :class:`zsk.core.task.Task` provides it)."""
+
+    name: str
+    sample_version: str
+
+    def sample_data(self, root: Path) -> dict[str, Any]: ...
+
+
+def sample_overrides(source: SampleSource) -> dict[str, Any]:
+    """Write the task's sample data into ``$ZSK_CACHE/samples/<task>-v<version>/`` once (under a file
+    lock, so concurrent jobs write it once; a half-written folder is rewritten) and return the recipe
+    keys (``{"data.root": ...}``) that point at it."""
+    import shutil
+
+    from filelock import FileLock
+
+    from zsk.core.cache import default_cache
+
+    folder = default_cache().root / "samples" / f"{source.name}-v{source.sample_version}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    marker = folder / ".zsk-sample.json"
+    with FileLock(str(folder) + ".lock"):
+        if not marker.is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            log(f"writing the {source.name} sample data to {folder} (first use)")
+            overrides = source.sample_data(folder)
+            from zsk.core.io import atomic_open
+
+            with atomic_open(marker, "w") as f:
+                f.write(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}))
+        return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def resolve_sample_root(recipe: dict, source: SampleSource | None) -> dict:
+    """Replace ``data.root: "@sample"`` by the sample data's location (see :func:`sample_overrides`)."""
+    data = recipe.get("data")
+    if not isinstance(data, dict) or data.get("root") != SAMPLE_ROOT:
+        return recipe
+    if source is None:
+        raise ZskError(f"data.root {SAMPLE_ROOT!r} names the task's sample data, which this command cannot write; "
+                       "run `zsk <task> sample DIR` and pass --set data.root=DIR")
+    for key, value in sample_overrides(source).items():
+        recipe = apply_set(recipe, f"{key}={json.dumps(value)}")
+    return recipe
 
 
 @dataclass
@@ -40,9 +93,11 @@ def _check_task(task: str, recipe: dict, source: Any) -> None:
 
 
 def load_config(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None,
-                seed: int | None = None, device: str | None = None) -> tuple[C, dict]:
-    """Read, merge and validate a recipe into the task's Config; ``--seed``/``--device`` override runtime."""
-    recipe = load_recipe(recipe_path, sets)
+                seed: int | None = None, device: str | None = None,
+                sample: SampleSource | None = None) -> tuple[C, dict]:
+    """Read, merge and validate a recipe into the task's Config; ``--seed``/``--device`` override runtime;
+    ``data.root: "@sample"`` is resolved with ``sample`` (the task)."""
+    recipe = resolve_sample_root(load_recipe(recipe_path, sets), sample)
     _check_task(task, recipe, recipe_path)
     recipe["task"] = task
     if seed is not None:
@@ -91,13 +146,29 @@ def _latest_run_dir(task: str, recipe: dict) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+ResumeMode = Literal["strict", "auto"] | bool | None
+
+
+def resume_mode(resume: ResumeMode) -> Literal["strict", "auto", "no"]:
+    """``--resume`` (True / "strict"): continue, fail without last.pt; ``--resume auto``: continue when
+    last.pt exists, start fresh otherwise; None / False: a fresh run."""
+    if resume in (None, False):
+        return "no"
+    if resume in (True, "strict"):
+        return "strict"
+    if resume == "auto":
+        return "auto"
+    raise ZskError(f"--resume {resume!r}: give --resume alone (continue from last.pt) or --resume auto")
+
+
 def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None, *,
-              out: str | Path | None = None, resume: bool = False, device: str | None = None,
-              seed: int | None = None) -> RunContext:
+              out: str | Path | None = None, resume: ResumeMode = None, device: str | None = None,
+              seed: int | None = None, sample: SampleSource | None = None) -> RunContext:
     """Prepare a training run: validated config, device, process group, seeds and the run directory
     (rank 0 writes ``recipe.yaml``). ``resume`` continues from ``<out>/last.pt`` (or the newest run of
-    this recipe when ``--out`` is not given)."""
-    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, device=device)
+    this recipe when ``--out`` is not given); ``resume="auto"`` does so only when that file exists."""
+    mode = resume_mode(resume)
+    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, device=device, sample=sample)
     runtime = getattr(cfg, "runtime", None)
     dev = resolve_device(device, getattr(runtime, "device", "auto"))
     info = dist.init_distributed(dev)
@@ -107,15 +178,18 @@ def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, se
         torch.use_deterministic_algorithms(True, warn_only=True)
     if out is not None:
         run_dir = Path(out)
-    elif resume:
-        latest = _latest_run_dir(task, recipe)
-        if latest is None:
-            raise ZskError(f"--resume: no earlier run of this recipe under runs/{task}/; pass --out RUN_DIR")
+    elif mode != "no" and (latest := _latest_run_dir(task, recipe)) is not None:
         run_dir = latest
+    elif mode == "strict":
+        raise ZskError(f"--resume: no earlier run of this recipe under runs/{task}/; pass --out RUN_DIR")
     else:
         run_dir = dist.broadcast_object(_default_run_dir(task, recipe))
-    if resume and not any(run_dir.glob("last*.pt")):
-        raise ZskError(f"--resume: {run_dir} has no last.pt to continue from")
+    has_last = any(run_dir.glob("last*.pt"))
+    if mode == "strict" and not has_last:
+        raise ZskError(f"--resume: {run_dir} has no last.pt to continue from (--resume auto starts fresh instead)")
+    resume = mode != "no" and has_last
+    if mode == "auto":
+        log(f"--resume auto: {'continuing ' + str(run_dir) if resume else 'no last.pt, starting fresh'}")
     if info.is_main:
         global _fresh_run_dir
         _fresh_run_dir = None if (resume or run_dir.exists()) else run_dir
@@ -128,18 +202,18 @@ def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, se
 
 def train_seeds(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None, *,
                 runs: int, train_fn: Callable[[RunContext], dict], summarize: Callable[[list[dict]], dict],
-                out: str | Path | None = None, resume: bool = False, device: str | None = None,
-                seed: int | None = None) -> dict:
+                out: str | Path | None = None, resume: ResumeMode = None, device: str | None = None,
+                seed: int | None = None, sample: SampleSource | None = None) -> dict:
     """Train ``runs`` runs with seeds ``seed, seed + 1, ...`` under ``<out>/run-<i>/`` and write
     ``<out>/summary.json`` with ``summarize(results)`` (mean ± std as the literature reports)."""
-    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed)
+    cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, sample=sample)
     base = Path(out) if out is not None else dist.broadcast_object(_default_run_dir(task, recipe))
     first_seed = int(getattr(getattr(cfg, "runtime", None), "seed", 0))
     results = []
     for i in range(runs):
         log(f"run {i + 1}/{runs} (seed {first_seed + i})")
         ctx = start_run(task, config_cls, recipe_path, sets, out=base / f"run-{i}", resume=resume, device=device,
-                        seed=first_seed + i)
+                        seed=first_seed + i, sample=sample)
         results.append(train_fn(ctx))
     summary = {"run_dir": str(base), **summarize(results)}
     if dist.is_main():

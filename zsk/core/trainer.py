@@ -11,14 +11,16 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -61,6 +63,16 @@ class TrainConfig:
     save_every: int = 0
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
+    select: Literal["best", "last"] = "best"  # the weights a stage hands on (zsk.core.stages)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # train.stages.<name>: overrides of train.*
+
+    # Names of the method's stages, in order (a multi-stage task's TrainConfig sets this).
+    STAGES: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        from zsk.core.stages import validate_stage_blocks
+
+        validate_stage_blocks(self)
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
@@ -131,22 +143,91 @@ def epoch_batches(num_samples: int, batch_size: int, *, epoch: int, seed: int, s
     return batches
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(requested: int) -> int:
+    """``runtime.workers`` capped at the cores this process may use (minus the main process), so a
+    recipe written for a GPU node does not oversubscribe a laptop."""
+    return max(0, min(int(requested), usable_cpus() - 1))
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are replaced each epoch, so one DataLoader (and its persistent
+    worker processes) serves the whole run. With workers, each index is paired with a seed derived from
+    (seed, epoch, position), and :class:`_Seeded` reseeds the RNGs before loading that sample: random
+    augmentations then depend only on those numbers, not on worker count, persistence or resume."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Seeded(Dataset):
+    """Dataset wrapper for worker processes: item ``(index, seed)`` reseeds Python, NumPy and torch."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+# One persistent DataLoader per (dataset, workers, collate): epochs reuse its worker processes.
+_PERSISTENT: dict[tuple[int, int, int], tuple[weakref.ref, DataLoader, _EpochBatches]] = {}
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
                 drop_last: bool = True, workers: int = 0, collate_fn: Callable | None = None, start_batch: int = 0,
                 batch_sampler: Sequence[Sequence[int]] | None = None, even_shards: bool = True) -> DataLoader:
     """A DataLoader whose batch order depends only on (seed, epoch), sharded over ranks, starting at
-    ``start_batch`` without loading the skipped batches (exact resume)."""
+    ``start_batch`` without loading the skipped batches (exact resume). ``workers`` is capped at the
+    usable cores; with workers the loader and its processes persist across epochs, memory is pinned
+    on CUDA, and each sample's randomness is seeded from (seed, epoch, position)."""
     if batch_sampler is None:
         batches: list = epoch_batches(len(dataset), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,  # type: ignore[arg-type]
                                       drop_last=drop_last, even_shards=even_shards)
     else:
         batches = [list(b) for b in batch_sampler]
-    batches = batches[start_batch:]
-    g = torch.Generator()
-    g.manual_seed(seed * 100_003 + epoch * 1_009 + start_batch * 7 + dist.get_dist().rank)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_fn,
-                      pin_memory=torch.cuda.is_available(), generator=g,
-                      persistent_workers=False)
+    rank = dist.get_dist().rank
+    workers = worker_count(workers)
+    if workers == 0:
+        g = torch.Generator()
+        g.manual_seed(seed * 100_003 + epoch * 1_009 + start_batch * 7 + rank)
+        return DataLoader(dataset, batch_sampler=batches[start_batch:], num_workers=0, collate_fn=collate_fn,
+                          pin_memory=torch.cuda.is_available(), generator=g)
+    base = (seed * 100_003 + epoch * 1_009) * 65_537 + rank * 1_000_003
+    seeded = [[(int(i), (base + b * 4_099 + j) % 2**63) for j, i in enumerate(batch)]
+              for b, batch in enumerate(batches)][start_batch:]
+    key = (id(dataset), workers, id(collate_fn))
+    cached = _PERSISTENT.get(key)
+    if cached is None or cached[0]() is not dataset:
+        sampler = _EpochBatches()
+        loader = DataLoader(_Seeded(dataset), batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=True)
+        while len(_PERSISTENT) >= 4:  # bounded: an old run's loader (and its workers) is released
+            _PERSISTENT.pop(next(iter(_PERSISTENT)))
+        _PERSISTENT[key] = cached = (weakref.ref(dataset), loader, sampler)
+    _, loader, sampler = cached
+    sampler.batches = seeded
+    return loader
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, collate_fn: Callable | None = None,
@@ -208,6 +289,18 @@ def build_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
+class Callback:
+    """Side effects around the loop (snapshots, example pools), kept out of the pure step and eval
+    functions. Subclass and override what you need; state that must survive a resume belongs in
+    ``trainer.extra`` (saved in every checkpoint)."""
+
+    def on_step_end(self, trainer: Trainer, out: dict[str, torch.Tensor]) -> None:
+        """After each optimizer step (``trainer.step`` already counts it); ``out``: the step's terms."""
+
+    def on_eval_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        """After each evaluation (best checkpoint already written)."""
+
+
 class _SignalWatch:
     """Remember SIGTERM/SIGINT so the loop can finish its step, write ``last.pt`` and exit 143/130."""
 
@@ -244,7 +337,7 @@ class Trainer:
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  param_groups: list[dict] | None = None, extra: dict | None = None,
                  exclude_prefixes: tuple[str, ...] = (), stage: str = "",
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: bool = False, callbacks: Sequence[Callback] = ()) -> None:
         self.ctx = ctx
         self.cfg = cfg
         self.device = ctx.device
@@ -290,6 +383,8 @@ class Trainer:
         self._count = 0
         self._bad_terms: list[str] = []
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr the latest optimizer step used
+        self.callbacks = list(callbacks)
+        self._micro = 0
 
     # ----------------------------------------------------------------- files
     def _name(self, base: str) -> str:
@@ -413,7 +508,44 @@ class Trainer:
                 self.best = {"metric": key, "value": value, "step": self.step}
                 self.save(self.best_path)
         log("eval " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        for cb in self.callbacks:
+            cb.on_eval_end(self, metrics)
         return metrics
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One micro-batch of training, exactly as :meth:`fit` runs it: the step function under autocast,
+        the (scaled) backward divided by ``grad_accum``, and after ``grad_accum`` micro-batches the
+        optimizer step (clipping, GradScaler, LR schedule). ``zsk bench`` times this method."""
+        accum = self.cfg.grad_accum
+        sync = self._micro + 1 == accum
+        no_sync = self.ddp_model.no_sync if (not sync and self.ddp_model is not self.model) else contextlib.nullcontext
+        with no_sync():
+            with autocast(self.device, self.amp_dtype):
+                out = self.step_fn(self.ddp_model, batch, self.step)
+            if "loss" not in out:
+                raise ZskFailure("the step function returned no 'loss'")
+            loss = out["loss"].float() / accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._accumulate(out)
+        self._micro += 1
+        if self._micro < accum:
+            return out
+        self._micro = 0
+        if self.cfg.clip_grad_norm:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step_lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return out
 
     # ----------------------------------------------------------------- main loop
     def fit(self) -> dict[str, float]:
@@ -424,8 +556,6 @@ class Trainer:
             if self.step >= self.stop_at:
                 return self.last_metrics
         self.model.train()
-        accum = self.cfg.grad_accum
-        micro = 0
         t0, samples = time.perf_counter(), 0
         empty_epochs = 0
         with _SignalWatch() as sig, StepBar(self.stop_at, self.stage or "train", start=self.step) as bar:
@@ -434,37 +564,16 @@ class Trainer:
                 for batch in self.loader_fn(self.epoch, self.batch_in_epoch):
                     produced = True
                     batch = move_to(batch, self.device)
-                    sync = micro + 1 == accum
-                    no_sync = self.ddp_model.no_sync if (not sync and self.ddp_model is not self.model) else contextlib.nullcontext
-                    with no_sync():
-                        with autocast(self.device, self.amp_dtype):
-                            out = self.step_fn(self.ddp_model, batch, self.step)
-                        if "loss" not in out:
-                            raise ZskFailure("the step function returned no 'loss'")
-                        loss = out["loss"].float() / accum
-                        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                    self._accumulate(out)
-                    micro += 1
                     self.batch_in_epoch += 1
-                    if micro < accum:
+                    before = self.step
+                    out = self.train_step(batch)
+                    if self.step == before:
                         continue
-                    micro = 0
-                    if self.cfg.clip_grad_norm:
-                        if self.scaler is not None:
-                            self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-                    if self.scaler is not None:
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self._step_lr = self.optimizer.param_groups[0]["lr"]
-                    self.scheduler.step()
-                    self.step += 1
                     if self.device.type == "cpu":
                         self._check_finite()
                     bar.update(self.step)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, out)
                     done = self.step >= self.stop_at
                     if self.step % max(1, self.cfg.log_every) == 0 or done:
                         self._flush_log(t0, samples)

@@ -285,6 +285,13 @@ def synset_to_wnid(synset: Any) -> str:
     return f"{synset.pos()}{synset.offset():08d}"
 
 
+def hypernyms(synset: Any) -> list[Any]:
+    """A synset's hypernyms sorted by name. NLTK 3.9 returns them in the order of a Python set, which
+    changes with PYTHONHASHSEED (so node order, and hence the graph, changed from run to run); NLTK
+    3.5-3.8 sorted them by name (``Synset._related(..., sort=True)``), which this restores."""
+    return sorted(synset.hypernyms(), key=lambda s: s.name())
+
+
 def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
                          xml_wnids: Sequence[str] | None = None, nltk_data: str | Path | None = None
                          ) -> tuple[KnowledgeGraph, list[list[str]]]:
@@ -312,7 +319,7 @@ def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
         add(w, wnid_to_synset(wn, w))
     queue = deque(order)
     while queue:
-        for parent in synsets[queue.popleft()].hypernyms():
+        for parent in hypernyms(synsets[queue.popleft()]):
             pid = synset_to_wnid(parent)
             if add(pid, parent) and pid not in xml:
                 queue.append(pid)
@@ -321,7 +328,7 @@ def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
             add(w, wnid_to_synset(wn, w))
     index = {w: i for i, w in enumerate(order)}
     edges = sorted({(index[w], index[pid]) for w in order
-                    for pid in (synset_to_wnid(p) for p in synsets[w].hypernyms()) if pid in index})
+                    for pid in (synset_to_wnid(p) for p in hypernyms(synsets[w])) if pid in index})
     lemmas = [list(synsets[w].lemma_names()) for w in order]
     return KnowledgeGraph(wnids=order, edges=np.asarray(edges, dtype=np.int64).reshape(-1, 2)), lemmas
 

@@ -7,12 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from zsk.tasks.medseg.inference import (
-    largest_connected_component,
-    scores_to_labels,
-    sliding_window_scores,
-    window_starts,
-)
+from zsk.models.inferers import window_starts
+from zsk.tasks.medseg.evaluate import largest_connected_component, scores_to_labels, sliding_window_scores
 from zsk.tasks.medseg.model import DualTaskVNet
 
 

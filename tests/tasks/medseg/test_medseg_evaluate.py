@@ -1,4 +1,4 @@
-"""Pipeline pieces without training: multi-class case metrics, the bench hook, the montage."""
+"""Evaluation, prediction and hook pieces without training: multi-class case metrics, the bench hook, the montage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from zsk.core.errors import ZskError
 from zsk.core.recipe import parse_config
 from zsk.data.volumes import Volume
 from zsk.metrics.medical import binary_case_metrics
-from zsk.tasks.medseg import pipeline
+from zsk.core.bench import trainer_step
+from zsk.tasks.medseg import evaluate, hooks, predict
 from zsk.tasks.medseg.config import Config
 
 
@@ -27,19 +28,21 @@ def test_multiclass_case_metrics_average_foreground_classes():
     pred = label.copy()
     pred[1:5, 1:5, 1] = 0  # class a loses a slice
     vol = Volume(image=np.zeros(label.shape, np.float32), label=label, spacing=(1.0, 1.0, 2.0), name="c")
-    m = pipeline.case_metrics(pred.astype(np.uint8), vol, cfg)
+    m = evaluate.case_metrics(pred.astype(np.uint8), vol, cfg)
     a = binary_case_metrics(pred == 1, label == 1)
     assert m["per_class"]["a"] == a and m["per_class"]["b"]["dice"] == 1.0
     assert m["dice"] == pytest.approx((a["dice"] + 1.0) / 2)
     cfg.eval.spacing = "header"
-    mm = pipeline.case_metrics(pred.astype(np.uint8), vol, cfg)
+    mm = evaluate.case_metrics(pred.astype(np.uint8), vol, cfg)
     assert mm["per_class"]["a"]["hd95"] == pytest.approx(binary_case_metrics(pred == 1, label == 1, (1, 1, 2))["hd95"])
 
 
 def test_bench_spec_trains_and_batched_inference_matches():
     cfg = _cfg()
-    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 2, volume_shape=(40, 20, 20))
-    spec.train_step()
+    spec = hooks.bench_spec(cfg, torch.device("cpu"), 2, volume_shape=(40, 20, 20))
+    step, trainer = trainer_step(spec, cfg, torch.device("cpu"))
+    step()
+    assert trainer.step == 1 and isinstance(trainer.optimizer, torch.optim.SGD)  # the recipe's optimizer
     spec.infer_step()
     extra = spec.extra()
     assert spec.train_samples == 2 and spec.infer_unit == "volumes"
@@ -51,7 +54,7 @@ def test_montage_outlines_the_mask():
     image = np.random.default_rng(0).normal(size=(20, 16, 10)).astype(np.float32)
     mask = np.zeros(image.shape, np.uint8)
     mask[5:15, 4:12, 3:7] = 1
-    rgb = pipeline.montage(image, mask, num_slices=4, columns=2)
+    rgb = predict.montage(image, mask, num_slices=4, columns=2)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)
     assert red.any()
@@ -65,10 +68,10 @@ def test_mm_distances_use_file_spacing_or_data_spacing():
     pred = np.roll(label, 2, axis=0).astype(np.uint8)
     vol = Volume(image=np.zeros(label.shape, np.float32), label=label, name="c", spacing_from_file=False)
     with pytest.raises(ZskError, match="data.spacing"):
-        pipeline.case_metrics(pred, vol, cfg)
+        evaluate.case_metrics(pred, vol, cfg)
     cfg.data.spacing = (2.0, 1.0, 1.0)
-    assert pipeline.case_metrics(pred, vol, cfg)["hd95"] == pytest.approx(
+    assert evaluate.case_metrics(pred, vol, cfg)["hd95"] == pytest.approx(
         binary_case_metrics(pred, label, (2.0, 1.0, 1.0))["hd95"])
     vol.spacing, vol.spacing_from_file = (0.5, 0.5, 0.5), True  # a spacing stored in the file wins
-    assert pipeline.case_metrics(pred, vol, cfg)["hd95"] == pytest.approx(
+    assert evaluate.case_metrics(pred, vol, cfg)["hd95"] == pytest.approx(
         binary_case_metrics(pred, label, (0.5, 0.5, 0.5))["hd95"])

@@ -1,0 +1,125 @@
+"""Methods trained in several stages (hsi piecewise -> refine, gzsl propagate -> finetune, fakenews
+branches -> fusion, segment inductive -> self-training) declare them as a list of :class:`Stage`.
+
+One recipe schema for all of them: ``train.stages.<name>:`` blocks override ``train.*`` for that
+stage (validated when the recipe is read), and ``select: best|last`` says which weights a stage hands
+on. :func:`run_stages` runs the stages in order, skips finished ones on ``--resume``, and writes the
+run folder every task has: ``best.pt``, ``last.pt`` and ``eval.json`` for the final model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from zsk.core import dist
+from zsk.core.checkpoint import load_checkpoint, load_model_state
+from zsk.core.errors import ZskError
+from zsk.core.progress import log
+
+if TYPE_CHECKING:
+    from zsk.core.run import RunContext
+    from zsk.core.trainer import Trainer, TrainConfig
+
+
+def export_checkpoint(*args: Any, **kwargs: Any) -> None:
+    from zsk.core.trainer import export_checkpoint as export
+
+    export(*args, **kwargs)
+
+
+def validate_stage_blocks(train: TrainConfig) -> None:
+    """Check every ``train.stages.<name>`` block: a stage of this method, and keys of ``train.*`` with
+    the right types (``ZskError`` naming the key otherwise)."""
+    names = type(train).STAGES
+    for name, block in train.stages.items():
+        if name not in names:
+            valid = ", ".join(names) if names else "none (this method has one stage)"
+            raise ZskError(f"unknown stage train.stages.{name}; stages of this method: {valid}")
+        if not isinstance(block, dict):
+            raise ZskError(f"train.stages.{name}: expected a section (mapping), got {block!r}")
+        if "stages" in block:
+            raise ZskError(f"train.stages.{name}.stages: stages do not nest; set the stage's keys directly")
+        stage_config(train, name)
+
+
+def stage_config(train: TrainConfig, name: str) -> TrainConfig:
+    """``train.*`` with the ``train.stages.<name>`` block on top: the settings stage ``name`` runs with."""
+    from zsk.core.recipe import config_to_dict, parse_config
+
+    block = train.stages.get(name) or {}
+    if not block:
+        return train
+    base = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.init and f.name != "stages"}
+    merged = {**config_to_dict(base), **block}
+    return parse_config(type(train), merged, prefix=f"train.stages.{name}")
+
+
+@dataclass
+class Stage:
+    """One stage: its name (``train.stages.<name>``; "" for a one-stage method) and ``build``, which
+    makes the stage's :class:`Trainer` (with ``stage=name``) from the stage's settings."""
+
+    name: str
+    build: Callable[[TrainConfig], Trainer]
+
+
+def run_stages(ctx: RunContext, stages: Sequence[Stage], *, final_model: nn.Module | None = None,
+               extra: dict | None = None, exclude_prefixes: tuple[str, ...] = (),
+               final_eval: Callable[[nn.Module], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run ``stages`` in order and return the final model's metrics.
+
+    Each stage trains with :func:`stage_config`; a stage whose ``eval-<name>.json`` exists is finished
+    and, on ``--resume``, is skipped. After a stage, the weights its ``select`` names (``best-<name>.pt``
+    or ``last-<name>.pt``) are loaded into its model before the next stage starts. A one-stage method
+    (``Stage("", ...)``) gets ``best.pt``/``last.pt``/``eval.json`` from its Trainer; a multi-stage one
+    gets them from ``final_model`` (the module holding every stage's parts) after the last stage:
+    ``last.pt`` with the last stage's final weights, ``best.pt`` with the selected ones, and
+    ``eval.json`` from ``final_eval`` (or the last stage's own summary).
+    """
+    if not stages:
+        raise ValueError("run_stages needs at least one stage")
+    if len(stages) == 1 and stages[0].name == "":
+        return stages[0].build(ctx.cfg.train).fit()
+    if any(s.name == "" for s in stages):
+        raise ValueError("every stage of a multi-stage method needs a name")
+    if final_model is None:
+        raise ValueError("a multi-stage method must pass final_model (what best.pt holds)")
+    metrics: dict[str, Any] = {}
+    trainer: Trainer | None = None
+    for stage in stages:
+        cfg = stage_config(ctx.cfg.train, stage.name)
+        trainer = stage.build(cfg)
+        if trainer.stage != stage.name:
+            raise ValueError(f"stage {stage.name!r} built a Trainer for stage {trainer.stage!r}")
+        summary = ctx.run_dir / f"eval-{stage.name}.json"
+        if ctx.resume and summary.is_file() and trainer.last_path.is_file():
+            log(f"stage {stage.name} finished earlier: skipped")
+            metrics = json.loads(summary.read_text(encoding="utf-8"))
+        else:
+            metrics = trainer.fit()
+        if stage is stages[-1]:
+            _restore(trainer, trainer.last_path)
+            export_checkpoint(ctx, final_model, ctx.run_dir / "last.pt", {**trainer.extra, **(extra or {})},
+                              metrics, exclude_prefixes)
+        chosen = trainer.best_path if cfg.select == "best" and trainer.best_path.is_file() else trainer.last_path
+        _restore(trainer, chosen)
+        log(f"stage {stage.name}: handing on {chosen.name}")
+    assert trainer is not None
+    final = final_eval(final_model) if final_eval is not None else metrics
+    export_checkpoint(ctx, final_model, ctx.run_dir / "best.pt", {**trainer.extra, **(extra or {})}, final,
+                      exclude_prefixes)
+    if dist.is_main():
+        (ctx.run_dir / "eval.json").write_text(json.dumps(final, indent=2, default=float))
+    dist.barrier()
+    return final
+
+
+def _restore(trainer: Trainer, path: Any) -> None:
+    state = load_checkpoint(path)
+    load_model_state(trainer.model, state["model"], trainer.exclude_prefixes, source=str(path))

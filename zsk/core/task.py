@@ -1,0 +1,414 @@
+"""The task contract: one typed protocol every method implements, and the command line generated from it.
+
+A task package ``zsk/tasks/<task>/`` holds the same modules in every task::
+
+    config.py    Config (data, model, train, eval, runtime)
+    model.py     the paper's modules            losses.py   the paper's losses
+    data.py      datasets over zsk.data readers, write_sample(...)
+    train.py     train(ctx) -> metrics          (model building and the stages)
+    evaluate.py  load(checkpoint, ...) -> Loaded, evaluate(loaded, split, out, **options) -> metrics
+    predict.py   predict(loaded, inputs, out, **options) -> iterator of result rows
+    hooks.py     info(cfg), bench_spec(cfg, device, batch_size), demo(workdir, device),
+                 sample(out, seed, **options), sample_data(root) -> recipe overrides
+    cli.py       TASK = TaskModules(__package__, ...); app = task_app(TASK); plus the task's own verbs
+
+:class:`TaskModules` implements :class:`Task` by importing those modules on first use, so ``zsk <task>
+--help`` does not pay for the task's model code. :func:`task_app` generates ``train``, ``eval``,
+``predict``, ``info`` and ``sample`` with the same option names for every task; a task declares only
+the extra options of those verbs (:class:`Option`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
+
+import typer
+from typer.core import TyperCommand
+
+from zsk.core.errors import ZskError
+from zsk.core.options import (
+    CheckpointsOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    OptRecipeOpt,
+    OutOpt,
+    QuietOpt,
+    RecipeOpt,
+    ResumeOpt,
+    RunsOpt,
+    SeedOpt,
+    SetOpt,
+    SplitOpt,
+    guarded,
+)
+
+if TYPE_CHECKING:  # torch stays out of `zsk <task> --help`
+    import torch
+    from torch import nn
+
+    from zsk.core.bench import BenchSpec
+    from zsk.core.io import StdinInput
+    from zsk.core.run import RunContext
+
+StdinMode = Literal["paths", "texts", "bytes"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """An extra command-line option of a generated verb: ``name`` is the keyword the task's function
+    receives, ``annotation`` an ``Annotated[type, typer.Option(...)]``, ``default`` its value when
+    not given."""
+
+    name: str
+    annotation: Any
+    default: Any = None
+
+
+@dataclass
+class Loaded:
+    """A trained model ready for ``evaluate``/``predict``: the network in eval mode on its device, the
+    config it was trained with (plus ``--set`` overrides), the checkpoint's ``extra`` (class names,
+    vocabulary, ...) and task-specific ``parts`` (text embeddings, tokenizers, a second network)."""
+
+    model: nn.Module
+    cfg: Any
+    device: torch.device
+    checkpoint: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task implements; the generic commands, ``zsk demo`` and ``zsk bench`` use only this."""
+
+    name: str
+    help: str
+    predict_help: str
+    input_suffixes: tuple[str, ...]
+    stdin: StdinMode
+    summary_keys: tuple[str, ...]
+    eval_options: tuple[Option, ...]
+    predict_options: tuple[Option, ...]
+    sample_options: tuple[Option, ...]
+    sample_version: str
+
+    @property
+    def Config(self) -> type: ...  # noqa: N802 - the task's Config dataclass
+
+    def train(self, ctx: RunContext) -> dict[str, Any]: ...
+
+    def load(self, checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
+             recipe: Path | None = None) -> Loaded: ...
+
+    def evaluate(self, loaded: Loaded, split: str | None = None, out: Path | None = None,
+                 **options: Any) -> dict[str, Any]: ...
+
+    def predict(self, loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path,
+                **options: Any) -> Iterator[dict[str, Any]]: ...
+
+    def info(self, cfg: Any) -> dict[str, Any]: ...
+
+    def bench_spec(self, cfg: Any, device: torch.device, batch_size: int | None) -> BenchSpec: ...
+
+    def demo(self, workdir: Path, device: str) -> dict[str, Any]: ...
+
+    def sample(self, out: Path, seed: int = 0, **options: Any) -> dict[str, Any]: ...
+
+    def sample_data(self, root: Path) -> dict[str, Any]: ...
+
+
+# Which module of a task package holds each protocol function (the layout every task shares).
+MODULE_OF: dict[str, str] = {
+    "train": "train", "load": "evaluate", "evaluate": "evaluate", "predict": "predict", "info": "hooks",
+    "bench_spec": "hooks", "demo": "hooks", "sample": "hooks", "sample_data": "hooks",
+}
+
+
+@dataclass
+class TaskModules:
+    """A :class:`Task` backed by the conventional modules of one task package, imported on first use."""
+
+    package: str
+    help: str
+    predict_help: str = "Inputs: files, folders, glob patterns, or '-' to read paths from stdin."
+    input_suffixes: tuple[str, ...] = ()
+    stdin: StdinMode = "paths"
+    summary_keys: tuple[str, ...] = ()
+    eval_options: tuple[Option, ...] = ()
+    predict_options: tuple[Option, ...] = ()
+    sample_options: tuple[Option, ...] = ()
+    sample_version: str = "1"
+
+    @property
+    def name(self) -> str:
+        return self.package.rsplit(".", 1)[-1]
+
+    def module(self, name: str) -> ModuleType:
+        """The task's module ``name`` (config, train, evaluate, predict, hooks, ...)."""
+        return importlib.import_module(f"{self.package}.{name}")
+
+    @property
+    def Config(self) -> type:  # noqa: N802
+        return self.module("config").Config
+
+    def _fn(self, name: str) -> Callable[..., Any]:
+        return getattr(self.module(MODULE_OF[name]), name)
+
+    def train(self, ctx: RunContext) -> dict[str, Any]:
+        return self._fn("train")(ctx)
+
+    def load(self, checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
+             recipe: Path | None = None) -> Loaded:
+        return self._fn("load")(checkpoint, sets, device, recipe)
+
+    def evaluate(self, loaded: Loaded, split: str | None = None, out: Path | None = None, **options: Any) -> dict[str, Any]:
+        return self._fn("evaluate")(loaded, split, out, **options)
+
+    def predict(self, loaded: Loaded, inputs: Sequence[Any], out: Path, **options: Any) -> Iterator[dict[str, Any]]:
+        return iter(self._fn("predict")(loaded, inputs, out, **options))
+
+    def info(self, cfg: Any) -> dict[str, Any]:
+        return self._fn("info")(cfg)
+
+    def bench_spec(self, cfg: Any, device: Any, batch_size: int | None) -> Any:
+        return self._fn("bench_spec")(cfg, device, batch_size)
+
+    def demo(self, workdir: Path, device: str) -> dict[str, Any]:
+        return self._fn("demo")(workdir, device)
+
+    def sample(self, out: Path, seed: int = 0, **options: Any) -> dict[str, Any]:
+        return self._fn("sample")(out, seed, **options)
+
+    def sample_data(self, root: Path) -> dict[str, Any]:
+        return self._fn("sample_data")(root)
+
+
+# ----------------------------------------------------------------------------- shared implementations
+
+
+def load_trained(task: str, checkpoint: Path, config_cls: type, build: Callable[[Any], nn.Module],
+                 sets: list[str] | None = None, device: str | None = None, recipe: Path | None = None,
+                 exclude_prefixes: tuple[str, ...] = ()) -> tuple[Loaded, dict]:
+    """The usual ``load``: read a checkpoint (``weights_only``), refuse one of another task, rebuild the
+    config it was trained with (``--recipe``/``--set`` on top), build the model with ``build(cfg)``,
+    load its weights strictly (``exclude_prefixes``: frozen pretrained parts loaded by ``build``) and
+    put it in eval mode on the device. Returns the :class:`Loaded` and the raw checkpoint dict."""
+    from zsk.core.checkpoint import load_checkpoint, load_model_state
+    from zsk.core.device import resolve_device
+    from zsk.core.run import config_from_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if state.get("task") not in (None, task):
+        raise ZskError(f"{checkpoint} is a checkpoint of task {state.get('task')!r}, not {task}: "
+                       f"use `zsk {state.get('task')} ...`")
+    cfg, _ = config_from_checkpoint(state, config_cls, sets, recipe)
+    dev = resolve_device(device, cfg.runtime.device)
+    model = build(cfg)
+    load_model_state(model, state["model"], exclude_prefixes, source=str(checkpoint))
+    model = model.to(dev).eval()
+    return Loaded(model=model, cfg=cfg, device=dev, checkpoint=Path(checkpoint), extra=dict(state.get("extra") or {})), state
+
+
+def run_demo(task: Task, workdir: Path, device: str, metric: str,
+             inputs: Callable[[Loaded, dict[str, Any]], Sequence[Any]], sets: Sequence[str] = (),
+             split: str | None = None) -> dict[str, Any]:
+    """What ``zsk demo <task>`` does for most tasks: train ``<task>/demo`` on the embedded sample data
+    (generated into the cache on first use), evaluate ``best.pt`` and predict ``inputs(loaded, data)``
+    (``data``: the recipe's resolved ``data`` section). Returns ``{"metric", "value"}``."""
+    from zsk.core.run import start_run
+
+    workdir = Path(workdir)
+    ctx = start_run(task.name, task.Config, f"{task.name}/demo", list(sets), out=workdir / "run", device=device,
+                    sample=task)
+    task.train(ctx)
+    loaded = task.load(ctx.run_dir / "best.pt", device=device)
+    result = task.evaluate(loaded, split, workdir / "eval")
+    for _ in task.predict(loaded, inputs(loaded, ctx.recipe.get("data") or {}), workdir / "pred"):
+        pass
+    return {"metric": metric, "value": result[metric]}
+
+
+# ----------------------------------------------------------------------------- the generated commands
+
+
+class _ResumeCommand(TyperCommand):
+    """A command whose ``--resume`` takes an optional value: ``--resume`` alone means ``strict``
+    (continue from last.pt, fail without one), ``--resume auto`` continues when last.pt exists and
+    starts fresh otherwise."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--resume" and (i + 1 == len(args) or args[i + 1] not in ("auto", "strict")):
+                args.insert(i + 1, "strict")
+        return super().parse_args(ctx, args)
+
+
+def _command(fn: Callable[..., Any], name: str, doc: str, common: list[inspect.Parameter],
+             extras: Sequence[Option]) -> Callable[..., Any]:
+    """``fn(**kwargs)`` with a signature of the common parameters plus the task's extra options, so
+    Typer builds the options from it."""
+    params = list(common)
+    names = {p.name for p in params}
+    for opt in extras:
+        if opt.name in names:
+            raise ValueError(f"task option {opt.name!r} clashes with a common option of `{name}`")
+        params.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=opt.default,
+                                        annotation=opt.annotation))
+    # positional arguments first (Python requires parameters without defaults before the others)
+    params.sort(key=lambda p: (p.kind, p.default is not inspect.Parameter.empty))
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+
+    def command(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    command.__name__ = name
+    command.__doc__ = doc
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return guarded(command)
+
+
+EvalOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Also save the full result (JSON, and any "
+                                                "files the task writes) in this folder; eval writes nothing else.")]
+
+
+def _p(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _pick(kwargs: dict[str, Any], options: Sequence[Option]) -> dict[str, Any]:
+    return {o.name: kwargs[o.name] for o in options}
+
+
+def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
+    """The Typer app of a task with the common verbs generated from its :class:`Task`; ``docs`` may
+    give a verb's one-line help in the task's words. The task's ``cli.py`` adds its own verbs to it."""
+    docs = docs or {}
+    app = typer.Typer(name=task.name, help=task.help, no_args_is_help=True, pretty_exceptions_enable=False)
+    flags = [_p("json_out", JsonOpt, False), _p("quiet", QuietOpt, False), _p("debug", DebugOpt, False)]
+
+    def train(**kw: Any) -> None:
+        from zsk.core import dist
+        from zsk.core.progress import emit_result
+        from zsk.core.run import start_run, train_seeds
+        from zsk.metrics.summary import summarize_runs
+
+        if kw["runs"] == 1:
+            ctx = start_run(task.name, task.Config, kw["recipe"], kw["set_"], out=kw["out"], resume=kw["resume"],
+                            device=kw["device"], seed=kw["seed"], sample=task)
+            metrics = task.train(ctx)
+            if ctx.dist.is_main:  # one result line under torchrun
+                emit_result({"run_dir": str(ctx.run_dir), **metrics}, kw["json_out"], title=f"{task.name} train")
+            return
+        result = train_seeds(task.name, task.Config, kw["recipe"], kw["set_"], runs=kw["runs"], train_fn=task.train,
+                             summarize=lambda rows: summarize_runs(rows, task.summary_keys or _scalar_keys(rows)),
+                             out=kw["out"], resume=kw["resume"], device=kw["device"], seed=kw["seed"],
+                             sample=task)
+        if dist.is_main():
+            emit_result(result, kw["json_out"], title=f"{task.name} train: {kw['runs']} runs")
+
+    app.command("train", cls=_ResumeCommand)(_command(
+        train, "train", docs.get("train", "Train with a recipe; writes RUN/best.pt, RUN/last.pt, RUN/eval.json."),
+        [_p("recipe", RecipeOpt), _p("set_", SetOpt, None), _p("out", OutOpt, None), _p("resume", ResumeOpt, None),
+         _p("device", DeviceOpt, None), _p("seed", SeedOpt, None), _p("runs", RunsOpt, 1), *flags], ()))
+
+    def eval_(**kw: Any) -> None:
+        from zsk.core import dist
+        from zsk.core.progress import emit_result
+        from zsk.metrics.summary import summarize_runs
+
+        options = _pick(kw, task.eval_options)
+        results = []
+        for ckpt in kw["checkpoint"]:
+            loaded = task.load(ckpt, kw["set_"], kw["device"], kw["recipe"])
+            results.append(task.evaluate(loaded, kw["split"], kw["out"], **options))
+        if not dist.is_main():
+            return
+        if len(results) == 1:
+            _save_json(kw["out"], "eval.json", results[0])
+            emit_result(results[0], kw["json_out"], title=f"{task.name} eval")
+            return
+        summary = summarize_runs(results, task.summary_keys or _scalar_keys(results))
+        summary = {"checkpoints": [str(c) for c in kw["checkpoint"]], **summary}
+        for i, r in enumerate(results):
+            _save_json(kw["out"], f"eval-{i}.json", {"checkpoint": str(kw["checkpoint"][i]), **r})
+        _save_json(kw["out"], "eval-summary.json", summary)
+        emit_result(summary, kw["json_out"], title=f"{task.name} eval: mean ± std over {len(results)} checkpoints")
+
+    app.command("eval")(_command(
+        eval_, "eval", docs.get("eval", "Evaluate a checkpoint (several: mean ± std over them) on a split."),
+        [_p("checkpoint", CheckpointsOpt), _p("recipe", OptRecipeOpt, None), _p("set_", SetOpt, None),
+         _p("split", SplitOpt, None), _p("out", EvalOutOpt, None), _p("device", DeviceOpt, None), *flags],
+        task.eval_options))
+
+    def predict(**kw: Any) -> None:
+        from zsk.core.io import expand_inputs
+        from zsk.core.progress import emit_result, log
+
+        inputs = expand_inputs(kw["inputs"], suffixes=task.input_suffixes, stdin=task.stdin)
+        loaded = task.load(kw["checkpoint"], kw["set_"], kw["device"], None)
+        out = kw["out"] if kw["out"] is not None else Path("predictions")
+        for row in task.predict(loaded, inputs, out, **_pick(kw, task.predict_options)):
+            emit_result(row, kw["json_out"], title=str(row.get("input", task.name)))
+        log(f"predictions written to {out}")
+
+    from zsk.core.options import CheckpointOpt
+
+    app.command("predict")(_command(
+        predict, "predict", docs.get("predict", "Predict on new inputs with a trained checkpoint."),
+        [_p("inputs", Annotated[list[str], typer.Argument(help=task.predict_help)]), _p("checkpoint", CheckpointOpt),
+         _p("out", OutOpt, None), _p("set_", SetOpt, None), _p("device", DeviceOpt, None), *flags],
+        task.predict_options))
+
+    def info(**kw: Any) -> None:
+        from zsk.core.progress import emit_result
+        from zsk.core.run import load_config
+
+        cfg, _ = load_config(task.name, task.Config, kw["recipe"], kw["set_"], sample=task)
+        emit_result(task.info(cfg), kw["json_out"], title=f"{task.name} info")
+
+    app.command("info")(_command(
+        info, "info", docs.get("info", "Classes, splits, parameter counts and GFLOPs of a recipe's model."),
+        [_p("recipe", RecipeOpt), _p("set_", SetOpt, None), *flags], ()))
+
+    def sample(**kw: Any) -> None:
+        from zsk.core.progress import emit_result
+
+        seed = kw["seed"] if kw["seed"] is not None else 0
+        emit_result(task.sample(kw["out_dir"], seed, **_pick(kw, task.sample_options)), kw["json_out"],
+                    title=f"{task.name} sample")
+
+    app.command("sample")(_command(
+        sample, "sample", docs.get("sample", "Write the synthetic sample set in the benchmark's on-disk layout."),
+        [_p("out_dir", Annotated[Path, typer.Argument(help="Folder to write the sample data into.")]),
+         _p("seed", SeedOpt, None), *flags], task.sample_options))
+    return app
+
+
+def _save_json(folder: Path | None, name: str, obj: dict[str, Any]) -> None:
+    """``eval --out DIR``: keep the full result as ``DIR/name`` (written atomically)."""
+    if folder is None:
+        return
+    import json
+
+    from zsk.core.io import atomic_open
+
+    with atomic_open(Path(folder) / name, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=float))
+
+
+def _scalar_keys(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """Keys whose values are numbers in the first result (what mean ± std is taken of by default)."""
+    first = results[0] if results else {}
+    return tuple(k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
