@@ -385,3 +385,68 @@ def test_eval_loader_leaves_the_global_rng_alone(sharded: bool) -> None:
     torch.manual_seed(5)
     list(DataLoader(data, batch_size=7))
     assert not torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------- loaders and callbacks
+
+
+class _RandomAugment(torch.utils.data.Dataset):
+    """Item i is (i, a random draw): the draw stands for a random augmentation done in a worker."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i), float(torch.rand(()))])
+
+
+def test_worker_count_is_capped_at_the_usable_cores(monkeypatch) -> None:  # noqa: ANN001
+    from zsk.core import trainer as core_trainer
+
+    monkeypatch.setattr(core_trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert core_trainer.worker_count(4) == 1 and core_trainer.worker_count(0) == 0
+    monkeypatch.setattr(core_trainer.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert core_trainer.worker_count(4) == 4
+
+
+def test_worker_loaders_persist_and_seed_each_sample_from_seed_epoch_and_position(monkeypatch) -> None:  # noqa: ANN001
+    from zsk.core import trainer as core_trainer
+
+    monkeypatch.setattr(core_trainer, "worker_count", lambda n: min(n, 1))
+    ds = _RandomAugment()
+    first = make_loader(ds, 4, epoch=0, seed=5, workers=1)
+    epoch0 = [b.clone() for b in first]
+    second = make_loader(ds, 4, epoch=1, seed=5, workers=1)
+    assert second is first  # the same DataLoader (and worker processes) serves the next epoch
+    epoch1 = [b.clone() for b in second]
+    assert not torch.equal(torch.cat(epoch0), torch.cat(epoch1))
+    # resuming mid-epoch loads exactly the batches an uninterrupted epoch loads, random draws included
+    resumed = [b.clone() for b in make_loader(ds, 4, epoch=1, seed=5, workers=1, start_batch=1)]
+    assert all(torch.equal(a, b) for a, b in zip(epoch1[1:], resumed, strict=True))
+    # and the same epoch again gives the same draws (they depend on (seed, epoch, position) only)
+    again = [b.clone() for b in make_loader(ds, 4, epoch=0, seed=5, workers=1)]
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, again, strict=True))
+
+
+def test_callbacks_see_every_optimizer_step_and_evaluation(tmp_path) -> None:  # noqa: ANN001
+    from zsk.core.trainer import Callback
+
+    seen: dict[str, list] = {"steps": [], "evals": []}
+
+    class Record(Callback):
+        def on_step_end(self, trainer: Trainer, out: dict) -> None:
+            seen["steps"].append((trainer.step, float(out["loss"].detach())))
+            trainer.extra["pool"] = trainer.extra.get("pool", 0) + 1  # state that survives a resume
+
+        def on_eval_end(self, trainer: Trainer, metrics: dict) -> None:
+            seen["evals"].append((trainer.step, metrics["acc"]))
+
+    ctx = start_run("toy", Config, None, ["train.steps=4", "train.eval_every=2", "train.grad_accum=2"],
+                    out=tmp_path / "run", device="cpu")
+    x = torch.randn(8, 3)
+    trainer = Trainer(ctx, nn.Linear(3, 1), ctx.cfg.train, lambda m, b, s: {"loss": m(b).square().mean()},
+                      lambda e, s: [x[:4], x[4:]][s:], 2, eval_fn=lambda m: {"acc": 0.5}, callbacks=[Record()])
+    trainer.fit()
+    assert [s for s, _ in seen["steps"]] == [1, 2, 3, 4]  # once per optimizer step, not per micro-batch
+    assert [s for s, _ in seen["evals"]] == [2, 4]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["pool"] == 4

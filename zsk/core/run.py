@@ -61,13 +61,11 @@ def sample_overrides(source: SampleSource) -> dict[str, Any]:
 
 
 def resolve_sample_root(recipe: dict, source: SampleSource | None) -> dict:
-    """Replace ``data.root: "@sample"`` by the sample data's location (see :func:`sample_overrides`)."""
+    """Replace ``data.root: "@sample"`` by the sample data's location (see :func:`sample_overrides`);
+    without a ``source`` (``info``, which needs no data) the marker is left as it is."""
     data = recipe.get("data")
-    if not isinstance(data, dict) or data.get("root") != SAMPLE_ROOT:
+    if not isinstance(data, dict) or data.get("root") != SAMPLE_ROOT or source is None:
         return recipe
-    if source is None:
-        raise ZskError(f"data.root {SAMPLE_ROOT!r} names the task's sample data, which this command cannot write; "
-                       "run `zsk <task> sample DIR` and pass --set data.root=DIR")
     for key, value in sample_overrides(source).items():
         recipe = apply_set(recipe, f"{key}={json.dumps(value)}")
     return recipe

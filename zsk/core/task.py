@@ -375,7 +375,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.core.progress import emit_result
         from zsk.core.run import load_config
 
-        cfg, _ = load_config(task.name, task.Config, kw["recipe"], kw["set_"], sample=task)
+        cfg, _ = load_config(task.name, task.Config, kw["recipe"], kw["set_"])  # info needs no data
         emit_result(task.info(cfg), kw["json_out"], title=f"{task.name} info")
 
     app.command("info")(_command(

@@ -73,6 +73,9 @@ def sliding_window_inference(inputs: Tensor, window: Sequence[int], stride: Sequ
     if len(window) != len(spatial) or len(stride) != len(spatial):
         raise ValueError(f"window {tuple(window)} and stride {tuple(stride)} must have one entry per spatial axis "
                          f"of the input {spatial}")
+    if any(not 1 <= st <= w for st, w in zip(stride, window, strict=True)):
+        raise ValueError(f"stride {tuple(stride)} must be between 1 and the window {tuple(window)} on every axis "
+                         "(a larger stride leaves positions no window covers)")
     pads = symmetric_padding(spatial, window) if pad == "symmetric" else [(0, 0)] * len(spatial)
     flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants the last axis first
     x = F.pad(inputs, flat) if any(flat) else inputs
