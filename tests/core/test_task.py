@@ -58,6 +58,7 @@ class ToyTask:
     predict_help = "Text files or '-'."
     input_suffixes = (".txt",)
     stdin = "paths"
+    text_args = False
     summary_keys = ("score",)
     eval_options = (Option("scale", Annotated[float, typer.Option("--scale", help="Multiply the score.")], 1.0),)
     predict_options = (Option("upper", Annotated[bool, typer.Option("--upper")], False),)
@@ -229,6 +230,8 @@ def test_expand_inputs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
         expand_inputs([str(tmp_path / "d")], suffixes=(".nii.gz",))
     with pytest.raises(ZskError, match="no inputs"):
         expand_inputs([])
+    # free-text tasks: what names no file is a text, what names a file is still the file
+    assert expand_inputs(["a dog on the beach", str(one)], text_args=True) == ["a dog on the beach", one]
 
     class Stdin(io.TextIOWrapper):
         pass

@@ -67,12 +67,14 @@ class StdinInput:
 
 
 def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
-                  stdin: Literal["paths", "texts", "bytes"] = "paths", what: str = "input") -> list[Path | StdinInput]:
+                  stdin: Literal["paths", "texts", "bytes"] = "paths", what: str = "input",
+                  text_args: bool = False) -> list[Path | StdinInput | str]:
     """Expand ``predict`` arguments into a list of inputs, in the order given: files as they are,
     folders to their files with one of ``suffixes`` (sorted, recursively), glob patterns to their
     matches, and ``-`` to paths read one per line from stdin (``stdin="paths"``) or to one
     :class:`StdinInput` holding stdin's data (``"texts"``, ``"bytes"``). A name that matches nothing
-    is a ``ZskError`` naming it; so is an empty result."""
+    is a ``ZskError`` naming it (with ``text_args``, for tasks whose inputs are free texts such as
+    caption queries, it is passed on as that ``str``); so is an empty result."""
     import glob
     import sys
 
@@ -81,10 +83,12 @@ def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
     def matches(p: Path) -> bool:
         return not wanted or p.name.lower().endswith(wanted)
 
-    out: list[Path | StdinInput] = []
+    out: list[Path | StdinInput | str] = []
     seen_stdin = False
 
     def add(item: str | Path) -> None:
+        if not str(item).strip():
+            raise ZskError(f"an empty {what} argument was given (quote a file name, a folder or a text)")
         p = Path(item)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and matches(f))
@@ -100,6 +104,8 @@ def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
             if not found:
                 raise ZskError(f"{what} pattern {item!r} matches no file")
             out.extend(found)
+        elif text_args:
+            out.append(str(item))
         else:
             raise ZskError(f"{what} not found: {p} (give files, folders, glob patterns or '-' for stdin)")
 

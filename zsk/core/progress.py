@@ -121,8 +121,8 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    if isinstance(value, list) and len(value) > 8:
-        return f"[{len(value)} items]"
+    if isinstance(value, list) and (len(value) > 8 or any(isinstance(v, dict) for v in value)):
+        return f"[{len(value)} items; --json for all]"
     return str(value)
 
 

@@ -94,6 +94,7 @@ class Task(Protocol):
     predict_help: str
     input_suffixes: tuple[str, ...]
     stdin: StdinMode
+    text_args: bool
     summary_keys: tuple[str, ...]
     eval_options: tuple[Option, ...]
     predict_options: tuple[Option, ...]
@@ -141,6 +142,7 @@ class TaskModules:
     predict_help: str = "Inputs: files, folders, glob patterns, or '-' to read paths from stdin."
     input_suffixes: tuple[str, ...] = ()
     stdin: StdinMode = "paths"
+    text_args: bool = False  # predict arguments that name no file are free texts (caption queries)
     summary_keys: tuple[str, ...] = ()
     eval_options: tuple[Option, ...] = ()
     predict_options: tuple[Option, ...] = ()
@@ -356,7 +358,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.core.io import expand_inputs
         from zsk.core.progress import emit_result, log
 
-        inputs = expand_inputs(kw["inputs"], suffixes=task.input_suffixes, stdin=task.stdin)
+        inputs = expand_inputs(kw["inputs"], suffixes=task.input_suffixes, stdin=task.stdin, text_args=task.text_args)
         loaded = task.load(kw["checkpoint"], kw["set_"], kw["device"], None)
         out = kw["out"] if kw["out"] is not None else Path("predictions")
         for row in task.predict(loaded, inputs, out, **_pick(kw, task.predict_options)):

@@ -15,8 +15,8 @@ from zsk.tasks.retrieve.cli import app
 runner = CliRunner()
 
 
-def run(*args: str, code: int = 0):
-    result = runner.invoke(app, list(args))
+def run(*args: str, code: int = 0, stdin: str | None = None):
+    result = runner.invoke(app, list(args), input=stdin)
     assert result.exit_code == code, f"exit {result.exit_code}\nstdout:{result.stdout}\nstderr:{result.stderr}"
     return result
 
@@ -35,7 +35,7 @@ def _train(root: Path) -> tuple[Path, Path]:
     out = run("sample", str(data), "--json")
     assert json.loads(out.stdout)["data"] == str(data)
     res = run("train", "--recipe", "retrieve/demo", "--set", f"data.root={data}", "--set", "train.epochs=2",
-              "--out", str(root / "run"), "--quiet")
+              "--out", str(root / "run"), "--quiet", "--json")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["rsum"] > 0 and "epochs_to_best" in summary
     return data, root / "run"
@@ -74,17 +74,19 @@ def test_eval_coco_protocols(trained) -> None:
 
 def test_predict_both_directions(trained, tmp_path) -> None:
     data, run_dir = trained
-    res = run("predict", "a dog sitting on the beach", "-c", str(run_dir / "best.pt"), "-k", "4")
+    res = run("predict", "a dog sitting on the beach", "-c", str(run_dir / "best.pt"), "-k", "4", "--json",
+              "--out", str(tmp_path / "p0"))
     row = json.loads(res.stdout)
     assert row["direction"] == "t2i" and [m["rank"] for m in row["matches"]] == [1, 2, 3, 4]
     scores = [m["score"] for m in row["matches"]]
     assert scores == sorted(scores, reverse=True)
     np.save(tmp_path / "q.npy", np.load(data / "test_ims.npy")[:3])
     rows = [json.loads(x) for x in run("predict", str(tmp_path / "q.npy"), "-c", str(run_dir / "best.pt"),
-                                       "--out", str(tmp_path / "p")).stdout.splitlines()]
+                                       "--out", str(tmp_path / "p"), "--json").stdout.splitlines()]
     assert len(rows) == 3 and all(r["direction"] == "i2t" and "caption" in r["matches"][0] for r in rows)
     assert (tmp_path / "p" / "predictions.jsonl").read_text().count("\n") == 3
-    stdin = runner.invoke(app, ["predict", "-", "-c", str(run_dir / "best.pt")], input="a cat\na horse on snow\n")
+    stdin = runner.invoke(app, ["predict", "-", "-c", str(run_dir / "best.pt"), "--json", "--out", str(tmp_path / "p1")],
+                          input="a cat\na horse on snow\n")
     assert stdin.exit_code == 0 and len(stdin.stdout.splitlines()) == 2
 
 
@@ -97,7 +99,8 @@ def test_index_and_query(trained, tmp_path) -> None:
     hits = json.loads(run("query", "--index", str(tmp_path / "img"), "a cat in the kitchen", "-k", "3").stdout)
     assert len(hits["matches"]) == 3 and hits["matches"][0]["name"].startswith("test_")
     # the exact search agrees with predict on the same split
-    pred = json.loads(run("predict", "a cat in the kitchen", "-c", ckpt, "-k", "3").stdout)
+    pred = json.loads(run("predict", "a cat in the kitchen", "-c", ckpt, "-k", "3", "--json", "--out",
+                          str(tmp_path / "p")).stdout)
     assert [m["name"] for m in hits["matches"]] == [m["image"] for m in pred["matches"]]
     # a caption gallery above the FAISS threshold is searched through an IVF index, same top hits
     run("index", "-c", ckpt, "--captions", str(data / "test_caps.txt"), "--out", str(tmp_path / "cap"),
@@ -149,9 +152,52 @@ def test_bad_inputs_exit_2(trained, tmp_path) -> None:
     assert "train.loss.kind" in res.stderr
     res = run("train", "-r", "retrieve/demo", "--set", "model.text_encoder=bert", "--out", str(tmp_path / "r5"), code=2)
     assert "vsepp" in res.stderr
-    res = run("predict", "", "-c", str(run_dir / "best.pt"), code=2)
+    res = run("predict", "", "-c", str(run_dir / "best.pt"), "--out", str(tmp_path / "p"), code=2)
+    res = run("predict", "-", "-c", str(run_dir / "best.pt"), "--out", str(tmp_path / "p"), code=2, stdin="\n")
     assert "empty query" in res.stderr
     res = run("eval", "-c", str(tmp_path / "missing.pt"), code=2)
     assert "checkpoint not found" in res.stderr
     res = run("query", "--index", str(tmp_path), "x", code=2)
     assert "not a retrieve index" in res.stderr
+
+
+def test_eval_several_checkpoints_mean_std(trained, tmp_path) -> None:
+    _, run_dir = trained
+    ckpts = [str(run_dir / "best.pt"), str(run_dir / "last.pt")]
+    out = json.loads(run("eval", "-c", ckpts[0], "-c", ckpts[1], "--split", "dev", "--json", "--out",
+                         str(tmp_path / "ev")).stdout)
+    one = [json.loads(run("eval", "-c", c, "--split", "dev", "--json").stdout) for c in ckpts]
+    assert out["runs"] == 2 and out["checkpoints"] == ckpts
+    assert out["rsum"]["mean"] == pytest.approx(np.mean([r["rsum"] for r in one]))
+    assert out["i2t"]["r1"]["mean"] == pytest.approx(np.mean([r["i2t"]["r1"] for r in one]))
+    assert (tmp_path / "ev" / "eval-summary.json").is_file()
+
+
+def test_predict_takes_stdin_lines_and_texts(trained, tmp_path) -> None:
+    from zsk.core.io import StdinInput
+    from zsk.tasks.retrieve.evaluate import load
+    from zsk.tasks.retrieve.predict import predict
+
+    _, run_dir = trained
+    loaded = load(run_dir / "best.pt")
+    rows = list(predict(loaded, [StdinInput(b"a cat\n\na dog on the beach\n"), "a horse in the snow"], tmp_path / "p",
+                        k=2))
+    assert [r["query"] for r in rows] == ["a cat", "a dog on the beach", "a horse in the snow"]
+    assert all(r["direction"] == "t2i" and r["split"] == "test" and len(r["matches"]) == 2 for r in rows)
+    assert [json.loads(x) for x in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()] == rows
+
+
+def test_demo_recipe_trains_without_a_written_sample(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ZSK_CACHE", str(tmp_path / "cache"))
+    res = run("train", "--recipe", "retrieve/demo", "--set", "train.epochs=1", "--out", str(tmp_path / "run"),
+              "--quiet", "--json")
+    assert json.loads(res.stdout.strip().splitlines()[-1])["rsum"] > 0
+    for name in ("best.pt", "last.pt", "eval.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert list((tmp_path / "cache" / "samples").glob("retrieve-v*/train_caps.txt"))
+
+
+def test_one_stage_method_refuses_stage_blocks(tmp_path) -> None:
+    res = run("train", "-r", "retrieve/demo", "--set", "train.stages.warmup.lr=0.1", "--out", str(tmp_path / "r"),
+              code=2)
+    assert "train.stages.warmup" in res.stderr

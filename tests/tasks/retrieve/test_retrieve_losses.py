@@ -8,13 +8,13 @@ import torch
 from zsk.tasks.retrieve.losses import (
     LossConfig,
     LsehConfig,
-    RankingLoss,
     lmh_loss,
     lseh_loss,
     lsh_loss,
     semantic_margin,
     semantic_scores,
 )
+from zsk.tasks.retrieve.model import RankingLoss
 
 
 def loop_loss(s: list[list[float]], margin, hardest: bool, skip=lambda i, j: False) -> float:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from zsk.core.run import start_run
-from zsk.tasks.retrieve import pipeline
+from zsk.tasks.retrieve import hooks
+from zsk.tasks.retrieve import train as train_mod
 from zsk.tasks.retrieve.config import Config
 from zsk.tasks.retrieve.data import (
     MASK,
@@ -31,7 +33,13 @@ def _sample(tmp_path: Path, n_train: int = 160) -> Path:
 
 def _train(tmp_path: Path, data: Path, name: str, *sets: str) -> tuple[dict, Path]:
     ctx = start_run("retrieve", Config, "retrieve/demo", [f"data.root={data}", *sets], out=tmp_path / name)
-    return pipeline.train(ctx), ctx.run_dir
+    return train_mod.train(ctx), ctx.run_dir
+
+
+def _evaluate(checkpoint: Path, split: str | None = None) -> dict:
+    from zsk.tasks.retrieve.evaluate import evaluate, load
+
+    return evaluate(load(checkpoint), split)
 
 
 def test_vocabulary_and_augmentation() -> None:
@@ -57,16 +65,21 @@ def test_collate_pads_dropped_regions() -> None:
     assert b["image"][1, 1:].abs().sum() == 0 and b["tokens"].tolist() == [[1, 5, 2], [1, 2, 0]]
 
 
-def test_demo_learns_well_above_chance(tmp_path) -> None:
-    result = pipeline.run_demo(tmp_path / "demo", "cpu")
-    # the same network untrained, on the same test split
+def test_demo_learns_well_above_chance(tmp_path, monkeypatch) -> None:
+    from zsk.tasks.retrieve.evaluate import score_split
+
+    monkeypatch.setenv("ZSK_CACHE", str(tmp_path / "cache"))
+    result = hooks.demo(tmp_path / "demo", "cpu")
+    # the same network untrained, on the same test split (the sample data the demo wrote into the cache)
+    data = yaml.safe_load((tmp_path / "demo" / "run" / "recipe.yaml").read_text())["data"]["root"]
+    assert Path(data).is_relative_to(tmp_path / "cache")
     cfg, _ = __import__("zsk.core.run", fromlist=["load_config"]).load_config(
-        "retrieve", Config, "retrieve/demo", [f"data.root={tmp_path / 'demo' / 'data'}"])
+        "retrieve", Config, "retrieve/demo", [f"data.root={data}"])
     torch.manual_seed(0)
     train = load_split(cfg.data, "train")
-    tok = pipeline.build_tokenizer(cfg, train.captions)
-    untrained = pipeline.score_split(pipeline.build_model(cfg, len(tok)), load_split(cfg.data, "test"), tok, cfg,
-                                     torch.device("cpu"))
+    tok = train_mod.build_tokenizer(cfg, train.captions)
+    untrained = score_split(train_mod.build_model(cfg, len(tok)), load_split(cfg.data, "test"), tok, cfg,
+                            torch.device("cpu"))
     # chance rsum with 40 images / 200 captions is about 77
     assert result["metric"] == "rsum" and result["value"] > 250
     assert result["value"] > untrained["rsum"] + 100
@@ -97,7 +110,7 @@ def test_vseinf_bigru_gpo_with_augmentation(tmp_path) -> None:
     lrs = [json.loads(x)["lr"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
            if json.loads(x)["kind"] == "train"]
     assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-4)  # x0.1 after lr_update epochs
-    ev = pipeline.evaluate(run_dir / "best.pt", split="dev")
+    ev = _evaluate(run_dir / "best.pt", split="dev")
     assert ev["rsum"] == pytest.approx(res["best_rsum"], abs=1e-6)
 
 
@@ -126,7 +139,7 @@ def test_vseinf_bert_encoder(tmp_path, monkeypatch) -> None:
                           f"model.bert={bert}", "model.embed_size=16", "model.gpo_dim=4", "train.epochs=1",
                           "train.max_steps=3")
     assert "rsum" in res
-    ev = pipeline.evaluate(run_dir / "best.pt", split="dev")
+    ev = _evaluate(run_dir / "best.pt", split="dev")
     assert ev["rsum"] == pytest.approx(res["best_rsum"], abs=1e-6)  # BERT weights travel in the checkpoint
     missing = tmp_path / "nowhere"
     from zsk.core.errors import ZskError
@@ -156,7 +169,7 @@ def test_raw_image_training_from_karpathy_json(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     if not _torchvision_ok():
-        monkeypatch.setattr(pipeline, "cnn_trunk", _tiny_trunk)
+        monkeypatch.setattr(train_mod, "cnn_trunk", _tiny_trunk)
         backbone = "tiny"
     else:
         backbone = "mobilenet_v3_small"  # smallest torchvision classifier; Sequential head
@@ -172,11 +185,13 @@ def test_raw_image_training_from_karpathy_json(tmp_path, monkeypatch) -> None:
                           "model.image_encoder=cnn", f"model.backbone={backbone}", "model.pretrained=null",
                           "model.finetune=true", "model.image_size=32", "data.vocab_threshold=1",
                           "train.batch_size=4", "train.epochs=1", "data.lsa_rank=4")
-    ev = pipeline.evaluate(run_dir / "best.pt", split="test")
+    ev = _evaluate(run_dir / "best.pt", split="test")
     assert ev["images"] == 2 and ev["captions"] == 10
-    assert ev["rsum"] == pytest.approx(pipeline.evaluate(run_dir / "best.pt", split="test")["rsum"])
+    assert ev["rsum"] == pytest.approx(_evaluate(run_dir / "best.pt", split="test")["rsum"])
     # an image folder is a gallery for raw-image checkpoints
-    out = pipeline.build_index(run_dir / "best.pt", tmp_path / "idx", images=tmp_path)
+    from zsk.tasks.retrieve.predict import build_index
+
+    out = build_index(run_dir / "best.pt", tmp_path / "idx", images=tmp_path)
     assert out["count"] == 12 and out["kind"] == "images"
 
 
@@ -194,16 +209,47 @@ def test_cnn_encoder_frozen_backbone_stays_in_eval_mode() -> None:
 
 
 def test_bench_spec(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline, "BENCH_EVAL_IMAGES", 40)
+    monkeypatch.setattr(hooks, "BENCH_EVAL_IMAGES", 40)
+    from zsk.core.bench import trainer_step
     from zsk.core.run import load_config
 
     cfg, _ = load_config("retrieve", Config, "retrieve/demo", None)
-    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 8)
-    spec.train_step()
+    spec = hooks.bench_spec(cfg, torch.device("cpu"), 8)
+    train_step, _ = trainer_step(spec, cfg, torch.device("cpu"))
+    train_step()
     spec.infer_step()
     assert spec.unit == "pairs" and spec.train_samples == 8
     extra = spec.extra()
     assert extra["eval_images"] == 40 and extra["eval_captions"] == 200 and extra["eval_s"] > 0
+
+
+def test_bench_steps_the_recipes_optimizer(tmp_path, monkeypatch) -> None:
+    """bench times the Trainer's step with the recipe's optimizer (Adam for VSE++, AdamW with weight decay
+    and BERT at lr x 0.1 for VSE infinity), clipping and real input sizes, not a hand-rolled Adam step."""
+    from zsk.core.bench import trainer_step
+    from zsk.core.run import load_config
+
+    cpu = torch.device("cpu")
+    cfg, _ = load_config("retrieve", Config, "retrieve/f30k_vsepp_lseh", ["model.embed_size=16", "model.word_dim=8"])
+    spec = hooks.bench_spec(cfg, cpu, 4)
+    _, trainer = trainer_step(spec, cfg, cpu)
+    assert type(trainer.optimizer) is torch.optim.Adam and trainer.cfg.clip_grad_norm == 2.0
+    assert tuple(spec.batch["image"].shape) == (4, 36, 2048) and spec.train_cfg.batch_size == 128
+
+    if not _torchvision_ok():
+        monkeypatch.setitem(sys.modules, "torchvision", None)
+    bert = _tiny_bert(tmp_path / "bert")
+    cfg, _ = load_config("retrieve", Config, "retrieve/f30k_vseinf_lseh",
+                         [f"model.bert={bert}", "model.embed_size=16", "model.gpo_dim=4"])
+    spec = hooks.bench_spec(cfg, cpu, 4)
+    step, trainer = trainer_step(spec, cfg, cpu)
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([8e-4, 8e-5])  # BERT at lr x model.bert_lr_mult
+    assert all(g["weight_decay"] == pytest.approx(1e-4) for g in groups)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    step()
+    assert trainer.step == 1 and any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
 def test_iapr_one_description_per_image(tmp_path) -> None:
@@ -216,7 +262,7 @@ def test_iapr_one_description_per_image(tmp_path) -> None:
         write_precomp(iapr, split, np.asarray(s.features), s.captions[::5])  # one description per image
     res, run_dir = _train(tmp_path, tmp_path, "iapr", "data.name=iapr", "data.captions_per_image=1",
                           "train.epochs=1", "data.vocab_threshold=1")
-    ev = pipeline.evaluate(run_dir / "best.pt", split="test")
+    ev = _evaluate(run_dir / "best.pt", split="test")
     assert ev["images"] == ev["captions"] == 30 and ev["rsum"] == pytest.approx(
         sum(ev[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
     # the 5-captions rule applied to 1:1 data is refused with the file named
@@ -234,7 +280,7 @@ def test_resume_with_augmentation_matches_uninterrupted_run(tmp_path) -> None:
     _train(tmp_path, data, "cut", *sets, "train.max_steps=14")  # stops inside epoch 2, after an evaluation
     ctx = start_run("retrieve", Config, "retrieve/demo", [f"data.root={data}", *sets], out=tmp_path / "cut",
                     resume=True)
-    resumed = pipeline.train(ctx)
+    resumed = train_mod.train(ctx)
     assert resumed["rsum"] == pytest.approx(full["rsum"]) and resumed["t2i_meanr"] == pytest.approx(full["t2i_meanr"])
 
 
@@ -247,9 +293,9 @@ def test_vocabulary_from_training_captions_only_by_default(tmp_path) -> None:
     test_caps.write_text("\n".join(["zebra " * 3 + line for line in lines]) + "\n")  # a test-only word
     cfg, _ = load_config("retrieve", Config, "retrieve/demo", [f"data.root={data}", "data.vocab_threshold=1"])
     train = load_split(cfg.data, "train")
-    assert "zebra" not in pipeline.build_tokenizer(cfg, pipeline.vocabulary_captions(cfg, train)).words
+    assert "zebra" not in train_mod.build_tokenizer(cfg, train_mod.vocabulary_captions(cfg, train)).words
     cfg.data.vocab_splits = ["train", "dev", "test"]  # the original VSE++ vocabulary (vsepp #29)
-    assert "zebra" in pipeline.build_tokenizer(cfg, pipeline.vocabulary_captions(cfg, train)).words
+    assert "zebra" in train_mod.build_tokenizer(cfg, train_mod.vocabulary_captions(cfg, train)).words
 
 
 @pytest.mark.skipif(not _torchvision_ok(), reason="torchvision (needed by timm) cannot be imported here")
@@ -282,13 +328,15 @@ def test_frozen_pretrained_backbone_is_not_copied_into_checkpoints(tmp_path) -> 
             "model.finetune=false", "model.embed_size=8", "model.image_size=32"]
     cfg, recipe = load_config("retrieve", Config, "retrieve/demo", sets)
     vocab = Vocabulary.build(["a dog", "a cat"], threshold=1)
-    model = pipeline.build_model(cfg, len(vocab))
-    assert pipeline.frozen_prefixes(cfg) == ("image_encoder.backbone.",)
-    state = model_state(model, pipeline.frozen_prefixes(cfg))
+    model = train_mod.build_model(cfg, len(vocab))
+    assert train_mod.frozen_prefixes(cfg) == ("image_encoder.backbone.",)
+    state = model_state(model, train_mod.frozen_prefixes(cfg))
     assert not any(k.startswith("image_encoder.backbone.") for k in state)
     save_checkpoint(tmp_path / "c.pt", {"task": "retrieve", "recipe": recipe, "model": state,
                                         "extra": {"vocab": vocab.words}})
-    _, loaded, _, _ = pipeline.load_trained(tmp_path / "c.pt")
+    from zsk.tasks.retrieve.evaluate import load
+
+    loaded = load(tmp_path / "c.pt").model
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     assert torch.allclose(loaded.encode_images(x), model.encode_images(x), atol=1e-6)

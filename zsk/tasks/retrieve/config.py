@@ -36,8 +36,8 @@ class DataConfig:
     # splits whose captions build the word vocabulary: training only (intended); the original VSE++
     # vocabulary also counted dev/test captions by mistake (vsepp #29), [train, dev, test] reproduces that
     vocab_splits: list[str] = field(default_factory=lambda: ["train"])
-    lsa_file: str | None = None  # a train_svd.txt to use instead of computing the LSA (spec Step 1.5)
-    lsa_rank: int = 400  # spec Step 1.4
+    lsa_file: str | None = None  # a train_svd.txt to use instead of computing the LSA (LSEH step 1, the official code's train_svd.txt)
+    lsa_rank: int = 400  # LSEH step 1: SVD rank 400 (official code)
     lsa_iter: int = 100
     lsa_seed: int = 122
     region_drop: float = 0.0  # VSE infinity: drop each region with this probability in training (0.2)

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def semantic_scores(lsa: Tensor, normalize: Literal["row_max", "cosine"] = "row_max") -> Tensor:
@@ -79,7 +79,7 @@ def reduce_costs(cost_c: Tensor, cost_i: Tensor, hardest: bool) -> Tensor:
 
 
 def lmh_loss(scores: Tensor, margin: float = 0.2) -> Tensor:
-    """L_MH, VSE++ max of hinges (hardest negative per query), margin alpha = 0.2 (spec "Baseline")."""
+    """L_MH, VSE++ max of hinges (hardest negative per query), margin alpha = 0.2 (Faghri et al. 2018)."""
     return reduce_costs(*hinge_costs(scores, margin), hardest=True)
 
 
@@ -98,7 +98,7 @@ def lseh_loss(
     same_image: Literal["zero_margin", "exclude"] = "zero_margin",
     hardest: bool = True,
 ) -> Tensor:
-    """L_LSEH: hinge with the semantic margin ``M`` (spec "Step 2").
+    """L_LSEH: hinge with the semantic margin ``M`` (LSEH step 2, Gong & Cosma 2023).
 
     ``same_image="zero_margin"`` (official code) keeps the other captions of the positive picture as
     negatives with margin 0; ``"exclude"`` removes them from the max.
@@ -115,7 +115,7 @@ def lseh_loss(
 
 @dataclass
 class LsehConfig:
-    """Semantic margin of LSEH: ``M = alpha + lam * S_hat`` (official code: 0.185, 0.025; spec Step 2)."""
+    """Semantic margin of LSEH: ``M = alpha + lam * S_hat`` (official code: 0.185, 0.025; LSEH step 2)."""
 
     alpha: float = 0.185
     lam: float = 0.025
@@ -137,30 +137,3 @@ class LossConfig:
     margin: float = 0.2
     warmup_sum_epochs: int = 0
     lseh: LsehConfig = field(default_factory=LsehConfig)
-
-
-class RankingLoss(nn.Module):
-    """The configured ranking loss over a batch of (image, caption) embeddings."""
-
-    def __init__(self, cfg: LossConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    @property
-    def needs_lsa(self) -> bool:
-        return self.cfg.kind == "lseh"
-
-    def forward(
-        self, img_emb: Tensor, cap_emb: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0
-    ) -> Tensor:
-        """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows."""
-        scores = img_emb.float() @ cap_emb.float().T
-        hardest = epoch >= self.cfg.warmup_sum_epochs
-        if self.cfg.kind == "lsh":
-            return lsh_loss(scores, self.cfg.margin)
-        if self.cfg.kind == "lmh":
-            return reduce_costs(*hinge_costs(scores, self.cfg.margin), hardest=hardest)
-        if lsa is None:
-            raise ValueError("the LSEH loss needs the batch captions' LSA vectors")
-        c = self.cfg.lseh
-        return lseh_loss(scores, lsa, img_ids, c.alpha, c.lam, c.normalize, c.same_image, hardest=hardest)

@@ -1,10 +1,11 @@
-"""Description semantics by latent semantic analysis (LSEH step 1, spec "Step 1").
+"""Description semantics by latent semantic analysis (LSEH step 1, Gong & Cosma 2023).
 
 Training captions are cleaned (letters and ``#`` only, lower case, NLTK English stop-words removed,
 Porter-stemmed), weighted by TF-IDF and projected by truncated SVD to ``rank`` (400) dimensions. The
 ``N_captions x rank`` matrix ``U Sigma`` gives each training caption a semantic vector; LSEH turns
 dot products of these vectors into per-pair margins. Computed once per corpus and kept in the zsk
-cache, keyed by the caption file and every LSA setting.
+cache, keyed by the caption file and every LSA setting. :func:`training_lsa` gives the rows of a
+recipe's training split; :func:`write_lsa_file` (``zsk retrieve lsa``) writes them as ``train_svd.txt``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zsk.core.cache import code_version, default_cache, file_fingerprint
 from zsk.core.progress import log, warn
+from zsk.data.captions import PrecompSplit, write_lsa_matrix
+from zsk.tasks.retrieve.data import RawSplit, load_split
+
+if TYPE_CHECKING:
+    from zsk.tasks.retrieve.config import Config
 
 # NLTK's English stop-word list (nltk.corpus.stopwords, 179 words). Kept here so the LSA runs without
 # downloading NLTK corpora; when the corpus is installed it is used instead.
@@ -47,14 +54,14 @@ def english_stopwords() -> frozenset[str]:
 
 
 def clean_caption(text: str, stop: frozenset[str], stemmer) -> str:
-    """Spec step 1.1-1.2: keep letters and '#', lower-case, drop stop-words, Porter-stem, re-join."""
+    """LSEH step 1 cleaning (official code): keep letters and '#', lower-case, drop stop-words, Porter-stem, re-join."""
     tokens = _NON_WORD.sub(" ", text).lower().split()
     return " ".join(stemmer.stem(t) for t in tokens if t not in stop)
 
 
 @dataclass(frozen=True)
 class LsaSettings:
-    """TF-IDF + truncated SVD settings (spec step 1.3-1.4; defaults are the official code's)."""
+    """TF-IDF + truncated SVD settings (LSEH step 1; defaults are the official code's)."""
 
     rank: int = 400
     n_iter: int = 100
@@ -101,3 +108,32 @@ def lsa_for_caption_file(caps_path: str | Path, captions: list[str], settings: L
         return fit_lsa(captions, settings)
 
     return default_cache().get_or_compute("retrieve-lsa", key, compute)
+
+
+def training_lsa(cfg: Config, split: PrecompSplit | RawSplit) -> np.ndarray:
+    """LSA rows of the training captions: from ``data.lsa_file`` or computed once and cached (Step 1)."""
+    from zsk.data.captions import read_lsa_matrix
+
+    if cfg.data.lsa_file:
+        return read_lsa_matrix(cfg.data.lsa_file, split.num_captions)
+    settings = LsaSettings(cfg.data.lsa_rank, cfg.data.lsa_iter, cfg.data.lsa_seed)
+    if isinstance(split, PrecompSplit):
+        return lsa_for_caption_file(split.caps_path, split.captions, settings)
+    return _raw_lsa(cfg, split, settings)
+
+
+def _raw_lsa(cfg: Config, split: RawSplit, settings: LsaSettings) -> np.ndarray:
+    key = {"source": file_fingerprint(split.source), "split": cfg.data.train_split, "restval": cfg.data.use_restval,
+           "settings": asdict(settings), "code": code_version(), "producer": "retrieve.lsa.raw.v1"}
+    return default_cache().get_or_compute("retrieve-lsa", key, lambda: fit_lsa(split.captions, settings))
+
+
+def write_lsa_file(cfg: Config, out: Path | None = None) -> dict:
+    """Compute (or fetch from the cache) the training captions' LSA and write ``train_svd.txt`` (Step 1.5)."""
+    split = load_split(cfg.data, cfg.data.train_split)
+    lsa = training_lsa(cfg, split)
+    if out is None:
+        base = split.folder if isinstance(split, PrecompSplit) else Path(cfg.data.root)
+        out = base / f"{cfg.data.train_split}_svd.txt"
+    write_lsa_matrix(out, lsa)
+    return {"file": str(out), "rows": int(lsa.shape[0]), "rank": int(lsa.shape[1])}

@@ -6,7 +6,8 @@
 - **VSE infinity** (Chen et al.): region features through a linear layer plus a 2-layer MLP residual,
   pooled by the Generalized Pooling Operator (GPO); text through a BiGRU or BERT, pooled by GPO.
 
-Similarity is the dot product of the L2-normalised embeddings (cosine).
+Similarity is the dot product of the L2-normalised embeddings (cosine). :class:`RankingLoss` wraps the
+losses of ``losses.py`` (L_MH, L_SH, L_LSEH) as the module the training step calls.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from zsk.tasks.retrieve.losses import LossConfig, hinge_costs, lseh_loss, lsh_loss, reduce_costs
 
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
@@ -303,3 +306,33 @@ class VSEModel(nn.Module):
 
     def forward(self, images: Tensor, img_lengths: Tensor | None, tokens: Tensor, cap_lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.encode_images(images, img_lengths), self.encode_captions(tokens, cap_lengths)
+
+
+# ----------------------------------------------------------------------------- the ranking loss
+
+
+class RankingLoss(nn.Module):
+    """The configured ranking loss over a batch of (image, caption) embeddings."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def needs_lsa(self) -> bool:
+        return self.cfg.kind == "lseh"
+
+    def forward(
+        self, img_emb: Tensor, cap_emb: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0
+    ) -> Tensor:
+        """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows."""
+        scores = img_emb.float() @ cap_emb.float().T
+        hardest = epoch >= self.cfg.warmup_sum_epochs
+        if self.cfg.kind == "lsh":
+            return lsh_loss(scores, self.cfg.margin)
+        if self.cfg.kind == "lmh":
+            return reduce_costs(*hinge_costs(scores, self.cfg.margin), hardest=hardest)
+        if lsa is None:
+            raise ValueError("the LSEH loss needs the batch captions' LSA vectors")
+        c = self.cfg.lseh
+        return lseh_loss(scores, lsa, img_ids, c.alpha, c.lam, c.normalize, c.same_image, hardest=hardest)

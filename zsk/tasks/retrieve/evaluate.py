@@ -1,0 +1,148 @@
+"""Retrieval evaluation of a VSE network (VSE++ protocol, Faghri et al. 2018; LSEH, Gong & Cosma 2023):
+galleries encoded in batches, the similarity matrix in chunks, R@1/5/10, medr and meanr in both
+directions and their rsum; COCO 1K (five folds averaged) or 5K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zsk.core.checkpoint import load_checkpoint, load_model_state
+from zsk.core.device import autocast, autocast_dtype, resolve_device
+from zsk.core.errors import ZskError
+from zsk.core.progress import progress
+from zsk.core.run import config_from_checkpoint
+from zsk.core.task import Loaded
+from zsk.core.trainer import make_eval_loader
+from zsk.data.captions import PrecompSplit
+from zsk.metrics.retrieval import coco_1k, evaluate_embeddings
+from zsk.tasks.retrieve.config import Config
+from zsk.tasks.retrieve.data import ImageFeatures, ImageFiles, load_split
+from zsk.tasks.retrieve.model import VSEModel
+from zsk.tasks.retrieve.train import build_model, build_tokenizer, check_split_features, frozen_prefixes
+
+TASK = "retrieve"
+PROTOCOLS = ("standard", "coco1k", "coco5k")
+
+
+def _batched(seq: list, size: int):
+    for s in range(0, len(seq), size):
+        yield seq[s : s + size]
+
+
+@torch.no_grad()
+def encode_images(model: VSEModel, images, cfg: Config, device: torch.device, desc: str = "images") -> Tensor:
+    """Embeddings of a gallery: ``images`` is a feature array ``(N, ...)`` or a list of image paths."""
+    model.eval()
+    ds = ImageFeatures(images) if isinstance(images, np.ndarray) else ImageFiles(list(images), cfg.model.image_size)
+    # every rank encodes the whole gallery; the loader leaves the global RNG alone (exact resume)
+    loader = make_eval_loader(ds, cfg.eval.batch_size, sharded=False)
+    dtype = autocast_dtype(device, cfg.runtime.precision)
+    out = []
+    for x in progress(loader, desc=f"encode {desc}"):
+        with autocast(device, dtype):
+            out.append(model.encode_images(x.to(device), None).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_captions(model: VSEModel, captions: list[str], tokenizer, cfg: Config, device: torch.device) -> Tensor:
+    """Embeddings of captions (padded batches of the tokenizer's ids)."""
+    model.eval()
+    if any(not c.strip() for c in captions):
+        raise ZskError("empty caption given; every caption must hold text")
+    ids = [tokenizer.encode(c) for c in captions]
+    if cfg.data.max_words > 0:
+        ids = [t[: cfg.data.max_words - 1] + [t[-1]] if len(t) > cfg.data.max_words else t for t in ids]
+    dtype = autocast_dtype(device, cfg.runtime.precision)
+    out = []
+    for chunk in progress(list(_batched(ids, cfg.eval.batch_size)), desc="encode captions"):
+        lens = torch.tensor([len(t) for t in chunk])
+        toks = torch.full((len(chunk), int(lens.max())), tokenizer.pad_id, dtype=torch.long)
+        for j, t in enumerate(chunk):
+            toks[j, : len(t)] = torch.tensor(t)
+        with autocast(device, dtype):
+            out.append(model.encode_captions(toks.to(device), lens.to(device)).float())
+    return torch.cat(out)
+
+
+def split_images(split) -> np.ndarray | list[Path]:
+    """A split's gallery: its feature array (precomputed) or its image paths (raw images)."""
+    return split.features if isinstance(split, PrecompSplit) else [it.path for it in split.images]
+
+
+def split_image_names(split) -> list[str]:
+    """Names of a split's images: the ids file's entries, their positions, or the image paths."""
+    if isinstance(split, PrecompSplit):
+        return split.image_ids or [str(i) for i in range(split.num_images)]
+    return [str(it.path) for it in split.images]
+
+
+def encode_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(image embeddings, caption embeddings) of a whole split."""
+    return (encode_images(model, split_images(split), cfg, device),
+            encode_captions(model, split.captions, tokenizer, cfg, device))
+
+
+def flat_metrics(m: dict) -> dict[str, float]:
+    """``{"i2t": {"r1": ..}, ...}`` -> ``{"i2t_r1": .., ..., "rsum": ..}`` for the trainer's log."""
+    out = {"rsum": float(m["rsum"])}
+    for d in ("i2t", "t2i"):
+        out.update({f"{d}_{k}": float(v) for k, v in m[d].items()})
+    return out
+
+
+def score_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.device,
+                protocol: str = "standard") -> dict:
+    """Retrieval metrics of a split under a protocol: ``standard`` (all of the split, e.g. F30K 1K test or
+    COCO 5K), ``coco1k`` (five folds of 1,000 images averaged) or ``coco5k`` (the whole split)."""
+    img, cap = encode_split(model, split, tokenizer, cfg, device)
+    if protocol == "coco1k":
+        if split.num_images % cfg.eval.folds:
+            raise ZskError(f"--protocol coco1k: {split.num_images} images do not split into {cfg.eval.folds} folds; "
+                           "use the 5K testall split")
+        return coco_1k(img, cap, split.captions_per_image, cfg.eval.folds, cfg.eval.chunk)
+    return evaluate_embeddings(img, cap, split.captions_per_image, cfg.eval.chunk)
+
+
+def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
+         recipe: Path | None = None) -> Loaded:
+    """A trained VSE network in eval mode with its config and, in ``parts["tokenizer"]``, the caption
+    tokenizer it was trained with (the word vocabulary stored in the checkpoint, or BERT's)."""
+    state = load_checkpoint(checkpoint)
+    if state.get("task") not in (None, TASK):
+        raise ZskError(f"{checkpoint} is a checkpoint of task {state.get('task')!r}, not retrieve")
+    cfg, _ = config_from_checkpoint(state, Config, sets, recipe)
+    extra = state.get("extra") or {}
+    words = extra.get("vocab") or None
+    _, text = cfg.model.resolved()
+    if text != "bert" and not words:
+        raise ZskError(f"{checkpoint} holds no vocabulary; it was not written by `zsk retrieve train`")
+    tokenizer = build_tokenizer(cfg, vocab_words=words)
+    prefixes = frozen_prefixes(cfg)
+    # weights not in the checkpoint (frozen pretrained backbone) come from their source; all others from it
+    model = build_model(cfg, len(tokenizer), load_pretrained=bool(prefixes))
+    load_model_state(model, state["model"], prefixes, source=str(checkpoint))
+    dev = resolve_device(device, cfg.runtime.device)
+    return Loaded(model=model.to(dev).eval(), cfg=cfg, device=dev, checkpoint=Path(checkpoint), extra=dict(extra),
+                  parts={"tokenizer": tokenizer})
+
+
+def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, *,
+             protocol: str | None = None) -> dict[str, Any]:
+    """Metrics on a split: ``{"i2t": {...}, "t2i": {...}, "rsum": ...}`` plus the split, protocol and
+    gallery sizes; ``protocol`` (default ``eval.protocol``): standard, coco1k (five 1K folds averaged,
+    with ``folds``) or coco5k. Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
+    cfg: Config = loaded.cfg
+    protocol = protocol or cfg.eval.protocol
+    if protocol not in PROTOCOLS:
+        raise ZskError(f"--protocol {protocol!r}: choose standard, coco1k or coco5k")
+    name = split or cfg.eval.split or ("testall" if protocol in ("coco1k", "coco5k") else cfg.data.test_split)
+    data = load_split(cfg.data, name)
+    check_split_features(cfg, data)
+    result = score_split(loaded.model, data, loaded.parts["tokenizer"], cfg, loaded.device, protocol)
+    return {**result, "split": name, "protocol": protocol, "images": data.num_images, "captions": data.num_captions}
