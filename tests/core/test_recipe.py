@@ -235,3 +235,36 @@ def test_cli_wrong_type_exits_2_and_valid_recipe_exits_0(chain: Path) -> None:
     res = runner.invoke(app, ["recipe", "--recipe", str(chain), "--set", "train.lr=2e-4"])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == "lr=0.0002 batch_size=16 crop=[48]"
+
+
+def test_recipes_dir_honours_env_then_source_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsk.core import recipe
+    from zsk.core.recipe import recipes_dir, resolve_recipe_path
+
+    monkeypatch.setenv("ZSK_RECIPES", str(tmp_path))
+    assert recipes_dir() == tmp_path
+    monkeypatch.delenv("ZSK_RECIPES")
+    repo = Path(recipe.__file__).resolve().parents[2]
+    assert recipes_dir() == repo / "recipes"  # source checkout / editable install: the top-level folder
+    assert resolve_recipe_path("segment/voc") == repo / "recipes" / "segment" / "voc.yaml"
+    assert resolve_recipe_path("medseg/demo.yaml").is_file()
+
+
+def test_recipes_dir_prefers_the_recipes_shipped_in_the_package(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsk.core import recipe
+    from zsk.core.recipe import recipes_dir, resolve_recipe_path
+
+    monkeypatch.delenv("ZSK_RECIPES", raising=False)
+    site = tmp_path / "site-packages"  # a wheel's layout: zsk/core/recipe.py next to zsk/recipes/<task>/
+    (site / "zsk" / "core").mkdir(parents=True)
+    (site / "zsk" / "recipes" / "_base").mkdir(parents=True)
+    (site / "zsk" / "recipes" / "_base" / "b.yaml").write_text("train: {lr: 0.5}\n")
+    (site / "zsk" / "recipes" / "demo").mkdir()
+    (site / "zsk" / "recipes" / "demo" / "x.yaml").write_text("base: ../_base/b.yaml\ntrain: {batch_size: 3}\n")
+    (site / "recipes").mkdir()  # the source-checkout fallback (beside the package) must not win
+    monkeypatch.setattr(recipe, "__file__", str(site / "zsk" / "core" / "recipe.py"))
+    assert recipes_dir() == site / "zsk" / "recipes"
+    path = resolve_recipe_path("demo/x")
+    assert path == site / "zsk" / "recipes" / "demo" / "x.yaml"
+    assert load_recipe(path)["train"] == {"lr": 0.5, "batch_size": 3}

@@ -48,13 +48,17 @@ class RuntimeConfig:
 
 
 def recipes_dir() -> Path:
-    """The shipped recipes: ``$ZSK_RECIPES`` or the ``recipes/`` folder next to the package."""
+    """The shipped recipes: ``$ZSK_RECIPES``, else ``zsk/recipes`` (wheel) or the repository's ``recipes/``."""
     import os
 
     env = os.environ.get("ZSK_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    package = Path(__file__).resolve().parents[1]  # .../zsk
+    installed = package / "recipes"  # a wheel / `pip install .` ships them as package data (zsk.recipes)
+    if installed.is_dir():
+        return installed
+    return package.parent / "recipes"  # source checkout or editable install: the top-level folder
 
 
 def resolve_recipe_path(path: str | Path) -> Path:

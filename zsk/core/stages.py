@@ -56,7 +56,8 @@ def stage_config(train: TrainConfig, name: str) -> TrainConfig:
     if not block:
         return train
     base = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.init and f.name != "stages"}
-    merged = {**config_to_dict(base), **block}
+    # a stage's own settings hold no stage blocks (a TrainConfig with default blocks would recurse)
+    merged = {**config_to_dict(base), **block, "stages": {}}
     return parse_config(type(train), merged, prefix=f"train.stages.{name}")
 
 
