@@ -30,6 +30,9 @@ _SUFFIX_FORMATS: dict[str, str] = {
     ".txt": "lines",
 }
 
+# File suffixes whose table format `table_format` tells (what a folder of prediction inputs holds).
+TABLE_SUFFIXES: tuple[str, ...] = tuple(_SUFFIX_FORMATS)
+
 
 @dataclass
 class Table:

@@ -16,8 +16,8 @@ from zsk.tasks.fakenews.cli import app
 runner = CliRunner()
 KEYS = {"accuracy", "f1_weighted", "precision_weighted", "recall_weighted", "f1_macro", "confusion"}
 # a short version of recipes/fakenews/demo.yaml: both branches + fusion, a few steps each
-FAST = ["--set", "train.max_steps=4", "--set", "train.fusion.max_steps=3", "--set", "train.epochs=2",
-        "--set", "train.fusion.epochs=1", "--set", "train.log_every=2"]
+FAST = ["--set", "train.max_steps=4", "--set", "train.stages.fusion.max_steps=3", "--set", "train.epochs=2",
+        "--set", "train.stages.fusion.epochs=1", "--set", "train.log_every=2"]
 
 
 def invoke(*args: str, input: str | bytes | None = None):
@@ -45,11 +45,11 @@ def trained(tmp_path_factory):
 def test_train_writes_run_and_stages(trained):
     data, run, summary = trained
     assert Path(summary["checkpoint"]) == run / "best.pt"
-    for name in ("recipe.yaml", "metrics.jsonl", "best.pt", "last.pt", "eval.json", "last-branch-roberta.pt",
-                 "last-branch-ctbert.pt", "last-fusion.pt"):
+    for name in ("recipe.yaml", "metrics.jsonl", "best.pt", "last.pt", "eval.json", "last-roberta.pt",
+                 "last-ctbert.pt", "last-fusion.pt"):
         assert (run / name).is_file(), name
     stages = {json.loads(line).get("stage") for line in (run / "metrics.jsonl").read_text().splitlines()}
-    assert {"branch-roberta", "branch-ctbert", "fusion"} <= stages
+    assert {"roberta", "ctbert", "fusion"} <= stages
     ev = json.loads((run / "eval.json").read_text())
     assert KEYS <= set(ev["val"]) and KEYS <= set(ev["test"])
     ckpt = torch.load(run / "best.pt", weights_only=True)
@@ -82,7 +82,7 @@ def test_eval_json_matches_train_and_sklearn(trained):
 def test_predict_file_and_stdin(trained, tmp_path):
     data, run, _ = trained
     r = invoke("predict", data / "english_test_with_labels.csv", "--checkpoint", run / "best.pt", "--batch-size", "40",
-               "--out", tmp_path)
+               "--out", tmp_path, "--json")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(rows) == 96 and rows[0]["id"] == "417"
@@ -91,13 +91,15 @@ def test_predict_file_and_stdin(trained, tmp_path):
     assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 96
     # the same texts through stdin as plain lines give the same labels
     texts = [row["text"] for row in rows[:5]]
-    r = invoke("predict", "-", "--checkpoint", run / "best.pt", input="\n".join(texts) + "\n")
+    r = invoke("predict", "-", "--checkpoint", run / "best.pt", "--out", tmp_path / "piped", "--json",
+               input="\n".join(texts) + "\n")
     assert r.exit_code == 0, r.output
     piped = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [p["text"] for p in piped] == texts and "id" not in piped[0]
     assert [p["label"] for p in piped] == [row["label"] for row in rows[:5]]
     assert [p["score"] for p in piped] == pytest.approx([row["score"] for row in rows[:5]], abs=1e-5)
-    r = invoke("predict", "-", "--checkpoint", run / "best.pt", input=b"ok line\n\xff\xfe bad\n")
+    r = invoke("predict", "-", "--checkpoint", run / "best.pt", "--out", tmp_path / "bad", "--json",
+               input=b"ok line\n\xff\xfe bad\n")
     assert r.exit_code == 2 and "<stdin>, line 2" in r.output and "not valid utf-8" in r.output
 
 
@@ -140,7 +142,8 @@ def test_finetune_from_local_hf_directory(tmp_path, trained):
     assert rows == len(tok) + len(ckpt["extra"]["branches"]["ctbert"]["added_tokens"])
     # the checkpoint is self-contained: it predicts without the pretrained directory
     shutil.rmtree(hf_dir)
-    r = invoke("predict", "-", "--checkpoint", run / "best.pt", input="covid-19 lockdown news\n")
+    r = invoke("predict", "-", "--checkpoint", run / "best.pt", "--out", tmp_path / "pred", "--json",
+               input="covid-19 lockdown news\n")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["label"] in ("real", "fake")
 
@@ -202,7 +205,8 @@ def test_hard_example_augmentation_grows_the_training_pool(tmp_path, trained):
     assert pool["rounds"] == 1
     assert 60 < len(pool["texts"]) == len(pool["labels"]) < 320
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
-    assert evals[0]["hard_examples"] == len(pool["texts"])
+    # each evaluation reports the pool it trained with; the HardExamplePool callback grows it afterwards
+    assert evals[0]["hard_examples"] == 0 and evals[-1]["hard_examples"] == len(pool["texts"])
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, trained):
@@ -248,5 +252,6 @@ def test_generic_jsonl_corpus_with_three_classes(tmp_path):
     r = invoke("eval", "--checkpoint", tmp_path / "run" / "best.pt", "--json")
     out = json.loads(r.stdout)
     assert len(out["confusion"]) == 3 and sum(map(sum, out["confusion"])) == 30
-    r = invoke("predict", "-", "--checkpoint", tmp_path / "run" / "best.pt", input="goal team\n")
+    r = invoke("predict", "-", "--checkpoint", tmp_path / "run" / "best.pt", "--out", tmp_path / "pred", "--json",
+               input="goal team\n")
     assert json.loads(r.stdout)["label"] in ("health", "money", "sport")

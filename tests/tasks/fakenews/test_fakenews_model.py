@@ -8,9 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
+from zsk.core.bench import trainer_step
 from zsk.core.recipe import load_recipe, parse_config
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.tasks.fakenews.config import Config, EncoderConfig
+from zsk.tasks.fakenews.evaluate import classification_metrics
+from zsk.tasks.fakenews.hooks import bench_spec, info
 from zsk.tasks.fakenews.model import (
     FakeNewsClassifier,
     FusionHead,
@@ -18,7 +21,7 @@ from zsk.tasks.fakenews.model import (
     encoder_from_config,
     random_encoder_config,
 )
-from zsk.tasks.fakenews.pipeline import bench_spec, classification_metrics, info, param_groups
+from zsk.tasks.fakenews.train import param_groups
 
 
 def branch(hidden: int, arch: str = "bert", classes: int = 2, vocab: int = 50) -> TransformerBranch:
@@ -128,15 +131,19 @@ def test_info_without_data_and_bench_on_demo_architecture(tmp_path):
     assert set(out["branches"]) == {"roberta", "ctbert"}
     json.dumps(out)
     spec = bench_spec(cfg, torch.device("cpu"), 4)
-    spec.train_step()
+    step, trainer = trainer_step(spec, cfg, torch.device("cpu"))
+    step()
+    assert trainer.step == 1 and isinstance(trainer.optimizer, torch.optim.AdamW)  # the recipe's optimizer
     spec.infer_step()
     assert spec.train_samples == 4 and spec.infer_samples == 4 and spec.infer_unit == "texts"
 
 
 def test_mean_and_std_over_runs():
-    from zsk.tasks.fakenews.cli import summarize_runs
+    from zsk.metrics.summary import summarize_runs
+    from zsk.tasks.fakenews.cli import TASK
 
-    out = summarize_runs([{"f1_weighted": 0.9, "accuracy": 0.8}, {"f1_weighted": 0.8, "accuracy": 0.8}])
+    out = summarize_runs([{"f1_weighted": 0.9, "accuracy": 0.8}, {"f1_weighted": 0.8, "accuracy": 0.8}],
+                         TASK.summary_keys)
     assert out["runs"] == 2
     assert out["f1_weighted"]["mean"] == pytest.approx(0.85)
     assert out["f1_weighted"]["std"] == pytest.approx((2 * 0.05**2 / 1) ** 0.5)  # sample std, n - 1 = 1

@@ -136,7 +136,7 @@ def test_tokenised_corpora_are_cached(tokenizer_and_encoder, monkeypatch):
 
 def test_new_tokens_for_each_mode():
     from zsk.tasks.fakenews.config import PAPER_NEW_TOKENS, BranchConfig
-    from zsk.tasks.fakenews.pipeline import new_tokens_for
+    from zsk.tasks.fakenews.train import new_tokens_for
 
     tok = build_wordpiece_tokenizer(["corona corona virus"] * 20, vocab_size=60, lowercase=True)
     texts = ["lockdownqq lockdownqq corona", "lockdownqq corona"]

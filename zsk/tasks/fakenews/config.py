@@ -7,7 +7,7 @@ paper leaves open (spec: Open points), each of which is a recipe option.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
@@ -122,17 +122,15 @@ class HardExamplesConfig:
 
 
 @dataclass
-class FusionTrainConfig:
-    """Second stage: frozen branches, MLP on the concatenated features (spec: Open points)."""
-
-    epochs: int = 5
-    lr: float | None = None  # null = train.lr (the same optimiser)
-    batch_size: int | None = None  # null = train.batch_size
-    max_steps: int | None = None
-
-
-@dataclass
 class TrainConfig(CoreTrainConfig):
+    """Settings of every stage: one stage per branch (named as in `model.branches`), then `fusion`
+    (frozen branches, MLP on the concatenated features) when there are several branches. A
+    `train.stages.<name>` block overrides these keys for one stage, e.g. the fusion MLP's 5 epochs."""
+
+    # The paper's branches, then the fusion MLP (a branch of another name trains as a stage of that
+    # name but cannot take a `train.stages` block; a single-branch recipe trains in one stage).
+    STAGES: ClassVar[tuple[str, ...]] = ("roberta", "ctbert", "fusion")
+
     batch_size: int = 64  # spec: Training
     lr: float = 2e-5  # spec: Training
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
@@ -147,7 +145,6 @@ class TrainConfig(CoreTrainConfig):
     heated_softmax: HeatedSoftmaxConfig = field(default_factory=HeatedSoftmaxConfig)
     fgm: FGMConfig = field(default_factory=FGMConfig)
     hard_examples: HardExamplesConfig = field(default_factory=HardExamplesConfig)
-    fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)
 
 
 @dataclass

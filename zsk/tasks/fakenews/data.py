@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from zsk.core.cache import code_version, default_cache
 from zsk.core.errors import ZskError
 from zsk.data.tables import TextSamples, read_texts, write_table
-from zsk.tasks.fakenews.config import DataConfig
+from zsk.tasks.fakenews.config import Config, DataConfig
 from zsk.tasks.fakenews.preprocess import clean_texts
+from zsk.tasks.fakenews.tokenization import tokenizer_fingerprint
+
+if TYPE_CHECKING:
+    from zsk.tasks.fakenews.model import Branch
 
 SPLIT_FILES = {"train": "train_file", "val": "val_file", "test": "test_file"}
 
@@ -128,6 +136,51 @@ class TokenizedTexts(Dataset):
         if self.labels is not None:
             batch["label"] = self.labels[idx]
         return batch
+
+
+def tokenize_corpus(branches: Mapping[str, Branch], texts: list[str], labels: list[int] | None, cfg: Config) -> TokenizedTexts:
+    """Tokenise cleaned texts for every branch (through the zsk cache when data.cache is on)."""
+    encodings = {
+        n: encode_cached(b.tokenizer, texts, cfg.data.max_length, tokenizer_fingerprint(b.tokenizer), cfg.data.cache)
+        for n, b in branches.items()
+    }
+    pads = {n: int(b.tokenizer.pad_token_id or 0) for n, b in branches.items()}
+    return TokenizedTexts(encodings, labels, pads)
+
+
+def concat_datasets(a: TokenizedTexts, b: TokenizedTexts) -> TokenizedTexts:
+    """One dataset holding the samples of `a` then `b` (padding widened as needed)."""
+    encodings = {}
+    for n in a.encodings:
+        x, y = a.encodings[n], b.encodings[n]
+        width = max(x["input_ids"].shape[1], y["input_ids"].shape[1])
+        pad = a.pad_ids[n]
+
+        def widen(t: Tensor, width: int = width, pad: int = pad) -> Tensor:
+            return F.pad(t, (0, width - t.shape[1]), value=pad)
+
+        encodings[n] = {"input_ids": torch.cat([widen(x["input_ids"]), widen(y["input_ids"])]),
+                        "lengths": torch.cat([x["lengths"], y["lengths"]])}
+    labels = torch.cat([a.labels, b.labels]).tolist() if a.labels is not None and b.labels is not None else None
+    return TokenizedTexts(encodings, labels, a.pad_ids)
+
+
+class FeatureSet(Dataset):
+    """Precomputed fusion inputs (the frozen branches' outputs) with labels: the fusion stage's data."""
+
+    def __init__(self, features: Tensor, labels: Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, indices: list[int]) -> dict:
+        """Batch {"index", "fused", "label"}."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {"index": idx, "fused": self.features[idx], "label": self.labels[idx]}
 
 
 # ----------------------------------------------------------------------------- sample corpus

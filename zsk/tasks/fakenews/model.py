@@ -9,6 +9,8 @@ MLP classifier of Figure 1 (2048 -> 512, ReLU, dropout -> classes for two 1024-d
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +33,18 @@ KNOWN_ARCHITECTURES: dict[str, dict] = {
                                                          intermediate_size=4096, max_position_embeddings=512,
                                                          type_vocab_size=2, pad_token_id=0),
 }
+
+
+def _settings_quiet_transformers() -> None:
+    """Keep transformers' own progress bars and notices off stdout/stderr unless debugging (every
+    fakenews command that builds or loads a model calls this first)."""
+    from zsk.core.progress import settings
+
+    if not settings.debug:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def random_encoder_config(enc: EncoderConfig, vocab_size: int, pad_token_id: int):
@@ -99,6 +113,18 @@ def architecture_config(branch: BranchConfig, name: str):
             if src in KNOWN_ARCHITECTURES:
                 return config_from_dict(KNOWN_ARCHITECTURES[src])
     return load_hf_model(src, option=f"model.branches.{name}.pretrained", loader=AutoConfig)
+
+
+@dataclass
+class Branch:
+    """A built branch: its module, its tokenizer, the tokens added to its vocabulary and where its
+    weights came from (a hub id or directory, or "random-init")."""
+
+    name: str
+    module: TransformerBranch
+    tokenizer: Any
+    added_tokens: list[str]
+    source: str
 
 
 class TransformerBranch(nn.Module):
