@@ -43,7 +43,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_train_writes_run_files_and_snapshots(trained) -> None:
     _, run_dir = trained
-    for name in ("best.pt", "last.pt", "eval.json", "metrics.jsonl", "recipe.yaml"):
+    for name in ("best.pt", "last.pt", "eval.json", "metrics.jsonl", "recipe.yaml", "last-propagate.pt",
+                 "best-propagate.pt", "eval-propagate.json"):
         assert (run_dir / name).is_file(), name
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
@@ -95,8 +96,11 @@ def test_predict_npy_candidates_and_stdin(trained, tmp_path: Path) -> None:
     data, run_dir = trained
     feats = np.load(data / "features" / "test.npy")[:2]
     np.save(tmp_path / "two.npy", feats)
-    recs = lines(run("predict", str(tmp_path / "two.npy"), "-c", str(run_dir / "last.pt"), "--top-k", "3"))
+    recs = lines(run("predict", str(tmp_path / "two.npy"), "-c", str(run_dir / "last.pt"), "--top-k", "3", "--json",
+                     "--out", str(tmp_path / "pred")))
     assert len(recs) == 2 and [r["row"] for r in recs] == [0, 1]
+    saved = [json.loads(x) for x in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert saved == recs
     names = dict(line.split("\t") for line in (data / "words.txt").read_text().splitlines())
     assert len(recs[0]["top"]) == 3 and all(t["name"] == names[t["wnid"]] for t in recs[0]["top"])
     scores = [t["score"] for t in recs[0]["top"]]
@@ -104,11 +108,11 @@ def test_predict_npy_candidates_and_stdin(trained, tmp_path: Path) -> None:
     test = json.loads((data / "imagenet-split.json").read_text())["test"]
     (tmp_path / "cands.txt").write_text("\n".join(test[:5]) + "\n")
     recs = lines(run("predict", "-", "-c", str(run_dir / "last.pt"), "--candidates", str(tmp_path / "cands.txt"),
-                     "--top-k", "10", stdin=f"{tmp_path / 'two.npy'}\n"))
+                     "--top-k", "10", "--json", "--out", str(tmp_path / "pred"), stdin=f"{tmp_path / 'two.npy'}\n"))
     assert {t["wnid"] for t in recs[0]["top"]} == set(test[:5])  # top-k capped at the 5 candidates
     (tmp_path / "bad.txt").write_text("n99999999\n")
     res = run("predict", str(tmp_path / "two.npy"), "-c", str(run_dir / "last.pt"), "--candidates",
-              str(tmp_path / "bad.txt"), code=2)
+              str(tmp_path / "bad.txt"), "--out", str(tmp_path / "pred"), code=2)
     assert "bad.txt" in res.stderr and "n99999999" in res.stderr
 
 
@@ -224,11 +228,15 @@ def test_resume_matches_uninterrupted_run(trained, tmp_path: Path) -> None:
     run("train", *common, "--set", "train.max_steps=10", "--out", str(tmp_path / "r"))
     assert not (tmp_path / "r" / "snapshots" / "epoch-20.pred").exists()
     run("train", *common, "--out", str(tmp_path / "r"), "--resume")
-    a = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
-    b = torch.load(run_dir / "last.pt", weights_only=True)
+    a = torch.load(tmp_path / "r" / "last-propagate.pt", weights_only=True)
+    b = torch.load(run_dir / "last-propagate.pt", weights_only=True)
     assert a["step"] == b["step"] == 20
     for k in b["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    final_a = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["model"]
+    final_b = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    for k in final_b:
+        assert torch.allclose(final_a[k], final_b[k], atol=1e-6), k
     snap = torch.load(tmp_path / "r" / "snapshots" / "epoch-20.pred", weights_only=True)["pred"]
     assert torch.allclose(snap, torch.load(run_dir / "snapshots" / "epoch-20.pred", weights_only=True)["pred"], atol=1e-6)
 

@@ -13,13 +13,13 @@ from zsk.core.recipe import load_recipe, parse_config
 from zsk.tasks.gzsl.config import Config
 from zsk.tasks.gzsl.data import (
     list_images,
+    load_graph_data,
     read_fc_weights,
     read_features,
     read_split,
     read_testsets,
     write_sample,
 )
-from zsk.tasks.gzsl.pipeline import load_graph_data
 
 
 @pytest.fixture(scope="module")

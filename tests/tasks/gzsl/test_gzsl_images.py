@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from zsk.tasks.gzsl import pipeline
+from zsk.tasks.gzsl import train as gzsl_train
 from zsk.tasks.gzsl.cli import app
 
 runner = CliRunner()
@@ -51,7 +51,7 @@ IMAGE_SETS = ["--set", "data.resize=36", "--set", "data.crop=32", "--set", "eval
 
 @pytest.fixture
 def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(pipeline, "build_cnn", small_cnn)
+    monkeypatch.setattr(gzsl_train, "build_cnn", small_cnn)
     run("sample", str(tmp_path / "data"))
     return tmp_path / "data"
 
@@ -59,13 +59,16 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_finetune_eval_and_predict_on_images(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = run("train", "--recipe", "gzsl/demo", "--set", f"data.root={data}", "--set", "train.epochs=5",
-              "--set", "train.eval_every=0", "--set", "model.pretrained=null", "--set", "train.finetune.enabled=true",
-              "--set", "train.finetune.batch_size=4", "--set", "train.finetune.max_steps=3",
-              "--set", "train.finetune.lr=0.05", *IMAGE_SETS, "--out", str(out), "--json", "--quiet")
+              "--set", "train.eval_every=0", "--set", "model.pretrained=null", "--set", "train.stages.finetune.enabled=true",
+              "--set", "train.stages.finetune.batch_size=4", "--set", "train.stages.finetune.max_steps=3",
+              "--set", "train.stages.finetune.lr=0.05", *IMAGE_SETS, "--out", str(out), "--json", "--quiet")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["finetune_steps"] == 3
-    stage1 = torch.load(out / "last.pt", weights_only=True)
+    stage1 = torch.load(out / "last-propagate.pt", weights_only=True)
     stage2 = torch.load(out / "last-finetune.pt", weights_only=True)
+    final = torch.load(out / "best.pt", weights_only=True)  # the final model: stage two's weights
+    assert final["extra"]["finetuned"] and set(final["model"]) == set(stage2["model"])
+    assert all(torch.equal(final["model"][k], stage2["model"][k]) for k in stage2["model"])
     assert stage2["extra"]["finetuned"] and not stage1["extra"]["finetuned"]
     # the graph network is not retrained; the backbone is
     gnn_keys = [k for k in stage1["model"] if k.startswith("gnn.")]
@@ -93,7 +96,8 @@ def test_finetune_eval_and_predict_on_images(data: Path, tmp_path: Path) -> None
 
     test = json.loads((data / "imagenet-split.json").read_text())["test"]
     image = next((data / "datasets" / "imagenet" / test[0]).iterdir())
-    res = run("predict", str(image), "-c", str(out / "last-finetune.pt"), "--top-k", "4")
+    res = run("predict", str(image), "-c", str(out / "last-finetune.pt"), "--top-k", "4", "--json",
+              "--out", str(tmp_path / "pred"))
     rec = json.loads(res.stdout)
     assert rec["input"] == str(image) and len(rec["top"]) == 4 and "row" not in rec
 
@@ -104,15 +108,18 @@ def test_finetune_from_a_snapshot_skips_stage_one(data: Path, tmp_path: Path) ->
     snap = tmp_path / "a" / "snapshots" / "epoch-2.pred"
     assert snap.is_file()
     res = run("train", "--recipe", "gzsl/demo", "--set", f"data.root={data}", "--set", "model.pretrained=null",
-              "--set", "train.finetune.enabled=true", "--set", f"train.finetune.classifiers={snap}",
-              "--set", "train.finetune.batch_size=4", "--set", "train.finetune.max_steps=1", *IMAGE_SETS,
+              "--set", "train.stages.finetune.enabled=true", "--set", f"train.stages.finetune.classifiers={snap}",
+              "--set", "train.stages.finetune.batch_size=4", "--set", "train.stages.finetune.max_steps=1", *IMAGE_SETS,
               "--out", str(tmp_path / "b"), "--json")
     assert "stage one skipped" in res.stderr
-    assert not (tmp_path / "b" / "last.pt").exists() and (tmp_path / "b" / "last-finetune.pt").is_file()
+    assert not (tmp_path / "b" / "last-propagate.pt").exists() and (tmp_path / "b" / "last-finetune.pt").is_file()
+    assert (tmp_path / "b" / "last.pt").is_file() and (tmp_path / "b" / "best.pt").is_file()
     # the fine-tuned checkpoint scores with the snapshot's classifiers (here: those of run a's last step)
     feats = str(data / "features" / "test.npy")
-    a = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "a" / "last.pt")).stdout.splitlines()]
-    b = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "b" / "last-finetune.pt")).stdout.splitlines()]
+    pred = ["--json", "--out", str(tmp_path / "pred")]
+    a = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "a" / "last.pt"), *pred).stdout.splitlines()]
+    b = [json.loads(x) for x in run("predict", feats, "-c", str(tmp_path / "b" / "last-finetune.pt"),
+                                    *pred).stdout.splitlines()]
     assert len(a) == len(b) == 288
     assert [r["top"][0]["wnid"] for r in a] == [r["top"][0]["wnid"] for r in b]
     assert a[0]["top"][0]["score"] == pytest.approx(b[0]["top"][0]["score"], rel=1e-5)

@@ -9,15 +9,10 @@ import torch
 
 from zsk.core.recipe import load_recipe, parse_config
 from zsk.tasks.gzsl.config import Config
-from zsk.tasks.gzsl.data import write_sample
+from zsk.tasks.gzsl.data import load_graph_data, load_targets, write_sample
+from zsk.tasks.gzsl.evaluate import evaluate_classifiers
 from zsk.tasks.gzsl.losses import classifier_l2_loss
-from zsk.tasks.gzsl.pipeline import (
-    build_gnn,
-    build_operators,
-    evaluate_classifiers,
-    load_graph_data,
-    load_targets,
-)
+from zsk.tasks.gzsl.train import build_gnn, build_operators
 
 
 def test_dgp_learns_unseen_classifiers(tmp_path: Path) -> None:

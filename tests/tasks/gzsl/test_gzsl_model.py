@@ -137,7 +137,7 @@ def test_losses_by_hand() -> None:
 
 
 def test_forward_flops_by_hand() -> None:
-    from zsk.tasks.gzsl.pipeline import forward_flops
+    from zsk.tasks.gzsl.hooks import forward_flops
 
     adj = symmetric_adjacency(EDGES, N)
     nnz = N + 2 * len(EDGES)  # self-loops + both directions

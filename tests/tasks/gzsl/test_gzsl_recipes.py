@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from zsk.core.bench import trainer_step
 from zsk.core.recipe import load_recipe, parse_config, recipes_dir
+from zsk.core.stages import stage_config
 from zsk.tasks.gzsl.config import Config
 from zsk.tasks.gzsl.data import write_sample
-from zsk.tasks.gzsl.pipeline import bench_spec, info
+from zsk.tasks.gzsl.hooks import bench_spec, info
 
 RECIPES = ["demo", "imagenet_dgp", "imagenet_sgcn", "imagenet_gcnz", "imagenet_dgp_finetune"]
 
@@ -34,7 +36,8 @@ def test_recipes_exist_and_parse() -> None:
         ([2048], 4, 3000, 1e-3, 5e-4)
     gcnz = parse_config(Config, load_recipe("gzsl/imagenet_gcnz"))
     assert gcnz.model.hidden == [2048, 2048, 1024, 1024, 512] and gcnz.train.epochs == 350
-    ft = parse_config(Config, load_recipe("gzsl/imagenet_dgp_finetune")).train.finetune
+    ft = stage_config(parse_config(Config, load_recipe("gzsl/imagenet_dgp_finetune")).train.with_stage_defaults(),
+                      "finetune")
     assert ft.enabled and (ft.epochs, ft.lr, ft.momentum, ft.batch_size) == (20, 1e-4, 0.9, 64)
 
 
@@ -55,7 +58,10 @@ def test_paper_models_build_on_the_sample_graph(sample: Path, name: str) -> None
 def test_bench_spec_runs_on_the_sample_graph(sample: Path) -> None:
     cfg = parse_config(Config, load_recipe("gzsl/demo", [f"data.root={sample}"]))
     spec = bench_spec(cfg, torch.device("cpu"), 4)
-    spec.train_step()
+    step, trainer = trainer_step(spec, cfg, torch.device("cpu"))
+    step()
+    assert trainer.step == 1 and type(trainer.optimizer).__name__ == "Adam"  # the recipe's optimizer, not a copy
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 5e-4
     spec.infer_step()
     extra = spec.extra()
     assert extra["nodes"] == 49 and extra["candidates"] == 49 - 12

@@ -17,24 +17,31 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zsk.core.errors import ZskError
 from zsk.core.io import read_json
-from zsk.data.embeddings import l2_normalize_rows
+from zsk.data.embeddings import embed_synsets, l2_normalize_rows, load_glove
 from zsk.data.graphs import (
     KnowledgeGraph,
     ancestor_groups,
+    read_dense_grouped_graph,
+    read_induced_graph,
+    read_names,
     undirected_hops,
+    wordnet_lemma_names,
     write_dense_grouped_graph,
     write_induced_graph,
 )
+
+if TYPE_CHECKING:
+    from zsk.tasks.gzsl.config import Config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -419,3 +426,106 @@ def read_snapshot(path: Path) -> tuple[list[str], Tensor]:
     if pred.ndim != 2 or pred.shape[0] != len(obj["wnids"]):
         raise ZskError(f"{path}: 'pred' has shape {tuple(pred.shape)} for {len(obj['wnids'])} wnids")
     return list(obj["wnids"]), pred
+
+
+# ----------------------------------------------------------------------------- graph data
+
+
+@dataclass
+class GraphData:
+    """The knowledge graph with its input vectors, the seen classes and where everything came from."""
+
+    graph: KnowledgeGraph
+    seen: list[str]
+    seen_idx: np.ndarray
+    unseen: list[str]
+    groups: list[np.ndarray]  # unmerged (u, ancestor) pairs by hop distance
+    graph_file: Path
+    split_file: Path
+
+    def index(self) -> dict[str, int]:
+        return self.graph.index()
+
+    @property
+    def vectors(self) -> np.ndarray:
+        assert self.graph.vectors is not None
+        return self.graph.vectors
+
+
+def node_lemmas(cfg: Config, wnids: Sequence[str]) -> list[list[str]]:
+    """Lemma names per node: ``data.names`` (words.txt) when it exists, else nltk's WordNet."""
+    names_path = resolve(cfg.data.root, cfg.data.names) if cfg.data.names else None
+    if names_path is not None and names_path.is_file():
+        table = read_names(names_path)
+        missing = [w for w in wnids if w not in table]
+        if missing:
+            raise ZskError(f"{names_path} has no name for {missing[0]} ({len(missing)} graph nodes missing)")
+        return [[n.replace(" ", "_") for n in table[w]] for w in wnids]
+    return wordnet_lemma_names(wnids, cfg.model.nltk_data)
+
+
+def load_graph_data(cfg: Config) -> GraphData:
+    """Read the split, the induced graph (and the dense grouped graph when given) and validate that
+    every split wnid is a graph node."""
+    root = cfg.data.root
+    split_file = resolve(root, cfg.data.split)
+    split = read_split(split_file)
+    graph_file = resolve(root, cfg.data.graph)
+    graph = read_induced_graph(graph_file)
+    if cfg.data.dense_graph:
+        dense_file = resolve(root, cfg.data.dense_graph)
+        dense, groups = read_dense_grouped_graph(dense_file)
+        if dense.wnids != graph.wnids:
+            raise ZskError(f"{dense_file} lists other nodes than {graph_file}: build both from the same graph "
+                           f"(zsk gzsl make-graph)")
+        if graph.vectors is not None and dense.vectors is not None and dense.vectors.shape != graph.vectors.shape:
+            raise ZskError(f"{dense_file} has {dense.vectors.shape[1]}-d vectors but {graph_file} has "
+                           f"{graph.vectors.shape[1]}-d (embedding dimension mismatch)")
+    else:
+        groups = ancestor_groups(graph.num_nodes, graph.edges)
+    if cfg.model.word_vectors:
+        glove = load_glove(resolve(root, cfg.model.word_vectors))
+        graph.vectors = embed_synsets(glove, node_lemmas(cfg, graph.wnids))
+    if graph.vectors is None or graph.vectors.shape[0] == 0:
+        raise ZskError(f"{graph_file} carries no 'vectors': rebuild it with word vectors (zsk gzsl make-graph "
+                       f"--glove FILE) or set model.word_vectors to a GloVe file")
+    index = graph.index()
+    for kind, wnids in (("train", split.train), ("test", split.test)):
+        missing = [w for w in wnids if w not in index]
+        if missing:
+            raise ZskError(f"{kind} wnid {missing[0]} of {split_file} is missing from the graph {graph_file} "
+                           f"({len(missing)} missing): rebuild the graph from this split")
+    seen_idx = np.asarray([index[w] for w in split.train], dtype=np.int64)
+    return GraphData(graph=graph, seen=split.train, seen_idx=seen_idx, unseen=split.test, groups=groups,
+                     graph_file=graph_file, split_file=split_file)
+
+
+def load_targets(cfg: Config, data: GraphData, fc: nn.Linear | None) -> Tensor:
+    """The seen classes' classifiers [W | b] (or W alone when model.target_bias is false), rows L2-normalised
+    (spec "Regression targets")."""
+    if cfg.data.fc_weights:
+        path = resolve(cfg.data.root, cfg.data.fc_weights)
+        w = torch.from_numpy(read_fc_weights(path, data.seen))
+        if not cfg.model.target_bias:
+            w = w[:, :-1]
+    else:
+        if fc is None:
+            raise ZskError("data.fc_weights is null, so the targets come from the CNN's last layer, but no CNN was built")
+        if fc.out_features != len(data.seen):
+            raise ZskError(f"the CNN {cfg.model.cnn} has {fc.out_features} classes but {data.split_file} has "
+                           f"{len(data.seen)} train wnids: they must be its fc rows, in order")
+        w = fc.weight.detach().float().cpu()
+        if cfg.model.target_bias:
+            w = torch.cat([w, fc.bias.detach().float().cpu().view(-1, 1)], dim=1)
+    return torch.nn.functional.normalize(w, dim=1)
+
+
+def snapshot_classifiers(path: Path, data: GraphData) -> Tensor:
+    """The classifiers of an ``epoch-N.pred`` snapshot, in the graph's node order."""
+    wnids, pred = read_snapshot(path)
+    index = {w: i for i, w in enumerate(wnids)}
+    missing = [w for w in data.graph.wnids if w not in index]
+    if missing:
+        raise ZskError(f"{path} has no classifier for graph node {missing[0]} ({len(missing)} missing): "
+                       f"use a snapshot predicted on {data.graph_file}")
+    return pred[[index[w] for w in data.graph.wnids]]

@@ -160,3 +160,36 @@ class FixedClassifierCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return F.linear(self.backbone(images), self.classifier_weight, self.classifier_bias)
+
+
+class ZeroShotModel(nn.Module):
+    """The graph network that predicts classifiers, and optionally the CNN that extracts image features.
+
+    ``forward(x=..., ops=...)`` -> predicted classifiers for every node (stage one, "propagate");
+    ``forward(images=...)`` -> logits of the fixed seen-class classifiers (stage two, "finetune": DGP
+    fine-tunes the backbone under the predicted classifiers, Kampffmeyer et al. CVPR 2019, Sec. 3.4).
+    """
+
+    def __init__(self, gnn: nn.Module, cnn: nn.Module | None = None) -> None:
+        super().__init__()
+        self.gnn = gnn
+        self.cnn = cnn
+        self.register_buffer("fixed_classifiers", torch.zeros(0), persistent=False)
+
+    def forward(self, x: Tensor | None = None, ops: object = None, images: Tensor | None = None) -> Tensor:
+        if images is not None:
+            if self.cnn is None or self.fixed_classifiers.numel() == 0:
+                raise RuntimeError("stage two needs the CNN and the fixed seen classifiers")
+            w = self.fixed_classifiers
+            feats = self.cnn(images).float()
+            return feats @ w[:, : feats.shape[1]].T + (w[:, -1] if w.shape[1] == feats.shape[1] + 1 else 0.0)
+        return self.gnn(x, ops)
+
+    @torch.no_grad()
+    def classifiers(self, x: Tensor, ops: object) -> Tensor:
+        """Predicted classifiers in eval mode (no dropout)."""
+        was = self.gnn.training
+        self.gnn.eval()
+        out = self.gnn(x, ops)
+        self.gnn.train(was)
+        return out
