@@ -150,16 +150,6 @@ def test_rescale_size_is_mmcv_keep_ratio() -> None:
     assert T.rescale_size(100, 4000, (2048, 512)) == (51, 2048)  # long side capped
 
 
-def test_sliding_windows_cover_image_and_match_mmseg_grid() -> None:
-    boxes = T.sliding_windows(512, 683, (512, 512), (426, 426))
-    assert boxes == [(0, 512, 0, 512), (0, 512, 171, 683)]
-    cover = np.zeros((512, 683), int)
-    for y1, y2, x1, x2 in boxes:
-        cover[y1:y2, x1:x2] += 1
-    assert cover.min() >= 1
-    assert T.sliding_windows(300, 200, (512, 512), (426, 426)) == [(0, 300, 0, 200)]
-
-
 def test_pad_uses_zero_for_images_and_255_for_labels() -> None:
     img, lab = T.pad(torch.ones(3, 2, 3), torch.zeros(2, 3, dtype=torch.long), (4, 4))
     assert img.shape == (3, 4, 4) and img[:, 2:].abs().sum() == 0 and img[:, :, 3:].abs().sum() == 0

@@ -198,18 +198,3 @@ class SegTestTransform:
         img, _ = resize(img, None, rescale_size(img.shape[-2], img.shape[-1], self.img_scale))
         return normalize(img, *NORMALIZATIONS[self.normalization]).contiguous()
 
-
-def sliding_windows(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """mmseg slide_inference window boxes (y1, y2, x1, x2); the last window is shifted to end at the border."""
-    ch, cw = crop
-    sh, sw = stride
-    h_grids = max(h - ch + sh - 1, 0) // sh + 1
-    w_grids = max(w - cw + sw - 1, 0) // sw + 1
-    boxes = []
-    for i in range(h_grids):
-        for j in range(w_grids):
-            y1, x1 = i * sh, j * sw
-            y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
-            boxes.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
-    return boxes
-

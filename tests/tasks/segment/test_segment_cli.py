@@ -70,16 +70,17 @@ def test_eval_json_and_learning(trained: dict) -> None:
     assert res["hIoU"] == pytest.approx(2 * s * u / (s + u) if s + u else 0.0)
     # learning: the trained model segments the seen classes far above an untrained one of the same recipe
     from zsk.core.run import load_config
-    from zsk.tasks.segment import pipeline
     from zsk.tasks.segment.config import Config
     from zsk.tasks.segment.data import SegEvalDataset, load_benchmark
+    from zsk.tasks.segment.evaluate import evaluate_model
+    from zsk.tasks.segment.train import build_model, text_embeddings_for
 
     cfg, _ = load_config("segment", Config, "segment/demo", [f"data.root={trained['data']}", *FAST[1::2]])
     torch.manual_seed(0)
-    model, loaded = pipeline.build_model(cfg)
+    model, loaded = build_model(cfg)
     bench = load_benchmark(cfg.data)
-    text = pipeline.text_embeddings_for(model, loaded, cfg, bench.class_names, cfg.model.text.embeddings_file)
-    before = pipeline.evaluate_model(model, SegEvalDataset(bench, "val"), text, bench, cfg, 0.1, torch.device("cpu"))
+    text = text_embeddings_for(model, loaded, cfg, bench.class_names, cfg.model.text.embeddings_file)
+    before = evaluate_model(model, SegEvalDataset(bench, "val"), text, bench, cfg, 0.1, torch.device("cpu"))
     assert res["mIoU_seen"] > 0.35, res
     assert res["mIoU_seen"] > before["mIoU_seen"] + 0.25
     assert res["pAcc"] > 0.5
@@ -108,6 +109,28 @@ def test_predict_open_vocabulary_and_stdin(trained: dict, tmp_path: Path) -> Non
     assert len(legend["classes"]) == 20
 
 
+def test_predict_a_folder_with_a_classes_file(trained: dict, tmp_path: Path) -> None:
+    """A folder expands to its images (other files skipped); --classes-file gives the vocabulary."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for img in sorted((trained["data"] / "JPEGImages").glob("2026_val_*.jpg"))[:2]:
+        shutil.copy(img, folder / img.name)
+    (folder / "notes.txt").write_text("not an image\n")
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\n")
+    out = tmp_path / "pred"
+    r = _run(["predict", str(folder), "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(out),
+              "--classes-file", str(names), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(ln) for ln in r.stdout.strip().splitlines()]
+    assert [Path(row["input"]).name for row in rows] == sorted(p.name for p in folder.glob("*.jpg"))
+    for row in rows:
+        assert [c["name"] for c in json.loads(Path(row["legend"]).read_text())["classes"]] == ["cat", "dog"]
+    r = _run(["predict", str(folder), "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(out),
+              "--classes", "cat", "--classes-file", str(names)])
+    assert r.exit_code == 2 and "--classes-file" in r.output
+
+
 def test_checkpoint_predicts_the_same_after_reloading(trained: dict, tmp_path: Path) -> None:
     img = sorted((trained["data"] / "JPEGImages").glob("*.jpg"))[0]
     a, b = tmp_path / "a", tmp_path / "b"
@@ -127,12 +150,12 @@ def test_info_demo_recipe() -> None:
 def test_paper_parameter_counts_within_five_percent() -> None:
     from zsk.core.bench import count_params
     from zsk.core.run import load_config
-    from zsk.tasks.segment import pipeline
     from zsk.tasks.segment.config import Config
     from zsk.tasks.segment.model import PromptedVisionTransformer, unused_self_attention_params
+    from zsk.tasks.segment.train import build_model
 
     cfg, _ = load_config("segment", Config, "segment/voc", None)
-    model, loaded = pipeline.build_model(cfg, pretrained=False)
+    model, loaded = build_model(cfg, pretrained=False)
     own = count_params(model)[1]
     unused = unused_self_attention_params(512, 3)
     assert abs(own + unused - 13.8e6) / 13.8e6 < 0.05
@@ -173,7 +196,8 @@ def test_transductive_two_stages_and_fully_supervised(trained: dict, tmp_path: P
     common = ["--set", f"data.root={trained['data']}", "--set", "train.log_every=2", "--set", "eval.max_images=2",
               "--quiet", "--json"]
     out = tmp_path / "st"
-    r = _run(["train", "--recipe", "segment/demo", "--set", "train.setting=transductive", "--set", "train.steps=4",
+    r = _run(["train", "--recipe", "segment/demo", "--set", "train.setting=transductive",
+              "--set", "train.stages.inductive.steps=2", "--set", "train.stages.self_training.steps=2",
               *common, "--out", str(out)])
     assert r.exit_code == 0, r.output
     for name in ("last-inductive.pt", "last-self_training.pt", "best.pt", "eval.json"):
@@ -181,7 +205,11 @@ def test_transductive_two_stages_and_fully_supervised(trained: dict, tmp_path: P
     from zsk.core.checkpoint import load_checkpoint
 
     ck = load_checkpoint(out / "best.pt")
-    assert ck["extra"]["setting"] == "transductive" and ck["stage"] == "self_training"
+    # best.pt holds the self-training stage's selected (best) weights, exported after the last stage
+    st = load_checkpoint(out / "best-self_training.pt")
+    assert ck["extra"]["setting"] == "transductive" and st["stage"] == "self_training"
+    assert ck["model"].keys() == st["model"].keys() and all(torch.equal(ck["model"][k], st["model"][k]) for k in st["model"])
+    assert load_checkpoint(out / "last-inductive.pt")["step"] == 2 and st["total_steps"] == 2
     stages = [json.loads(ln).get("stage") for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert stages.index("inductive") < stages.index("self_training")
     out = tmp_path / "fully"
@@ -194,12 +222,12 @@ def test_transductive_two_stages_and_fully_supervised(trained: dict, tmp_path: P
 def test_bench_spec_runs_train_and_inference_steps(trained: dict) -> None:
     from zsk.core.bench import run_bench
     from zsk.core.run import load_config
-    from zsk.tasks.segment import pipeline
     from zsk.tasks.segment.config import Config
+    from zsk.tasks.segment.hooks import bench_spec
 
     cfg, _ = load_config("segment", Config, "segment/demo", [f"data.root={trained['data']}"])
-    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 2)
-    res = run_bench(spec, 1, torch.device("cpu"), None)
+    spec = bench_spec(cfg, torch.device("cpu"), 2)
+    res = run_bench(spec, 1, torch.device("cpu"), None, cfg)
     assert spec.unit == "images" and res["train_images_per_s"] > 0 and res["infer_gflops_per_call"] > 0
 
 
@@ -229,11 +257,13 @@ def test_sigterm_in_self_training_stage_then_resume_equals_an_uninterrupted_run(
     import signal
 
     from zsk.core.checkpoint import load_checkpoint
-    from zsk.tasks.segment import pipeline
+    from zsk.tasks.segment import train as segment_train
+    from zsk.tasks.segment.evaluate import load
 
     # 24 samples / batch 8 = 3 batches per epoch: stage 1 takes steps 0-2 (crossing into epoch 1), stage 2 steps 0-2
     common = ["--recipe", "segment/demo", "--set", f"data.root={trained['data']}", "--set", "train.setting=transductive",
-              "--set", "train.steps=6", "--set", "train.log_every=1", "--set", "eval.max_images=1",
+              "--set", "train.stages.inductive.steps=3", "--set", "train.stages.self_training.steps=3",
+              "--set", "train.log_every=1", "--set", "eval.max_images=1",
               "--set", "runtime.seed=3", "--quiet"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     r = _run(["train", *common, "--out", str(ref)])
@@ -241,7 +271,7 @@ def test_sigterm_in_self_training_stage_then_resume_equals_an_uninterrupted_run(
 
     # the step hook: pseudo-labels are made only in the self-training stage, once per step (grad_accum 1);
     # at its second step this process sends itself SIGTERM, which the trainer handles after that step
-    real, calls = pipeline.transductive_pseudo_labels, []
+    real, calls = segment_train.transductive_pseudo_labels, []
 
     def pseudo_labels_then_sigterm(*args, **kwargs):
         calls.append(1)
@@ -249,11 +279,11 @@ def test_sigterm_in_self_training_stage_then_resume_equals_an_uninterrupted_run(
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "transductive_pseudo_labels", pseudo_labels_then_sigterm)
+    monkeypatch.setattr(segment_train, "transductive_pseudo_labels", pseudo_labels_then_sigterm)
     r = _run(["train", *common, "--out", str(run)])
     assert r.exit_code == 143, r.output
     assert "--resume" in r.output
-    monkeypatch.setattr(pipeline, "transductive_pseudo_labels", real)
+    monkeypatch.setattr(segment_train, "transductive_pseudo_labels", real)
     assert len(calls) == 2
     stopped = load_checkpoint(run / "last-self_training.pt")
     assert stopped["stage"] == "self_training" and stopped["step"] == 2 and stopped["total_steps"] == 3
@@ -262,10 +292,14 @@ def test_sigterm_in_self_training_stage_then_resume_equals_an_uninterrupted_run(
 
     r = _run(["train", *common, "--out", str(run), "--resume"])
     assert r.exit_code == 0, r.output
-    a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(run / "last.pt")
+    # last.pt is the final model exported after the last stage: the self-training stage's last weights
+    a, b = load_checkpoint(ref / "last-self_training.pt"), load_checkpoint(run / "last-self_training.pt")
     assert a["stage"] == b["stage"] == "self_training" and a["step"] == b["step"] == 3
+    for final, stage_last in ((load_checkpoint(ref / "last.pt"), a), (load_checkpoint(run / "last.pt"), b)):
+        assert final["model"].keys() == stage_last["model"].keys()
+        assert all(torch.equal(final["model"][k], stage_last["model"][k]) for k in final["model"])
     # the demo CLIP has random weights, so the checkpoint holds the frozen tower as well as the trainable part
-    trainable = {n for n, p in pipeline.build_model(pipeline.read_checkpoint(ref / "last.pt")[1], pretrained=False)[0]
+    trainable = {n for n, p in segment_train.build_model(load(ref / "last.pt").cfg, pretrained=False)[0]
                  .named_parameters() if p.requires_grad}
     assert trainable and trainable <= set(a["model"])
     assert a["model"].keys() == b["model"].keys()

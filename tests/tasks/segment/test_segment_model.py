@@ -242,7 +242,7 @@ def test_sliding_window_equals_whole_image_when_one_window_covers_it(tiny_clip) 
     import copy
 
     from zsk.tasks.segment.config import EvalConfig
-    from zsk.tasks.segment.pipeline import segment_scores
+    from zsk.tasks.segment.evaluate import segment_scores
 
     visual = copy.deepcopy(tiny_clip.model.visual)
     model = ZegCLIP(PromptedVisionTransformer(visual, 2, (4, 4)), None, 64, 2, 4).eval()
@@ -264,7 +264,7 @@ def test_sliding_window_equals_whole_image_when_one_window_covers_it(tiny_clip) 
 
 
 def test_segmentation_metrics_on_a_hand_worked_confusion_matrix() -> None:
-    from zsk.tasks.segment.pipeline import segmentation_metrics
+    from zsk.tasks.segment.evaluate import segmentation_metrics
 
     # rows = true, columns = predicted; classes 0, 1 seen, 2 unseen
     cm = torch.tensor([[8, 2, 0], [1, 6, 1], [0, 3, 3]])

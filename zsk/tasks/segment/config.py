@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
+from zsk.core.errors import ZskError
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
 
@@ -82,15 +83,29 @@ class LossConfig:
 
 @dataclass
 class TrainConfig(CoreTrainConfig):
-    """Core optimisation keys plus ZegCLIP's setting, loss and learning-rate multipliers."""
+    """Core optimisation keys plus ZegCLIP's setting, loss and learning-rate multipliers.
+
+    The transductive setting trains in two stages, ``inductive`` then ``self_training``; each takes
+    ``train.*`` with its ``train.stages.<name>`` block on top (e.g. ``steps: 10000`` each for VOC).
+    The inductive stage hands on its last weights unless its block sets ``select`` (the official
+    self-training config starts from ``iter_10000``, the end of the inductive schedule).
+    """
+
+    STAGES: ClassVar[tuple[str, ...]] = ("inductive", "self_training")
+    STAGE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"inductive": {"select": "last"}}
 
     setting: Literal["inductive", "transductive", "fully"] = "inductive"
-    transductive_split: float = 0.5  # fraction of train.steps trained inductively before self-training
     effective_batch: int | None = None  # keep batch x accumulation x GPUs at this size (16 in the paper)
     backbone_lr_mult: float = 10.0
     head_lr_mult: float = 10.0
     norm_decay_mult: float = 0.0
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def with_stage_defaults(self) -> TrainConfig:
+        """These settings with :attr:`STAGE_DEFAULTS` under each stage block (the block's own keys win)."""
+        stages = {**self.stages, **{name: {**defaults, **self.stages.get(name, {})}
+                                    for name, defaults in self.STAGE_DEFAULTS.items()}}
+        return replace(self, stages=stages)
 
 
 @dataclass
@@ -103,6 +118,11 @@ class EvalConfig:
     img_scale: tuple[int, int] = (2048, 512)
     seen_calibration: float | None = None  # None: 0.1 for inductive models, 0 otherwise
     max_images: int | None = None  # evaluate on the first N images only (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.mode == "slide" and not 1 <= self.stride <= self.crop_size:
+            raise ZskError(f"eval.stride={self.stride} must be between 1 and eval.crop_size={self.crop_size} "
+                           "(a larger stride leaves pixels no window covers)")
 
 
 @dataclass
