@@ -146,3 +146,17 @@ def test_a_one_stage_method_gets_its_files_from_the_trainer(tmp_path: Path) -> N
 
     run_stages(ctx, [Stage("", build)])
     assert {"best.pt", "last.pt", "eval.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_a_stage_stopped_early_is_continued_on_resume(tmp_path: Path) -> None:
+    evals = {"first": [0.1] * 10, "second": [0.2] * 10}
+    ctx = start_run("toy", Config, None, ["train.steps=3", "train.max_steps=1"], out=tmp_path / "run")
+    net = Toy()
+    fits: list[str] = []
+    run_stages(ctx, _stages(ctx, net, evals, fits), final_model=net)
+    # the same run resumed without max_steps: both stages stopped at step 1 of 3 and must go on
+    ctx = start_run("toy", Config, None, ["train.steps=3"], out=tmp_path / "run", resume=True)
+    fits.clear()
+    run_stages(ctx, _stages(ctx, Toy(), evals, fits), final_model=net)
+    assert fits == ["first", "second"]
+    assert load_checkpoint(tmp_path / "run" / "last-first.pt")["step"] == 3

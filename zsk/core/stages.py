@@ -24,7 +24,7 @@ from zsk.core.progress import log
 
 if TYPE_CHECKING:
     from zsk.core.run import RunContext
-    from zsk.core.trainer import Trainer, TrainConfig
+    from zsk.core.trainer import TrainConfig, Trainer
 
 
 def export_checkpoint(*args: Any, **kwargs: Any) -> None:
@@ -75,8 +75,8 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage], *, final_model: nn.Modu
                final_eval: Callable[[nn.Module], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``stages`` in order and return the final model's metrics.
 
-    Each stage trains with :func:`stage_config`; a stage whose ``eval-<name>.json`` exists is finished
-    and, on ``--resume``, is skipped. After a stage, the weights its ``select`` names (``best-<name>.pt``
+    Each stage trains with :func:`stage_config`; a stage whose ``eval-<name>.json`` exists and whose
+    ``last-<name>.pt`` reached the stage's last step is finished and, on ``--resume``, is skipped. After a stage, the weights its ``select`` names (``best-<name>.pt``
     or ``last-<name>.pt``) are loaded into its model before the next stage starts. A one-stage method
     (``Stage("", ...)``) gets ``best.pt``/``last.pt``/``eval.json`` from its Trainer; a multi-stage one
     gets them from ``final_model`` (the module holding every stage's parts) after the last stage:
@@ -98,10 +98,9 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage], *, final_model: nn.Modu
         trainer = stage.build(cfg)
         if trainer.stage != stage.name:
             raise ValueError(f"stage {stage.name!r} built a Trainer for stage {trainer.stage!r}")
-        summary = ctx.run_dir / f"eval-{stage.name}.json"
-        if ctx.resume and summary.is_file() and trainer.last_path.is_file():
+        if ctx.resume and _finished(trainer):
             log(f"stage {stage.name} finished earlier: skipped")
-            metrics = json.loads(summary.read_text(encoding="utf-8"))
+            metrics = json.loads((ctx.run_dir / f"eval-{stage.name}.json").read_text(encoding="utf-8"))
         else:
             metrics = trainer.fit()
         if stage is stages[-1]:
@@ -119,6 +118,15 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage], *, final_model: nn.Modu
         (ctx.run_dir / "eval.json").write_text(json.dumps(final, indent=2, default=float))
     dist.barrier()
     return final
+
+
+def _finished(trainer: Trainer) -> bool:
+    """A stage is finished when it wrote its summary and its last checkpoint reached the stage's end
+    (a stage stopped early by ``train.max_steps`` and resumed with a longer schedule goes on)."""
+    summary = trainer.ctx.run_dir / f"eval-{trainer.stage}.json"
+    if not (summary.is_file() and trainer.last_path.is_file()):
+        return False
+    return int(load_checkpoint(trainer.last_path).get("step", 0)) >= trainer.stop_at
 
 
 def _restore(trainer: Trainer, path: Any) -> None:

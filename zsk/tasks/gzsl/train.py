@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from zsk.core import dist
 from zsk.core.bench import count_params
-from zsk.core.checkpoint import load_checkpoint
 from zsk.core.errors import ZskError
 from zsk.core.progress import log, warn
 from zsk.core.run import RunContext
@@ -160,16 +159,6 @@ def _stage_summary(run_dir: Path, name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _reopen_if_extended(trainer: Trainer) -> None:
-    """On ``--resume``, a stage stopped early by ``train.max_steps`` (or trained to fewer epochs) is not
-    finished for a recipe that runs it longer: drop its summary so ``run_stages`` continues it."""
-    summary = trainer.ctx.run_dir / f"eval-{trainer.stage}.json"
-    if trainer.ctx.resume and summary.is_file() and trainer.last_path.is_file():
-        if int(load_checkpoint(trainer.last_path).get("step", 0)) < trainer.stop_at and dist.is_main():
-            summary.unlink()
-        dist.barrier()
-
-
 def train(ctx: RunContext) -> dict[str, Any]:
     """Stage ``propagate``: regress the seen classifiers with the graph network (snapshots every
     ``train.checkpoint_every`` epochs); stage ``finetune`` when ``train.stages.finetune.enabled``
@@ -227,13 +216,10 @@ def train(ctx: RunContext) -> dict[str, Any]:
         trainer = Trainer(ctx, model, tcfg, make_propagate_step(ops, loss_fn), loader_fn, steps_per_epoch=1,
                           eval_fn=eval_fn, extra=extra, exclude_prefixes=exclude, stage="propagate",
                           callbacks=[SnapshotCallback(snapshots, data.graph.wnids, x, ops, tcfg.checkpoint_every)])
-        _reopen_if_extended(trainer)
         return trainer
 
     def build_finetune(tcfg: TrainConfig) -> Trainer:
-        trainer = finetune_trainer(ctx, tcfg, data, model, x, ops, extra)
-        _reopen_if_extended(trainer)
-        return trainer
+        return finetune_trainer(ctx, tcfg, data, model, x, ops, extra)
 
     stages = [Stage("finetune", build_finetune)] if from_snapshot else [Stage("propagate", build_propagate)]
     if from_snapshot:
