@@ -33,6 +33,7 @@ IMAGE_EXT = (".tif", ".tiff", ".png")
 ENVI_DATA_EXT = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".sli", ".hyspex")
 
 CUBE_FORMATS = "MATLAB .mat (v5 or v7.3), HDF5 .h5, ENVI .hdr (+ data file), NumPy .npy"
+CUBE_SUFFIXES = MAT_EXT + H5_EXT + ENVI_EXT + NPY_EXT  # what a folder of cubes holds (ENVI by its header)
 
 
 def cube_format(path: Path) -> str:
@@ -216,6 +217,19 @@ def read_cube(path: str | Path, key: str | None = None) -> np.ndarray:
         raise ZskError(f"{path}: cube has dtype {arr.dtype}; expected integer or float values")
     if arr.size == 0:
         raise ZskError(f"{path}: cube of shape {arr.shape} is empty")
+    return arr
+
+
+def read_cube_bytes(data: bytes, what: str = "stdin") -> np.ndarray:
+    """A cube from the bytes of a NumPy .npy stream (e.g. piped to stdin); ZskError naming `what` otherwise."""
+    import io
+
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:
+        raise ZskError(f"{what}: expected a NumPy .npy stream ({type(e).__name__}: {e})") from None
+    if arr.ndim != 3:
+        raise ZskError(f"{what}: array of shape {arr.shape}; a cube must be rows x cols x bands")
     return arr
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from zsk.tasks.hsi.cli import app
 TINY = [
     "model.patch=3", "model.band_groups=2", "model.branch_channels=[2,4]", "model.branch_spectral_kernels=[3,3]",
     "model.feature_dim=8", "model.pairwise_hidden=8", "model.refine_reduced_dim=2", "model.refine_widths=[4,4]",
-    "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.refine_steps=3", "train.refine_eval_every=2",
+    "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.stages.refine.steps=3",
+    "train.stages.refine.eval_every=2",
     "data.rgb_bands=[8,4,1]",
 ]
 
@@ -48,7 +51,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_the_run_directory(trained):
     _, _, _, run, result = trained
-    for name in ("best.pt", "eval.json", "recipe.yaml", "metrics.jsonl", "confusion_test.csv",
+    for name in ("best.pt", "last.pt", "eval.json", "recipe.yaml", "metrics.jsonl", "confusion_test.csv",
                  "last-piecewise.pt", "last-refine.pt"):
         assert (run / name).is_file(), name
     assert set(result["stages"]) == {"cnn", "crf", "refined"}
@@ -59,7 +62,7 @@ def test_train_writes_the_run_directory(trained):
 
 
 def test_eval_json_matches_training_eval(trained):
-    runner, _, _, run, result = trained
+    runner, root, _, run, result = trained
     r = runner.invoke(app, ["eval", "--checkpoint", str(run / "best.pt"), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -69,11 +72,12 @@ def test_eval_json_matches_training_eval(trained):
     assert out["pixels"] == result["pixels"]
     # two checkpoints -> mean and std over runs
     r = runner.invoke(app, ["eval", "-c", str(run / "best.pt"), "-c", str(run / "best.pt"), "--json",
-                            "--split", "val"])
+                            "--split", "val", "--out", str(root / "eval_val")])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["runs"] == 2 and summary["OA"]["std"] == 0.0
-    assert (run / "confusion_val.csv").is_file()
+    assert (root / "eval_val" / "confusion_val.csv").is_file()  # eval writes files only under --out
+    assert not (run / "confusion_val.csv").exists()
 
 
 def test_predict_every_format_gives_the_same_map(trained):
@@ -108,6 +112,21 @@ def test_predict_reads_npy_from_stdin(trained):
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(np.load(root / "stdin" / "stdin_labels.npy"),
                                   np.load(root / "stdin" / "sample_labels.npy"))
+
+
+def test_predict_a_folder_of_cubes(trained, tmp_path):
+    runner, _, sample, run, _ = trained
+    folder = tmp_path / "cubes"
+    folder.mkdir()
+    shutil.copy(sample / "sample.npy", folder / "a.npy")
+    shutil.copy(sample / "sample.h5", folder / "b.h5")
+    (folder / "notes.txt").write_text("not a cube")
+    r = runner.invoke(app, ["predict", str(folder), "-c", str(run / "best.pt"), "--out", str(tmp_path / "p"),
+                            "--no-preview", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = _json_lines(r.stdout)
+    assert [Path(row["input"]).name for row in rows] == ["a.npy", "b.h5"]
+    np.testing.assert_array_equal(np.load(tmp_path / "p" / "a_labels.npy"), np.load(tmp_path / "p" / "b_labels.npy"))
 
 
 def test_predict_wrong_band_count_exits_2(trained):
@@ -160,10 +179,14 @@ def test_train_runs_reports_mean_and_std(trained, tmp_path):
     seeds = [json.loads((tmp_path / "runs" / f"run-{i}" / "eval.json").read_text())["OA"] for i in (0, 1)]
     assert summary["OA"]["mean"] == pytest.approx(sum(seeds) / 2)
     assert (tmp_path / "runs" / "summary.json").is_file()
-    # eval of the --runs directory: every run's best.pt, mean and std
-    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "runs"), "--json"])
+    # eval of every run's best.pt: mean and std
+    r = runner.invoke(app, ["eval", "-c", str(tmp_path / "runs" / "run-0"), "-c", str(tmp_path / "runs" / "run-1"),
+                            "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["OA"]["mean"] == pytest.approx(summary["OA"]["mean"])
+    # the --runs folder itself holds no best.pt: the error names the runs' checkpoints to pass
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "run-0" in r.output and "run-1" in r.output
 
 
 def test_unpadded_scene_leaves_border_unclassified(trained, tmp_path):
@@ -186,15 +209,21 @@ def test_unpadded_scene_leaves_border_unclassified(trained, tmp_path):
 def test_bench_spec_runs(trained):
     import torch
 
+    from zsk.core.bench import trainer_step
     from zsk.core.run import load_config
-    from zsk.tasks.hsi import pipeline
+    from zsk.tasks.hsi import hooks
     from zsk.tasks.hsi.config import Config
 
     _, _, sample, _, _ = trained
     cfg, _ = load_config("hsi", Config, "hsi/demo", [f"data.root={sample}", *TINY])
-    spec = pipeline.bench_spec(cfg, torch.device("cpu"), 8)
-    spec.train_step()
+    spec = hooks.bench_spec(cfg, torch.device("cpu"), 8)
+    train_step, trainer = trainer_step(spec, cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    train_step()
     spec.infer_step()
+    # the Trainer's real step on the piecewise stage: the recipe's optimizer, the potentials updated
+    assert trainer.cfg.optimizer == "adam" and trainer.step == 1
+    assert any(not torch.equal(v, spec.model.state_dict()[k]) for k, v in before.items())
     assert spec.infer_samples == 24 * 24 and spec.infer_unit == "pixels" and spec.train_samples == 8
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from zsk.core.run import start_run
 from zsk.data import cubes
-from zsk.tasks.hsi import pipeline
+from zsk.tasks.hsi import train as hsi_train
 from zsk.tasks.hsi.config import Config
 from zsk.tasks.hsi.data import synthetic_scene
 
@@ -32,7 +32,7 @@ def scene_dir(tmp_path_factory):
 def _train(scene_dir, name: str) -> dict:
     ctx = start_run("hsi", Config, "hsi/demo", [f"data.root={scene_dir}", *COMMON, f"model.name={name}"],
                     out=scene_dir / name, device="cpu")
-    return pipeline.train(ctx)
+    return hsi_train.train(ctx)
 
 
 def test_crf_learns_and_beats_the_plain_cnn(scene_dir):

@@ -8,7 +8,7 @@ not reproduced: every model reads `train.lr`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
@@ -75,6 +75,16 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig(CoreTrainConfig):
+    """Two stages (zsk.core.stages): `piecewise` trains the CRF potentials, `refine` the deconvolution network.
+
+    `train.*` is the piecewise schedule; `train.stages.refine:` overrides it for the refinement (the
+    recipes set steps, lr, weight_decay, eval_every and epochs: null there: 200 Adam iterations on the
+    whole scene). `unary_weight`, `pairwise_weight` and `class_weights` only matter to `piecewise`,
+    `refine_crop` only to `refine`.
+    """
+
+    STAGES: ClassVar[tuple[str, ...]] = ("piecewise", "refine")
+
     batch_size: int = 128  # nodes per batch (with their training-neighbour pairs)
     lr: float = 1e-3
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -83,11 +93,7 @@ class TrainConfig(CoreTrainConfig):
     unary_weight: float = 1.0
     pairwise_weight: float = 1.0
     class_weights: Literal["none", "inverse_median"] = "none"
-    refine_steps: int = 200
-    refine_lr: float = 1e-3
-    refine_weight_decay: float = 0.0
     refine_crop: int | None = None  # train the refinement on random crops of this size (None: whole scene)
-    refine_eval_every: int = 50
 
 
 @dataclass
