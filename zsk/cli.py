@@ -18,9 +18,9 @@ import typer.main
 from typer.core import TyperGroup
 
 from zsk import __version__
-from zsk.core.task import Task
 from zsk.core.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, guarded
 from zsk.core.progress import emit_result, log, stdout_console
+from zsk.core.task import Task
 
 # Task name -> (module of its Typer app, one-line description). Plain data, no registry.
 TASKS: dict[str, tuple[str, str]] = {

@@ -233,15 +233,12 @@ def test_expand_inputs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     # free-text tasks: what names no file is a text, what names a file is still the file
     assert expand_inputs(["a dog on the beach", str(one)], text_args=True) == ["a dog on the beach", one]
 
-    class Stdin(io.TextIOWrapper):
-        pass
-
     def fake_stdin(data: bytes) -> None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
 
     fake_stdin(f"{one}\n\n{tmp_path / 'd' / 'a.png'}\n".encode())
     assert expand_inputs(["-"]) == [one, tmp_path / "d" / "a.png"]
-    fake_stdin("first line\nsecond\n".encode())
+    fake_stdin(b"first line\nsecond\n")
     (text,) = expand_inputs(["-"], stdin="texts")
     assert isinstance(text, StdinInput) and text.lines == ["first line", "second"]
     fake_stdin(b"\x93NUMPY")

@@ -48,6 +48,8 @@ def test_window_starts_follow_mmseg_and_dtc() -> None:
 def test_a_stride_beyond_the_window_is_refused() -> None:
     with pytest.raises(ValueError, match="stride"):
         sliding_window_inference(torch.zeros(1, 10), (3,), (4,), pointwise)
+    # on an axis no longer than the window the stride never applies (DTC: stride 18 over a 16-voxel axis)
+    assert sliding_window_inference(torch.zeros(1, 3), (3,), (4,), pointwise).shape == (2, 3)
 
 
 @pytest.mark.parametrize("spatial,window,stride", [((23,), (8,), (5,)), ((13, 17), (6, 5), (4, 3)),

@@ -49,10 +49,11 @@ def validate_stage_blocks(train: TrainConfig) -> None:
 
 
 def stage_config(train: TrainConfig, name: str) -> TrainConfig:
-    """``train.*`` with the ``train.stages.<name>`` block on top: the settings stage ``name`` runs with."""
+    """The settings stage ``name`` runs with: ``train.*``, then the method's own defaults for that stage
+    (``TrainConfig.STAGE_DEFAULTS[name]``), then the recipe's ``train.stages.<name>`` block."""
     from zsk.core.recipe import config_to_dict, parse_config
 
-    block = train.stages.get(name) or {}
+    block = {**type(train).STAGE_DEFAULTS.get(name, {}), **(train.stages.get(name) or {})}
     if not block:
         return train
     base = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.init and f.name != "stages"}

@@ -196,15 +196,11 @@ class TaskModules:
 # ----------------------------------------------------------------------------- shared implementations
 
 
-def load_trained(task: str, checkpoint: Path, config_cls: type, build: Callable[[Any], nn.Module],
-                 sets: list[str] | None = None, device: str | None = None, recipe: Path | None = None,
-                 exclude_prefixes: tuple[str, ...] = ()) -> tuple[Loaded, dict]:
-    """The usual ``load``: read a checkpoint (``weights_only``), refuse one of another task, rebuild the
-    config it was trained with (``--recipe``/``--set`` on top), build the model with ``build(cfg)``,
-    load its weights strictly (``exclude_prefixes``: frozen pretrained parts loaded by ``build``) and
-    put it in eval mode on the device. Returns the :class:`Loaded` and the raw checkpoint dict."""
-    from zsk.core.checkpoint import load_checkpoint, load_model_state
-    from zsk.core.device import resolve_device
+def read_trained(task: str, checkpoint: Path, config_cls: type, sets: list[str] | None = None,
+                 recipe: Path | None = None) -> tuple[Any, dict]:
+    """The first half of every ``load``: read a checkpoint (``weights_only``), refuse one of another task,
+    and rebuild the config it was trained with (``--recipe``/``--set`` on top). Returns (cfg, state)."""
+    from zsk.core.checkpoint import load_checkpoint
     from zsk.core.run import config_from_checkpoint
 
     state = load_checkpoint(checkpoint)
@@ -212,11 +208,31 @@ def load_trained(task: str, checkpoint: Path, config_cls: type, build: Callable[
         raise ZskError(f"{checkpoint} is a checkpoint of task {state.get('task')!r}, not {task}: "
                        f"use `zsk {state.get('task')} ...`")
     cfg, _ = config_from_checkpoint(state, config_cls, sets, recipe)
+    return cfg, state
+
+
+def loaded_model(model: nn.Module, cfg: Any, state: dict, checkpoint: Path, device: str | None,
+                 parts: dict[str, Any] | None = None) -> Loaded:
+    """The second half: the model in eval mode on the resolved device, as a :class:`Loaded`."""
+    from zsk.core.device import resolve_device
+
     dev = resolve_device(device, cfg.runtime.device)
+    return Loaded(model=model.to(dev).eval(), cfg=cfg, device=dev, checkpoint=Path(checkpoint),
+                  extra=dict(state.get("extra") or {}), parts=dict(parts or {}))
+
+
+def load_trained(task: str, checkpoint: Path, config_cls: type, build: Callable[[Any], nn.Module],
+                 sets: list[str] | None = None, device: str | None = None, recipe: Path | None = None,
+                 exclude_prefixes: tuple[str, ...] = ()) -> tuple[Loaded, dict]:
+    """The usual ``load``: :func:`read_trained`, the model from ``build(cfg)``, its weights loaded strictly
+    (``exclude_prefixes``: frozen pretrained parts that ``build`` loaded itself), :func:`loaded_model`.
+    Returns the :class:`Loaded` and the raw checkpoint dict."""
+    from zsk.core.checkpoint import load_model_state
+
+    cfg, state = read_trained(task, checkpoint, config_cls, sets, recipe)
     model = build(cfg)
     load_model_state(model, state["model"], exclude_prefixes, source=str(checkpoint))
-    model = model.to(dev).eval()
-    return Loaded(model=model, cfg=cfg, device=dev, checkpoint=Path(checkpoint), extra=dict(state.get("extra") or {})), state
+    return loaded_model(model, cfg, state, checkpoint, device), state
 
 
 def run_demo(task: Task, workdir: Path, device: str, metric: str,

@@ -66,8 +66,10 @@ class TrainConfig:
     select: Literal["best", "last"] = "best"  # the weights a stage hands on (zsk.core.stages)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # train.stages.<name>: overrides of train.*
 
-    # Names of the method's stages, in order (a multi-stage task's TrainConfig sets this).
+    # Names of the method's stages, in order, and per-stage defaults that sit between train.* and a
+    # recipe's train.stages.<name> block (a multi-stage task's TrainConfig sets these).
     STAGES: ClassVar[tuple[str, ...]] = ()
+    STAGE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         from zsk.core.stages import validate_stage_blocks

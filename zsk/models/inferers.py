@@ -73,13 +73,13 @@ def sliding_window_inference(inputs: Tensor, window: Sequence[int], stride: Sequ
     if len(window) != len(spatial) or len(stride) != len(spatial):
         raise ValueError(f"window {tuple(window)} and stride {tuple(stride)} must have one entry per spatial axis "
                          f"of the input {spatial}")
-    if any(not 1 <= st <= w for st, w in zip(stride, window, strict=True)):
-        raise ValueError(f"stride {tuple(stride)} must be between 1 and the window {tuple(window)} on every axis "
-                         "(a larger stride leaves positions no window covers)")
     pads = symmetric_padding(spatial, window) if pad == "symmetric" else [(0, 0)] * len(spatial)
     flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants the last axis first
     x = F.pad(inputs, flat) if any(flat) else inputs
     shape = tuple(x.shape[1:])
+    if any(st < 1 or (st > w and s > w) for s, w, st in zip(shape, window, stride, strict=True)):
+        raise ValueError(f"stride {tuple(stride)} must be at least 1, and at most the window {tuple(window)} on every "
+                         f"axis longer than the window (input {shape}): a larger stride leaves positions uncovered")
     sizes = [min(w, s) for w, s in zip(window, shape, strict=True)]
     starts = list(itertools.product(*[window_starts(s, w, st) for s, w, st in zip(shape, window, stride, strict=True)]))
     weight = gaussian_importance(sizes, sigma_scale, x.device) if blend == "gaussian" else None

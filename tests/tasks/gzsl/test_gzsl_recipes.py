@@ -36,7 +36,7 @@ def test_recipes_exist_and_parse() -> None:
         ([2048], 4, 3000, 1e-3, 5e-4)
     gcnz = parse_config(Config, load_recipe("gzsl/imagenet_gcnz"))
     assert gcnz.model.hidden == [2048, 2048, 1024, 1024, 512] and gcnz.train.epochs == 350
-    ft = stage_config(parse_config(Config, load_recipe("gzsl/imagenet_dgp_finetune")).train.with_stage_defaults(),
+    ft = stage_config(parse_config(Config, load_recipe("gzsl/imagenet_dgp_finetune")).train,
                       "finetune")
     assert ft.enabled and (ft.epochs, ft.lr, ft.momentum, ft.batch_size) == (20, 1e-4, 0.9, 64)
 

@@ -72,7 +72,7 @@ def test_finetune_stage_defaults_and_inheritance() -> None:
     """Stage two's defaults (SGD, lr 1e-4, batch 64, 20 epochs, no model selection) sit between train.*
     and the block; every other train.* key is inherited; propagate takes train.* as it is."""
     sets = ["train.stages.finetune.enabled=true", "train.max_steps=7", "train.clip_grad_norm=1.0"]
-    train = parse_config(Config, load_recipe("gzsl/demo", sets)).train.with_stage_defaults()
+    train = parse_config(Config, load_recipe("gzsl/demo", sets)).train
     ft = stage_config(train, "finetune")
     assert ft.enabled and (ft.optimizer, ft.lr, ft.momentum, ft.weight_decay, ft.batch_size, ft.epochs) == \
         ("sgd", 1e-4, 0.9, 0.0, 64, 20)
@@ -81,7 +81,7 @@ def test_finetune_stage_defaults_and_inheritance() -> None:
     prop = stage_config(train, "propagate")
     assert prop.enabled and (prop.optimizer, prop.lr, prop.epochs, prop.best_metric) == ("adam", 1e-3, 200, "seen_loss")
     block = stage_config(parse_config(Config, load_recipe(
-        "gzsl/demo", ["train.stages.finetune.lr=0.01", "train.stages.finetune.optimizer=adamw"])).train.with_stage_defaults(),
+        "gzsl/demo", ["train.stages.finetune.lr=0.01", "train.stages.finetune.optimizer=adamw"])).train,
         "finetune")
     assert (block.lr, block.optimizer, block.enabled) == (0.01, "adamw", False)
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from zsk.core.bench import trainer_step
 from zsk.core.errors import ZskError
 from zsk.core.recipe import parse_config
 from zsk.data.volumes import Volume
 from zsk.metrics.medical import binary_case_metrics
-from zsk.core.bench import trainer_step
 from zsk.tasks.medseg import evaluate, hooks, predict
 from zsk.tasks.medseg.config import Config
 

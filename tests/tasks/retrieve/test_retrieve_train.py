@@ -249,7 +249,7 @@ def test_bench_steps_the_recipes_optimizer(tmp_path, monkeypatch) -> None:
     assert all(g["weight_decay"] == pytest.approx(1e-4) for g in groups)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     step()
-    assert trainer.step == 1 and any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.step == 1 and any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
 def test_iapr_one_description_per_image(tmp_path) -> None:

@@ -26,7 +26,7 @@ PAPER = ["voc", "voc_transductive", "voc_fully", "coco_stuff", "coco_stuff_trans
 def test_transductive_recipes_split_the_schedule_into_two_stages(name: str, steps: int) -> None:
     cfg, _ = load_config("segment", Config, f"segment/{name}", None)
     assert cfg.train.setting == "transductive"
-    train = cfg.train.with_stage_defaults()
+    train = cfg.train
     inductive, self_training = stage_config(train, "inductive"), stage_config(train, "self_training")
     assert inductive.steps == self_training.steps == steps
     # the inductive stage hands on the weights at the end of its schedule (official: iter_10000 / iter_40000)
@@ -39,12 +39,12 @@ def test_transductive_recipes_split_the_schedule_into_two_stages(name: str, step
 
 def test_inductive_stage_hands_on_its_last_weights_unless_its_block_says_otherwise() -> None:
     cfg, _ = load_config("segment", Config, "segment/voc", ["train.setting=transductive"])
-    train = cfg.train.with_stage_defaults()  # what train() runs the stages with
+    train = cfg.train  # what train() runs the stages with
     assert stage_config(train, "inductive").select == "last"
     assert stage_config(train, "self_training").select == "best"
     cfg, _ = load_config("segment", Config, "segment/voc_transductive", ["train.stages.inductive.select=best",
                                                                            "train.stages.self_training.lr=1.0e-4"])
-    train = cfg.train.with_stage_defaults()
+    train = cfg.train
     assert stage_config(train, "inductive").select == "best"
     assert stage_config(train, "inductive").steps == 10000  # the rest of the block stays
     assert stage_config(train, "self_training").lr == 1e-4 and train.lr == 2e-5

@@ -13,12 +13,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zsk.core.checkpoint import load_checkpoint, load_model_state
-from zsk.core.device import autocast, autocast_dtype, resolve_device
+from zsk.core.checkpoint import load_model_state
+from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress
-from zsk.core.run import config_from_checkpoint
-from zsk.core.task import Loaded
+from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader, move_to
 from zsk.metrics.classification import accuracy, precision_recall_f1
 from zsk.metrics.confusion import ConfusionMatrix
@@ -119,14 +118,9 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     """A trained classifier in eval mode, rebuilt from the checkpoint alone (encoder configs and
     tokenizers travel in it); ``parts`` holds ``branches`` (tokenizers) and ``classes``."""
     _settings_quiet_transformers()
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("task") not in (None, TASK):
-        raise ZskError(f"{checkpoint} is a checkpoint of task {ckpt.get('task')!r}; use `zsk {ckpt.get('task')} ...`")
-    cfg, _ = config_from_checkpoint(ckpt, Config, sets, recipe)
+    cfg, ckpt = read_trained(TASK, checkpoint, Config, sets, recipe)
     model, branches, classes = model_from_checkpoint(ckpt, cfg, str(checkpoint))
-    dev = resolve_device(device, cfg.runtime.device)
-    return Loaded(model=model.to(dev).eval(), cfg=cfg, device=dev, checkpoint=Path(checkpoint),
-                  extra=dict(ckpt.get("extra") or {}), parts={"branches": branches, "classes": classes})
+    return loaded_model(model, cfg, ckpt, checkpoint, device, {"branches": branches, "classes": classes})
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from zsk.core.recipe import RuntimeConfig
@@ -72,6 +72,7 @@ class TrainConfig(CoreTrainConfig):
     (spec "Stage 2"). ``train.stages.<name>`` blocks override ``train.*`` per stage."""
 
     STAGES: ClassVar[tuple[str, ...]] = ("propagate", "finetune")
+    STAGE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"finetune": FINETUNE_DEFAULTS}
 
     batch_size: int = 1  # the whole graph is one batch
     lr: float = 1e-3
@@ -86,10 +87,6 @@ class TrainConfig(CoreTrainConfig):
     select: Literal["best", "last"] = "last"
     enabled: bool = True  # whether the stage runs (train.stages.finetune.enabled switches stage two on)
     classifiers: str | None = None  # finetune: a stage-one snapshot `epoch-N.pred` to fine-tune under (skips propagate)
-
-    def with_stage_defaults(self) -> TrainConfig:
-        """These settings with :data:`FINETUNE_DEFAULTS` under the finetune block (the block's keys win)."""
-        return replace(self, stages={**self.stages, "finetune": {**FINETUNE_DEFAULTS, **self.stages.get("finetune", {})}})
 
 
 @dataclass

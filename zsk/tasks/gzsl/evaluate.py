@@ -14,12 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from zsk.core import dist
-from zsk.core.checkpoint import load_checkpoint, load_model_state
-from zsk.core.device import resolve_device
+from zsk.core.checkpoint import load_model_state
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress, warn
-from zsk.core.run import config_from_checkpoint
-from zsk.core.task import Loaded
+from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.tasks.gzsl import train as stages
 from zsk.tasks.gzsl.config import Config
@@ -168,10 +166,7 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     """The graph network of a checkpoint (and its CNN when the checkpoint carries one: fine-tuned, or
     random-init) in eval mode, with the graph it was trained on in ``parts["data"]``. A CNN that comes
     from ``model.pretrained`` is built only when images are encoded (:func:`image_encoder`)."""
-    state = load_checkpoint(checkpoint)
-    if state.get("task") not in (None, stages.TASK):
-        raise ZskError(f"{checkpoint} is a {state.get('task')} checkpoint, not gzsl")
-    cfg, _ = config_from_checkpoint(state, Config, sets, recipe)
+    cfg, state = read_trained(stages.TASK, checkpoint, Config, sets, recipe)
     data = load_graph_data(cfg)
     extra = dict(state.get("extra") or {})
     in_dim = int(extra.get("in_dim", data.vectors.shape[1]))
@@ -184,9 +179,7 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     cnn = stages.build_cnn(cfg, pretrained=False)[0] if has_cnn else None
     model = ZeroShotModel(stages.build_gnn(cfg, in_dim, out_dim), cnn)
     load_model_state(model, weights, () if has_cnn else ("cnn.",), source=str(checkpoint))
-    dev = resolve_device(device, cfg.runtime.device)
-    return Loaded(model=model.to(dev).eval(), cfg=cfg, device=dev, checkpoint=Path(checkpoint), extra=extra,
-                  parts={"data": data})
+    return loaded_model(model, cfg, state, checkpoint, device, {"data": data})
 
 
 def image_encoder(loaded: Loaded) -> nn.Module:

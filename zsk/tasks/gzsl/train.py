@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -165,8 +164,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     (skipping ``propagate`` when ``train.stages.finetune.classifiers`` names a snapshot)."""
     from zsk.tasks.gzsl.evaluate import eval_source_available, evaluate_classifiers
 
-    cfg: Config = dataclasses.replace(ctx.cfg, train=ctx.cfg.train.with_stage_defaults())
-    ctx = dataclasses.replace(ctx, cfg=cfg)
+    cfg: Config = ctx.cfg
     device = ctx.device
     ft_cfg = stage_config(cfg.train, "finetune")
     finetune_on = ft_cfg.enabled

@@ -13,7 +13,15 @@ from zsk.core.errors import ZskError
 from zsk.core.io import StdinInput
 from zsk.core.progress import progress
 from zsk.core.task import Loaded
-from zsk.data.volumes import Volume, is_h5, is_nifti, read_h5_volume, read_nifti_volume, write_h5_volume, write_nifti
+from zsk.data.volumes import (
+    Volume,
+    is_h5,
+    is_nifti,
+    read_h5_volume,
+    read_nifti_volume,
+    write_h5_volume,
+    write_nifti,
+)
 from zsk.tasks.medseg.config import Config
 from zsk.tasks.medseg.evaluate import case_spacing, infer_volume
 

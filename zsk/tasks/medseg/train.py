@@ -14,7 +14,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log, progress
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import Trainer, TrainConfig, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, make_loader
 from zsk.tasks.medseg.config import Config
 from zsk.tasks.medseg.data import CaseRef, TwoStreamBatchSampler, TwoStreamTrainSet, load_case, split_cases
 from zsk.tasks.medseg.losses import dtc_loss

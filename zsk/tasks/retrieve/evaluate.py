@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zsk.core.checkpoint import load_checkpoint, load_model_state
-from zsk.core.device import autocast, autocast_dtype, resolve_device
+from zsk.core.checkpoint import load_model_state
+from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress
-from zsk.core.run import config_from_checkpoint
-from zsk.core.task import Loaded
+from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data.captions import PrecompSplit
 from zsk.metrics.retrieval import coco_1k, evaluate_embeddings
@@ -113,10 +112,7 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
          recipe: Path | None = None) -> Loaded:
     """A trained VSE network in eval mode with its config and, in ``parts["tokenizer"]``, the caption
     tokenizer it was trained with (the word vocabulary stored in the checkpoint, or BERT's)."""
-    state = load_checkpoint(checkpoint)
-    if state.get("task") not in (None, TASK):
-        raise ZskError(f"{checkpoint} is a checkpoint of task {state.get('task')!r}, not retrieve")
-    cfg, _ = config_from_checkpoint(state, Config, sets, recipe)
+    cfg, state = read_trained(TASK, checkpoint, Config, sets, recipe)
     extra = state.get("extra") or {}
     words = extra.get("vocab") or None
     _, text = cfg.model.resolved()
@@ -127,9 +123,7 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     # weights not in the checkpoint (frozen pretrained backbone) come from their source; all others from it
     model = build_model(cfg, len(tokenizer), load_pretrained=bool(prefixes))
     load_model_state(model, state["model"], prefixes, source=str(checkpoint))
-    dev = resolve_device(device, cfg.runtime.device)
-    return Loaded(model=model.to(dev).eval(), cfg=cfg, device=dev, checkpoint=Path(checkpoint), extra=dict(extra),
-                  parts={"tokenizer": tokenizer})
+    return loaded_model(model, cfg, state, checkpoint, device, {"tokenizer": tokenizer})
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from zsk.core.errors import ZskError
@@ -100,12 +100,6 @@ class TrainConfig(CoreTrainConfig):
     head_lr_mult: float = 10.0
     norm_decay_mult: float = 0.0
     loss: LossConfig = field(default_factory=LossConfig)
-
-    def with_stage_defaults(self) -> TrainConfig:
-        """These settings with :attr:`STAGE_DEFAULTS` under each stage block (the block's own keys win)."""
-        stages = {**self.stages, **{name: {**defaults, **self.stages.get(name, {})}
-                                    for name, defaults in self.STAGE_DEFAULTS.items()}}
-        return replace(self, stages=stages)
 
 
 @dataclass

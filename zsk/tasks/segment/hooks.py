@@ -63,7 +63,7 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     optimizer groups and accumulation, and one whole-image inference over every class."""
     names, seen = _bench_classes(cfg)
     stage, setting = stage_settings(cfg)[0]
-    tcfg = stage_config(cfg.train.with_stage_defaults(), stage) if stage else cfg.train
+    tcfg = stage_config(cfg.train, stage) if stage else cfg.train
     bs = batch_size or tcfg.batch_size
     tcfg = replace(tcfg, batch_size=bs)
     tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))

@@ -142,8 +142,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     from zsk.tasks.segment.evaluate import calibration_for, evaluate_model
 
     stage_list = stage_settings(ctx.cfg)
-    cfg: Config = replace(ctx.cfg, train=ctx.cfg.train.with_stage_defaults())
-    ctx = replace(ctx, cfg=cfg)
+    cfg: Config = ctx.cfg
     device = ctx.device
     bench = load_benchmark(cfg.data)
     model, loaded = build_model(cfg)
