@@ -165,9 +165,15 @@ def test_eval_of_several_checkpoints_reports_mean_and_std(tmp_path: Path) -> Non
     r = invoke(app, "eval", "-c", ckpts[0], "-c", ckpts[1], "--json", "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    scores = [json.loads((tmp_path / "ev" / f"eval-{i}.json").read_text())["score"] for i in range(2)]
+    scores = [json.loads((tmp_path / "ev" / str(i) / "eval.json").read_text())["score"] for i in range(2)]
     assert res["runs"] == 2 and res["score"]["mean"] == pytest.approx(sum(scores) / 2)
-    assert res["checkpoints"] == [str(c) for c in ckpts]
+    assert res["checkpoints"] == [str(c) for c in ckpts] and res["split"] == "test"  # shared text keys stay
+    # a --runs folder stands for its runs' best.pt, a run folder for its best.pt
+    r = invoke(app, "eval", "-c", tmp_path / "runs", "--json")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["checkpoints"] == [str(c) for c in ckpts]
+    r = invoke(app, "eval", "-c", tmp_path / "runs" / "run-1", "--json")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["score"] == scores[1]
+    assert invoke(app, "eval", "-c", tmp_path / "ev").exit_code == 2
 
 
 def test_resume_auto_starts_fresh_then_continues(tmp_path: Path) -> None:

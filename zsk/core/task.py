@@ -211,6 +211,23 @@ def read_trained(task: str, checkpoint: Path, config_cls: type, sets: list[str] 
     return cfg, state
 
 
+def expand_checkpoints(paths: Sequence[Path]) -> list[Path]:
+    """``--checkpoint`` values as checkpoint files: a run folder stands for its ``best.pt``, a ``--runs``
+    folder for every ``run-<i>/best.pt`` in it (so ``eval -c RUNS`` gives mean ± std over the seeds)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+        elif (p / "best.pt").is_file():
+            out.append(p / "best.pt")
+        elif runs := sorted(p.glob("run-*/best.pt"), key=lambda r: int(r.parent.name.split("-")[-1])
+                            if r.parent.name.split("-")[-1].isdigit() else 0):
+            out.extend(runs)
+        else:
+            raise ZskError(f"{p}: a folder with neither best.pt nor run-*/best.pt; pass a checkpoint written by train")
+    return out
+
+
 def loaded_model(model: nn.Module, cfg: Any, state: dict, checkpoint: Path, device: str | None,
                  parts: dict[str, Any] | None = None) -> Loaded:
     """The second half: the model in eval mode on the resolved device, as a :class:`Loaded`."""
@@ -347,20 +364,26 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.metrics.summary import summarize_runs
 
         options = _pick(kw, task.eval_options)
+        checkpoints = expand_checkpoints(kw["checkpoint"])
+        several = len(checkpoints) > 1
         results = []
-        for ckpt in kw["checkpoint"]:
+        for i, ckpt in enumerate(checkpoints):
             loaded = task.load(ckpt, kw["set_"], kw["device"], kw["recipe"])
-            results.append(task.evaluate(loaded, kw["split"], kw["out"], **options))
+            # with several checkpoints, each one's files go to OUT/<i>/ (nothing overwrites another's)
+            out = kw["out"] / str(i) if several and kw["out"] is not None else kw["out"]
+            results.append(task.evaluate(loaded, kw["split"], out, **options))
         if not dist.is_main():
             return
-        if len(results) == 1:
+        if not several:
             _save_json(kw["out"], "eval.json", results[0])
             emit_result(results[0], kw["json_out"], title=f"{task.name} eval")
             return
-        summary = summarize_runs(results, task.summary_keys or _scalar_keys(results))
-        summary = {"checkpoints": [str(c) for c in kw["checkpoint"]], **summary}
+        shared = {k: v for k, v in results[0].items() if isinstance(v, str) and all(r.get(k) == v for r in results)}
+        summary = {**shared, "checkpoints": [str(c) for c in checkpoints],
+                   **summarize_runs(results, task.summary_keys or _scalar_keys(results))}
         for i, r in enumerate(results):
-            _save_json(kw["out"], f"eval-{i}.json", {"checkpoint": str(kw["checkpoint"][i]), **r})
+            _save_json(kw["out"] / str(i) if kw["out"] is not None else None, "eval.json",
+                       {"checkpoint": str(checkpoints[i]), **r})
         _save_json(kw["out"], "eval-summary.json", summary)
         emit_result(summary, kw["json_out"], title=f"{task.name} eval: mean ± std over {len(results)} checkpoints")
 
@@ -375,7 +398,8 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.core.progress import emit_result, log
 
         inputs = expand_inputs(kw["inputs"], suffixes=task.input_suffixes, stdin=task.stdin, text_args=task.text_args)
-        loaded = task.load(kw["checkpoint"], kw["set_"], kw["device"], None)
+        (checkpoint,) = expand_checkpoints([kw["checkpoint"]])[:1] or [kw["checkpoint"]]
+        loaded = task.load(checkpoint, kw["set_"], kw["device"], None)
         out = kw["out"] if kw["out"] is not None else Path("predictions")
         for row in task.predict(loaded, inputs, out, **_pick(kw, task.predict_options)):
             emit_result(row, kw["json_out"], title=str(row.get("input", task.name)))

@@ -10,7 +10,7 @@ per-class accuracy and F1 on the recipe's split (redrawn from its seed, so it ma
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from zsk.core import dist
-from zsk.core.checkpoint import load_checkpoint
+from zsk.core.checkpoint import load_model_state
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress
-from zsk.core.task import Loaded, load_trained
+from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.metrics.classification import accuracy as overall_accuracy
 from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
 from zsk.metrics.confusion import ConfusionMatrix
@@ -219,32 +219,19 @@ def write_confusion(directory: Path, metrics: dict, class_names: list[str], spli
 # ----------------------------------------------------------------------------------------------
 
 
-def _builder(checkpoint: Path, state: dict) -> Callable[[Config], HSINet]:
-    """`build_model` for the scene a checkpoint was trained on (band count and classes from its extra)."""
-    extra = state.get("extra") or {}
-    if state.get("task") in (None, "hsi"):
-        if state.get("stage") not in ("", None):
-            raise ZskError(f"{checkpoint} is a stage checkpoint ({state['stage']}); use the run's best.pt")
-        if "class_names" not in extra:
-            raise ZskError(f"{checkpoint} lacks class names: it was not written by `zsk hsi train`")
-    return lambda cfg: build_model(cfg, int(extra["num_bands"]), len(extra["class_names"]))
-
-
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
          recipe: Path | None = None) -> Loaded:
-    """The network of a checkpoint written by `train` (a run folder stands for its best.pt), in eval mode
-    on the device, with the config it was trained with and its extra (classes, preprocessing, palette)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        if not (checkpoint / "best.pt").is_file():
-            runs = sorted(checkpoint.glob("run-*/best.pt"))
-            hint = (f"for mean ± std over its runs pass each one: {' '.join(f'-c {r}' for r in runs)}" if runs
-                    else "pass a best.pt written by `zsk hsi train`")
-            raise ZskError(f"{checkpoint}: a folder without best.pt; {hint}")
-        checkpoint = checkpoint / "best.pt"
-    loaded, _ = load_trained("hsi", checkpoint, Config, _builder(checkpoint, load_checkpoint(checkpoint)), sets,
-                             device, recipe)
-    return loaded
+    """The network of a checkpoint written by `train`, in eval mode on the device, with the config it was
+    trained with and its extra (band count, classes, preprocessing, palette)."""
+    cfg, state = read_trained("hsi", checkpoint, Config, sets, recipe)
+    extra = state.get("extra") or {}
+    if state.get("stage") not in ("", None):
+        raise ZskError(f"{checkpoint} is a stage checkpoint ({state['stage']}); use the run's best.pt")
+    if "class_names" not in extra:
+        raise ZskError(f"{checkpoint} lacks class names: it was not written by `zsk hsi train`")
+    model = build_model(cfg, int(extra["num_bands"]), len(extra["class_names"]))
+    load_model_state(model, state["model"], source=str(checkpoint))
+    return loaded_model(model, cfg, state, checkpoint, device)
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) -> dict[str, Any]:
