@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from zsk import __version__
 from zsk.core.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, guarded
-from zsk.core.progress import emit_result, log, stdout_console
+from zsk.core.progress import emit_result, log, result_console
 from zsk.core.task import Task
 
 # Task name -> (module of its Typer app, one-line description). Plain data, no registry.
@@ -117,7 +117,7 @@ def recipes(task: Annotated[str | None, typer.Argument(help="Only this task's re
     table = Table("recipe", "description")
     for r in rows:
         table.add_row(r["recipe"], r["description"])
-    stdout_console.print(table)
+    result_console().print(table)
 
 
 cache_app = typer.Typer(help="Inspect or clear the zsk cache ($ZSK_CACHE, default ~/.cache/zsk).", no_args_is_help=True)
@@ -140,7 +140,7 @@ def cache_info(json_out: JsonOpt = False) -> None:
     table = Table("namespace", "entries", "MiB", title=str(cache.root))
     for ns, v in info.items():
         table.add_row(ns, str(v["entries"]), f"{v['bytes'] / 2**20:.2f}")
-    stdout_console.print(table)
+    result_console().print(table)
 
 
 @cache_app.command("clear")
@@ -234,11 +234,11 @@ def doctor(json_out: JsonOpt = False) -> None:
     t.add_row("cache size", f"{report['cache_mb']:.1f} MiB")
     t.add_row("devices", ", ".join(devices))
     t.add_row("tasks", ", ".join(report["tasks"]) or "(none)")
-    stdout_console.print(t)
+    result_console().print(t)
     w = Table("pretrained weights", "found", "where / how", title="weights (missing ones are needed only by paper recipes)")
     for row in weights:
         w.add_row(row["what"], "yes" if row["found"] else "missing", row["where"])
-    stdout_console.print(w)
+    result_console().print(w)
 
 
 @app.command()
@@ -280,7 +280,7 @@ def demo(tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to run (d
         t = Table("task", "metric", "value", "seconds", title="zsk demo")
         for r in rows:
             t.add_row(r["task"], r["metric"], "-" if r["value"] is None else f"{r['value']:.4f}", f"{r['seconds']:.1f}")
-        stdout_console.print(t)
+        result_console().print(t)
     if failed:
         raise ZskFailure(f"demo failed for: {', '.join(failed)}")
 

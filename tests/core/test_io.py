@@ -40,3 +40,16 @@ def test_read_json_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "latin.json").write_bytes(b'{"a": "\xff"}')
     with pytest.raises(ZskError, match=r"cannot read split file .*latin\.json"):
         read_json(tmp_path / "latin.json", "split file")
+
+
+def test_output_names_are_unique_and_stable() -> None:
+    from zsk.core.io import StdinInput, output_names
+
+    assert output_names([Path("case.nii.gz"), Path("case.h5"), Path("x/other.png")]) == ["case_nii_gz", "case_h5", "other"]
+    assert output_names([Path("a/img.png"), Path("b/img.png"), Path("c.png")]) == ["a__img_png", "b__img_png", "c"]
+    assert output_names([Path("a/x/img.png"), Path("b/x/img.png")]) == ["a_x__img_png", "b_x__img_png"]
+    assert output_names([StdinInput(b""), Path("y.txt")]) == ["stdin", "y"]
+    names = output_names([Path("same.png"), Path("same.png"), Path("we ird!.png")])
+    assert len(set(names)) == 3 and names[2] == "we_ird_"
+    # the same inputs give the same names every time
+    assert output_names([Path("a/img.png"), Path("b/img.png")]) == output_names([Path("a/img.png"), Path("b/img.png")])

@@ -79,6 +79,31 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path, accum: 
         json.loads((tmp_path / "ref" / "eval.json").read_text())["acc"]
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if r["kind"] == "eval"] == [12]
+    # metrics.jsonl reads as one uninterrupted run: the same rows (no off-grid row at the kill, the same
+    # averaged losses), timing aside
+    ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    untimed = [[{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows] for rows in (evals, ref_rows)]
+    assert untimed[0] == untimed[1]
+
+
+def test_rows_a_killed_run_wrote_after_its_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
+    """kill -9 after the checkpoint at step 6 but after rows for steps 7-8 were written: the resumed run's
+    metrics.jsonl equals an uninterrupted run's."""
+    sets = ["--set", "train.save_every=3", "--set", "train.steps=9"]
+    reference_run(tmp_path / "ref", *sets)
+    reference_run(tmp_path / "run", *sets, "--set", "train.max_steps=6")
+    ref_rows = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    killed = [r for r in ref_rows if json.loads(r)["kind"] == "train" and json.loads(r)["step"] in (8,)]
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:  # what the killed process had appended
+        f.write("".join(r + "\n" for r in killed) + '{"kind": "train", "st')
+    reference_run(tmp_path / "run", *sets, "--resume")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in ref_rows]
+    # the training rows (the stopped run's own evaluation at step 6 is a real row of it and stays)
+    strip = [[{k: v for k, v in r.items() if k != "steps_per_s"} for r in rr if r["kind"] == "train"]
+             for rr in (rows, ref)]
+    assert [r["step"] for r in strip[0]] == [2, 4, 6, 8, 9]
+    assert strip[0] == strip[1]
 
 
 # ------------------------------------------------------------------ in-process helpers

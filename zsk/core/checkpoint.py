@@ -79,6 +79,13 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], exclude_p
                      source: str = "checkpoint") -> None:
     """Load weights strictly, except for keys under ``exclude_prefixes`` (loaded from pretrained)."""
     prefixes = tuple(exclude_prefixes)
+    own = model.state_dict()
+    wrong = [f"{k}: {list(v.shape)} in the file, {list(own[k].shape)} in the model" for k, v in state.items()
+             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ZskError(f"{source} does not fit the model built from its recipe and --set ({wrong[0]}{more}): drop "
+                       "the --set that changes the model, or pass the recipe it was trained with")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not _excluded(k, prefixes)]
     if missing or result.unexpected_keys:

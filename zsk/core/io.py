@@ -126,3 +126,47 @@ def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
     if not out:
         raise ZskError(f"no {what}s given (pass files, folders, globs, or '-' to read stdin)")
     return out
+
+
+def output_names(inputs: Sequence[Path | StdinInput | str]) -> list[str]:
+    """A unique, stable output name per ``predict`` input, to prefix its result files.
+
+    The name is the file name without its suffixes (``case.nii.gz`` -> ``case``); inputs that would
+    share one get their suffixes kept (``case_nii_gz``, ``case_h5``), then, if still equal (same file
+    name in other folders), their parent folders (``a_case_h5``, ``b_case_h5``); stdin is ``stdin``.
+    Names depend only on the inputs, so the same command names its outputs the same way every time.
+    """
+
+    def parts(item: Path | StdinInput | str) -> list[str]:
+        if isinstance(item, StdinInput):
+            return [item.name]
+        p = Path(str(item))
+        return [*[q for q in p.parent.parts if q not in ("/", ".", "..")], p.name]
+
+    def base(item: Path | StdinInput | str) -> str:
+        if isinstance(item, StdinInput):
+            return item.name
+        name = Path(str(item)).name
+        return name.split(".")[0] if not name.startswith(".") else name
+
+    def clean(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "input"
+
+    names = [clean(base(i)) for i in inputs]
+    full = [clean(parts(i)[-1].replace(".", "_")) for i in inputs]
+    for _ in range(64):
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        clashes = [k for k, n in enumerate(names) if counts[names[k]] > 1]
+        if not clashes:
+            return names
+        for k in clashes:
+            if names[k] != full[k] and not names[k].endswith(full[k]):
+                names[k] = full[k]  # first the suffixes
+            else:  # then one more parent folder
+                depth = names[k].count("__") + 1
+                folders = parts(inputs[k])[:-1]
+                prefix = "_".join(clean(f) for f in folders[-depth:]) if depth <= len(folders) else f"{k}"
+                names[k] = f"{prefix}__{full[k]}"
+    return [f"{n}_{k}" for k, n in enumerate(names)]  # pathological inputs: the position makes them unique

@@ -60,6 +60,17 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. a test runner's buffer)
+        pass
+
+
 def guarded(fn: F) -> F:
     """Run a command with ``--quiet``/``--debug`` applied and exceptions mapped to exit codes 2/1/130/143."""
 
@@ -73,6 +84,10 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            # `zsk ... | head -1`: the reader has all it wants; a closed pipe is a normal end for a shell tool
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except BaseException as exc:  # noqa: BLE001 - this is the CLI boundary
             raise typer.Exit(report_error(exc)) from None
         finally:

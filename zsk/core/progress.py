@@ -102,11 +102,17 @@ def emit_result(obj: dict, as_json: bool, title: str = "") -> None:
         sys.stdout.flush()
         return
     table = Table(title=title or None, show_header=True)
-    table.add_column("key")
-    table.add_column("value", justify="right")
+    table.add_column("key", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for key, value in _flatten(_jsonable(obj)):
         table.add_row(key, _fmt(value))
-    stdout_console.print(table)
+    result_console().print(table)
+
+
+def result_console() -> Console:
+    """The console for result tables: the terminal's width on a terminal; unbounded width when stdout
+    is a pipe or a file, so no cell is cut to fit 80 columns."""
+    return stdout_console if stdout_console.is_terminal else Console(highlight=False, width=100_000)
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -46,6 +46,12 @@ class RuntimeConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype (auto: bf16/fp16 on CUDA)
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ZskError(f"runtime.workers must be >= 0, got {self.workers}")
+        if self.seed < 0:
+            raise ZskError(f"runtime.seed must be >= 0, got {self.seed}")
+
 
 def recipes_dir() -> Path:
     """The shipped recipes: ``$ZSK_RECIPES``, else ``zsk/recipes`` (wheel) or the repository's ``recipes/``."""

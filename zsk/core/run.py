@@ -83,6 +83,12 @@ class RunContext:
     dist: dist.DistInfo
     resume: bool = False
 
+    def commit_recipe(self) -> None:
+        """Write ``recipe.yaml`` (rank 0). A fresh run writes it at once; a resumed run only once its
+        checkpoint has loaded, so a refused resume leaves the folder as it was."""
+        if self.dist.is_main and self.run_dir.is_dir():
+            dump_recipe(self.recipe, self.run_dir / "recipe.yaml")
+
 
 def _check_task(task: str, recipe: dict, source: Any) -> None:
     declared = recipe.get("task")
@@ -90,12 +96,22 @@ def _check_task(task: str, recipe: dict, source: Any) -> None:
         raise ZskError(f"recipe {source} is for task {declared!r}, not {task!r}: use `zsk {declared} ...`")
 
 
+def absolute_root(recipe: dict) -> dict:
+    """``data.root`` as an absolute path, so a run's stored recipe (and its checkpoints) still find the
+    data when evaluated from another folder; ``@sample`` and absent roots stay as they are."""
+    data = recipe.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    if isinstance(root, str) and root and root != SAMPLE_ROOT and not Path(root).is_absolute():
+        recipe = {**recipe, "data": {**data, "root": str(Path(root).resolve())}}
+    return recipe
+
+
 def load_config(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None,
                 seed: int | None = None, device: str | None = None,
                 sample: SampleSource | None = None) -> tuple[C, dict]:
     """Read, merge and validate a recipe into the task's Config; ``--seed``/``--device`` override runtime;
     ``data.root: "@sample"`` is resolved with ``sample`` (the task)."""
-    recipe = resolve_sample_root(load_recipe(recipe_path, sets), sample)
+    recipe = absolute_root(resolve_sample_root(load_recipe(recipe_path, sets), sample))
     _check_task(task, recipe, recipe_path)
     recipe["task"] = task
     if seed is not None:
@@ -115,6 +131,7 @@ def config_from_checkpoint(ckpt: dict, config_cls: type[C], sets: list[str] | No
         recipe = dict(ckpt.get("recipe") or {})
     for s in sets or []:
         recipe = apply_set(recipe, s)
+    recipe = absolute_root(recipe) if sets else recipe  # a --set data.root=REL is relative to here
     return parse_config(config_cls, recipe), recipe
 
 
@@ -127,6 +144,7 @@ def discard_fresh_run_dir() -> None:
     global _fresh_run_dir
     d, _fresh_run_dir = _fresh_run_dir, None
     if d is not None and d.is_dir() and {p.name for p in d.iterdir()} <= {"recipe.yaml"}:
+        _release(d)
         for p in d.iterdir():
             p.unlink()
         d.rmdir()
@@ -135,6 +153,95 @@ def discard_fresh_run_dir() -> None:
 def _default_run_dir(task: str, recipe: dict) -> Path:
     name = Path(str(recipe.get("_source", "run"))).stem
     return Path("runs") / task / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+RUN_FILES = ("recipe.yaml", "metrics.jsonl", "eval.json", "summary.json")
+_locks: dict[Path, int] = {}  # run folders this process holds (folder fds), released at exit
+
+
+def _claim_new(base: Path) -> Path:
+    """Create a new run folder atomically: ``base``, else ``base-2``, ``base-3``, ... (two runs started
+    in the same second never share one)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ZskError(f"cannot create a run folder next to {base}: pass --out DIR")
+
+
+def _looks_like_run(folder: Path) -> bool:
+    return any((folder / f).exists() for f in RUN_FILES) or any(folder.glob("*.pt"))
+
+
+def _lock(run_dir: Path) -> None:
+    """Hold the run folder for this process with an advisory lock on the folder itself (no file is
+    left behind): a second zsk process training into it stops with exit 2. Released at exit."""
+    import os
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks on folders; the emptiness check still applies
+        return
+    key = run_dir.resolve()
+    if key in _locks:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ZskError(f"{run_dir} is in use by another zsk process; wait for it or choose another --out") from None
+    _locks[key] = fd
+
+
+def release_run(ctx: RunContext) -> None:
+    """Let go of a finished run's folder (the lock :func:`start_run` took)."""
+    _release(ctx.run_dir)
+
+
+def _release(run_dir: Path) -> None:
+    import os
+
+    fd = _locks.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Make ``--out`` this run's folder, or refuse: a file, an unwritable folder, or a folder holding
+    another run (unless ``resume`` continues it or ``overwrite`` replaces it) is a ``ZskError``."""
+    import shutil
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ZskError(f"--out {run_dir} is a file; give a folder for the run")
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if entries and not resume:
+        if not overwrite:
+            raise ZskError(f"--out {run_dir} already holds {', '.join(entries[:4])}{' ...' if len(entries) > 4 else ''}; "
+                           "continue that run with --resume, replace it with --overwrite, or choose another folder")
+        if not _looks_like_run(run_dir):
+            raise ZskError(f"--overwrite: {run_dir} is not a zsk run folder (no recipe.yaml, metrics.jsonl or "
+                           "checkpoint); refusing to delete it")
+        _lock(run_dir)
+        for p in run_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        log(f"--overwrite: emptied {run_dir}")
+        return run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _lock(run_dir)
+        probe = run_dir / ".zsk-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError:
+        raise ZskError(f"--out {run_dir} is not writable; choose another folder") from None
+    except OSError as e:
+        raise ZskError(f"--out {run_dir}: cannot write there ({e.strerror}); choose another folder") from None
+    return run_dir
 
 
 def _latest_run_dir(task: str, recipe: dict) -> Path | None:
@@ -161,10 +268,11 @@ def resume_mode(resume: ResumeMode) -> Literal["strict", "auto", "no"]:
 
 def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None = None, *,
               out: str | Path | None = None, resume: ResumeMode = None, device: str | None = None,
-              seed: int | None = None, sample: SampleSource | None = None) -> RunContext:
+              seed: int | None = None, sample: SampleSource | None = None, overwrite: bool = False) -> RunContext:
     """Prepare a training run: validated config, device, process group, seeds and the run directory
-    (rank 0 writes ``recipe.yaml``). ``resume`` continues from ``<out>/last.pt`` (or the newest run of
-    this recipe when ``--out`` is not given); ``resume="auto"`` does so only when that file exists."""
+    (claimed atomically by rank 0, never shared; ``recipe.yaml`` written there). ``resume`` continues from
+    ``<out>/last.pt`` (or the newest run of this recipe when ``--out`` is not given); ``resume="auto"``
+    does so only when that file exists; ``overwrite`` replaces the run in ``--out``."""
     mode = resume_mode(resume)
     cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, device=device, sample=sample)
     runtime = getattr(cfg, "runtime", None)
@@ -174,45 +282,70 @@ def start_run(task: str, config_cls: type[C], recipe_path: str | Path | None, se
     seed_everything(seed_value + info.rank)
     if getattr(runtime, "deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if overwrite and mode != "no":
+        raise ZskError("--overwrite replaces a run and --resume continues one: give one of them")
     if out is not None:
-        run_dir = Path(out)
+        run_dir: Path | None = Path(out)
     elif mode != "no" and (latest := _latest_run_dir(task, recipe)) is not None:
         run_dir = latest
     elif mode == "strict":
         raise ZskError(f"--resume: no earlier run of this recipe under runs/{task}/; pass --out RUN_DIR")
     else:
-        run_dir = dist.broadcast_object(_default_run_dir(task, recipe))
-    has_last = any(run_dir.glob("last*.pt"))
+        run_dir = None  # a new folder under runs/<task>/
+    has_last = run_dir is not None and run_dir.is_dir() and any(run_dir.glob("last*.pt"))
     if mode == "strict" and not has_last:
         raise ZskError(f"--resume: {run_dir} has no last.pt to continue from (--resume auto starts fresh instead)")
     resume = mode != "no" and has_last
     if mode == "auto":
         log(f"--resume auto: {'continuing ' + str(run_dir) if resume else 'no last.pt, starting fresh'}")
+    if resume:
+        assert run_dir is not None
+        stored = run_dir / "recipe.yaml"
+        if stored.is_file():
+            import yaml
+
+            earlier = (yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("task")
+            if earlier not in (None, task):
+                raise ZskError(f"--resume: {run_dir} holds a {earlier} run, not {task}: use `zsk {earlier} train ...`")
     if info.is_main:
         global _fresh_run_dir
-        _fresh_run_dir = None if (resume or run_dir.exists()) else run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_recipe(recipe, run_dir / "recipe.yaml")
+        if run_dir is None:
+            run_dir = _claim_new(_default_run_dir(task, recipe))
+            _lock(run_dir)
+            _fresh_run_dir = run_dir
+        else:
+            fresh = not run_dir.exists()
+            run_dir = claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            _fresh_run_dir = run_dir if fresh else None
         log(f"run directory: {run_dir}  device: {dev}" + (f"  world size: {info.world_size}" if info.enabled else ""))
+    run_dir = dist.broadcast_object(run_dir)
+    ctx = RunContext(task=task, cfg=cfg, recipe=recipe, run_dir=run_dir, device=dev, dist=info, resume=resume)
+    if not resume:
+        ctx.commit_recipe()
     dist.barrier()
-    return RunContext(task=task, cfg=cfg, recipe=recipe, run_dir=run_dir, device=dev, dist=info, resume=resume)
+    return ctx
 
 
 def train_seeds(task: str, config_cls: type[C], recipe_path: str | Path | None, sets: list[str] | None, *,
                 runs: int, train_fn: Callable[[RunContext], dict], summarize: Callable[[list[dict]], dict],
                 out: str | Path | None = None, resume: ResumeMode = None, device: str | None = None,
-                seed: int | None = None, sample: SampleSource | None = None) -> dict:
+                seed: int | None = None, sample: SampleSource | None = None, overwrite: bool = False) -> dict:
     """Train ``runs`` runs with seeds ``seed, seed + 1, ...`` under ``<out>/run-<i>/`` and write
     ``<out>/summary.json`` with ``summarize(results)`` (mean ± std as the literature reports)."""
     cfg, recipe = load_config(task, config_cls, recipe_path, sets, seed=seed, sample=sample)
-    base = Path(out) if out is not None else dist.broadcast_object(_default_run_dir(task, recipe))
+    if out is not None:
+        base = Path(out)
+    else:
+        base = _claim_new(_default_run_dir(task, recipe)) if dist.is_main() else Path()
+        base = dist.broadcast_object(base)
     first_seed = int(getattr(getattr(cfg, "runtime", None), "seed", 0))
     results = []
     for i in range(runs):
         log(f"run {i + 1}/{runs} (seed {first_seed + i})")
         ctx = start_run(task, config_cls, recipe_path, sets, out=base / f"run-{i}", resume=resume, device=device,
-                        seed=first_seed + i, sample=sample)
+                        seed=first_seed + i, sample=sample, overwrite=overwrite)
         results.append(train_fn(ctx))
+        release_run(ctx)
     summary = {"run_dir": str(base), **summarize(results)}
     if dist.is_main():
         base.mkdir(parents=True, exist_ok=True)

@@ -314,6 +314,8 @@ def _command(fn: Callable[..., Any], name: str, doc: str, common: list[inspect.P
     return guarded(command)
 
 
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (it is deleted) "
+                                            "instead of refusing; --resume continues it instead.")]
 EvalOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Also save the full result (JSON, and any "
                                                 "files the task writes) in this folder; eval writes nothing else.")]
 
@@ -336,27 +338,28 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
     def train(**kw: Any) -> None:
         from zsk.core import dist
         from zsk.core.progress import emit_result
-        from zsk.core.run import start_run, train_seeds
+        from zsk.core.run import release_run, start_run, train_seeds
         from zsk.metrics.summary import summarize_runs
 
         if kw["runs"] == 1:
             ctx = start_run(task.name, task.Config, kw["recipe"], kw["set_"], out=kw["out"], resume=kw["resume"],
-                            device=kw["device"], seed=kw["seed"], sample=task)
+                            device=kw["device"], seed=kw["seed"], sample=task, overwrite=kw["overwrite"])
             metrics = task.train(ctx)
+            release_run(ctx)
             if ctx.dist.is_main:  # one result line under torchrun
                 emit_result({"run_dir": str(ctx.run_dir), **metrics}, kw["json_out"], title=f"{task.name} train")
             return
         result = train_seeds(task.name, task.Config, kw["recipe"], kw["set_"], runs=kw["runs"], train_fn=task.train,
                              summarize=lambda rows: summarize_runs(rows, task.summary_keys or _scalar_keys(rows)),
                              out=kw["out"], resume=kw["resume"], device=kw["device"], seed=kw["seed"],
-                             sample=task)
+                             sample=task, overwrite=kw["overwrite"])
         if dist.is_main():
             emit_result(result, kw["json_out"], title=f"{task.name} train: {kw['runs']} runs")
 
     app.command("train", cls=_ResumeCommand)(_command(
         train, "train", docs.get("train", "Train with a recipe; writes RUN/best.pt, RUN/last.pt, RUN/eval.json."),
         [_p("recipe", RecipeOpt), _p("set_", SetOpt, None), _p("out", OutOpt, None), _p("resume", ResumeOpt, None),
-         _p("device", DeviceOpt, None), _p("seed", SeedOpt, None), _p("runs", RunsOpt, 1), *flags], ()))
+         _p("overwrite", OverwriteOpt, False), _p("device", DeviceOpt, None), _p("seed", SeedOpt, None), _p("runs", RunsOpt, 1), *flags], ()))
 
     def eval_(**kw: Any) -> None:
         from zsk.core import dist

@@ -61,6 +61,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 10
     save_every: int = 0
+    save_minutes: float = 10.0  # also write last.pt after this many minutes without one (0 = off)
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     select: Literal["best", "last"] = "best"  # the weights a stage hands on (zsk.core.stages)
@@ -74,7 +75,46 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from zsk.core.stages import validate_stage_blocks
 
+        check_ranges("train", self, positive=("batch_size", "grad_accum", "log_every", "poly_power", "gamma"),
+                     non_negative=("lr", "weight_decay", "min_lr", "warmup_steps", "eval_every", "save_every",
+                                   "save_minutes"),
+                     at_least_one=("epochs", "steps", "max_steps"), positive_or_none=("clip_grad_norm",))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ZskError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ZskError(f"train.betas must lie in [0, 1), got {list(self.betas)}")
+        if not 0.0 < self.warmup_ratio <= 1.0:
+            raise ZskError(f"train.warmup_ratio must be in (0, 1], got {self.warmup_ratio}")
+        if any(m < 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ZskError(f"train.milestones must be increasing step numbers >= 0, got {list(self.milestones)}")
         validate_stage_blocks(self)
+
+
+def check_ranges(section: str, cfg: Any, *, positive: Sequence[str] = (), non_negative: Sequence[str] = (),
+                 at_least_one: Sequence[str] = (), positive_or_none: Sequence[str] = ()) -> None:
+    """Range checks of numeric config fields, named ``<section>.<field>`` in the ``ZskError``:
+    ``positive`` > 0, ``non_negative`` >= 0, ``at_least_one`` None or >= 1, ``positive_or_none`` None or > 0."""
+    import math as _math
+
+    def bad(name: str, want: str) -> ZskError:
+        return ZskError(f"{section}.{name} must be {want}, got {getattr(cfg, name)!r}")
+
+    for name in (*positive, *non_negative, *at_least_one, *positive_or_none):
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not _math.isfinite(value):
+            raise bad(name, "a finite number")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise bad(name, "> 0")
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise bad(name, ">= 0")
+    for name in at_least_one:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise bad(name, ">= 1 (or unset)")
+    for name in positive_or_none:
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise bad(name, "> 0 (or unset)")
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig, base_lr: float | None = None) -> float:
@@ -387,6 +427,7 @@ class Trainer:
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr the latest optimizer step used
         self.callbacks = list(callbacks)
         self._micro = 0
+        self._last_save = time.monotonic()
 
     # ----------------------------------------------------------------- files
     def _name(self, base: str) -> str:
@@ -418,6 +459,8 @@ class Trainer:
             "best": dict(self.best),
             "metrics": dict(self.last_metrics),
             "extra": self.extra,
+            # the loss sums since the last log row: a resumed run's next row averages the same steps
+            "log": {"sums": {k: float(v.item()) for k, v in self._sums.items()}, "count": self._count},
         }
 
     def save(self, path: Path) -> None:
@@ -425,6 +468,8 @@ class Trainer:
         self._check_finite()
         if dist.is_main():
             save_checkpoint(path, self.state_dict())
+        if path == self.last_path:
+            self._last_save = time.monotonic()
 
     def load(self, path: Path) -> None:
         """Restore the training state saved by :meth:`save`."""
@@ -432,7 +477,11 @@ class Trainer:
         if state.get("stage", "") != self.stage:
             raise ZskError(f"{path} is a checkpoint of stage {state.get('stage')!r}, not {self.stage!r}")
         load_model_state(self.model, state["model"], self.exclude_prefixes, source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ZskError(f"{path}: its optimizer state does not fit this run's parameters ({e}); resume with the "
+                           "recipe the run was started with, or start a new run") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -442,6 +491,32 @@ class Trainer:
         # the checkpoint's `extra` wins: tasks may keep training state there (e.g. a growing example pool)
         self.extra.update(state.get("extra") or {})
         set_rng_state(state["rng"])
+        saved_log = state.get("log") or {}
+        self._sums = {k: torch.tensor(v, device=self.device) for k, v in (saved_log.get("sums") or {}).items()}
+        self._count = int(saved_log.get("count", 0))
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop the rows a killed run wrote after its checkpoint (this stage, later steps), so that after
+        the resume metrics.jsonl reads as one uninterrupted run."""
+        path = self.ctx.run_dir / "metrics.jsonl"
+        if not dist.is_main() or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if row.get("stage", "") == self.stage and int(row.get("step", 0)) > self.step:
+                continue
+            keep.append(line)
+        if len(keep) != len(lines):
+            from zsk.core.io import atomic_open
+
+            with atomic_open(path, "w") as f:
+                f.write("".join(line + "\n" for line in keep))
 
     def _log_jsonl(self, record: dict) -> None:
         if dist.is_main():
@@ -555,6 +630,7 @@ class Trainer:
         if self.ctx.resume and self.last_path.is_file():
             self.load(self.last_path)
             log(f"resumed {self.last_path} at step {self.step}")
+            self.ctx.commit_recipe()  # the run is known to continue: now its recipe.yaml may change
             if self.step >= self.stop_at:
                 return self.last_metrics
         self.model.train()
@@ -585,9 +661,10 @@ class Trainer:
                         self.save(self.last_path)
                     elif self.cfg.save_every and self.step % self.cfg.save_every == 0:
                         self.save(self.last_path)
+                    elif self.cfg.save_minutes and time.monotonic() - self._last_save >= 60 * self.cfg.save_minutes:
+                        self.save(self.last_path)  # a kill -9 loses at most this much training
                     if sig.received is not None:
-                        self._flush_log(t0, samples)
-                        self.save(self.last_path)
+                        self.save(self.last_path)  # with the loss sums of the unlogged steps (no off-grid row)
                         dist.barrier()
                         raise Interrupted(sig.exit_code, f"stopped by signal {sig.received} at step {self.step}; "
                                           f"continue with --resume --out {self.ctx.run_dir}")
