@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -206,3 +208,27 @@ def test_bad_input_after_start_run_leaves_no_empty_run_dir(tmp_path: Path, monke
     with pytest.raises(typer.Exit):
         train(out=existing)
     assert existing.is_dir() and (existing / "recipe.yaml").is_file()
+
+
+def test_a_closed_pipe_is_a_normal_end(tmp_path) -> None:  # noqa: ANN001
+    """`zsk ... | head -1`: the reader closed the pipe; zsk ends with exit 0 and no traceback (`true` closes
+    its end at once, before zsk has started, so zsk's first write meets a closed pipe)."""
+    import shutil
+    import subprocess
+
+    zsk = shutil.which("zsk") or str(Path(sys.executable).parent / "zsk")
+    for cmd in (f"'{zsk}' recipes --json | true", f"'{zsk}' recipes | true", f"'{zsk}' recipes --json | head -1"):
+        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (cmd, proc.stderr)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and "error" not in proc.stderr
+
+
+def test_result_tables_are_not_cut_in_a_pipe(tmp_path) -> None:  # noqa: ANN001
+    """stdout that is not a terminal gets whole cells, however long (rich would cut them at 80 columns)."""
+    from zsk.core.progress import emit_result
+
+    long_value = "x" * 150 + "-end"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        emit_result({"path": long_value}, as_json=False, title="t")
+    assert "-end" in buf.getvalue() and "…" not in buf.getvalue()

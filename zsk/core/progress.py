@@ -36,7 +36,22 @@ settings = Settings()
 # soft_wrap: an `error:` or log line stays one line however long (rich would wrap at 80 columns
 # when stderr is not a terminal, splitting messages in job logs and pipes).
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout_console = Console(highlight=False)
+
+
+class _ResultConsole(Console):
+    """stdout's console: a reader that closed the pipe (``zsk ... | head -1``) ends the program with exit 0
+    (rich's default is exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise SystemExit(0)
+
+
+stdout_console = _ResultConsole(highlight=False)
 
 
 def show_progress() -> bool:
@@ -112,7 +127,7 @@ def emit_result(obj: dict, as_json: bool, title: str = "") -> None:
 def result_console() -> Console:
     """The console for result tables: the terminal's width on a terminal; unbounded width when stdout
     is a pipe or a file, so no cell is cut to fit 80 columns."""
-    return stdout_console if stdout_console.is_terminal else Console(highlight=False, width=100_000)
+    return stdout_console if stdout_console.is_terminal else _ResultConsole(highlight=False, width=100_000)
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
