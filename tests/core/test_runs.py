@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ def test_relative_data_root_is_stored_absolute(tmp_path: Path, monkeypatch) -> N
     ("grad_accum", 0, "train.grad_accum must be > 0"), ("steps", 0, "train.steps must be >= 1"),
     ("epochs", -2, "train.epochs must be >= 1"), ("clip_grad_norm", 0.0, "train.clip_grad_norm must be > 0"),
     ("momentum", 1.5, "train.momentum must be in"), ("weight_decay", -0.1, "train.weight_decay must be >= 0"),
-    ("warmup_ratio", 0.0, "train.warmup_ratio"), ("milestones", [30, 10], "train.milestones"),
+    ("warmup_ratio", 1.5, "train.warmup_ratio"), ("milestones", [30, 10], "train.milestones"),
     ("lr", float("nan"), "train.lr must be a finite number"),
 ])
 def test_train_ranges_are_checked_once_for_every_task(key: str, value: object, message: str) -> None:
@@ -181,3 +182,12 @@ def test_last_pt_is_written_periodically_by_time(tmp_path: Path, monkeypatch) ->
     Trainer(ctx, nn.Linear(3, 2), ctx.cfg.train, step, lambda e, s: [x][s:], 1).fit()
     # steps 0-2 run before 60 s have passed; after step 2 (75 s) last.pt is written
     assert [s for s, exists in seen if not exists] == [0, 1, 2] and all(e for s, e in seen if s >= 3)
+
+
+def test_a_range_error_in_a_stage_block_names_the_stage() -> None:
+    @dataclass
+    class Staged(TrainConfig):
+        STAGES: ClassVar[tuple[str, ...]] = ("warm", "main")
+
+    with pytest.raises(ZskError, match=r"^train\.stages\.main\.lr must be >= 0"):
+        parse_config(Staged, {"steps": 3, "stages": {"main": {"lr": -1}}})

@@ -59,7 +59,14 @@ def stage_config(train: TrainConfig, name: str) -> TrainConfig:
     base = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.init and f.name != "stages"}
     # a stage's own settings hold no stage blocks (a TrainConfig with default blocks would recurse)
     merged = {**config_to_dict(base), **block, "stages": {}}
-    return parse_config(type(train), merged, prefix=f"train.stages.{name}")
+    try:
+        return parse_config(type(train), merged, prefix=f"train.stages.{name}")
+    except ZskError as e:  # range checks name `train.<key>`: say which stage's setting it is
+        msg = str(e)
+        here = f"train.stages.{name}."
+        if msg.startswith("train.") and not msg.startswith(here):
+            msg = msg.replace("train.", here, 1)
+        raise ZskError(msg) from None
 
 
 @dataclass

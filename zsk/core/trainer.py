@@ -83,8 +83,8 @@ class TrainConfig:
             raise ZskError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ZskError(f"train.betas must lie in [0, 1), got {list(self.betas)}")
-        if not 0.0 < self.warmup_ratio <= 1.0:
-            raise ZskError(f"train.warmup_ratio must be in (0, 1], got {self.warmup_ratio}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ZskError(f"train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if any(m < 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ZskError(f"train.milestones must be increasing step numbers >= 0, got {list(self.milestones)}")
         validate_stage_blocks(self)

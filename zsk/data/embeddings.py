@@ -37,10 +37,21 @@ class WordVectors:
         return None if i is None else self.vectors[i]
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def read_glove(path: str | Path, dim: int | None = None) -> WordVectors:
     """Parse a GloVe text file; every line must carry the same number of values (``dim`` if given).
 
-    The word is everything before the last D fields, so tokens with spaces (GloVe 840B) survive.
+    The word is everything before the last D fields, so tokens with spaces (GloVe 840B) survive. A
+    word2vec text header (``<count> <dim>``, as gensim writes) is read as the dimension and skipped. A line
+    with fewer values than D, or whose word is followed by more than D numbers, is a ``ZskError`` naming
+    the file and line (an embedding dimension mismatch).
     """
     path = Path(path)
     if not path.is_file():
@@ -48,20 +59,26 @@ def read_glove(path: str | Path, dim: int | None = None) -> WordVectors:
                        f"e.g. glove.6B.300d.txt; set model.word_vectors)")
     words: list[str] = []
     rows: list[np.ndarray] = []
+    first = True
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n").rstrip()
             if not line:
                 continue
             parts = line.split(" ")
+            if first:
+                first = False
+                if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():  # word2vec header
+                    header = int(parts[1])
+                    if dim is not None and header != dim:
+                        raise ZskError(f"{path}:{lineno}: the header says {header}-d vectors, expected {dim}-d "
+                                       f"(embedding dimension mismatch)")
+                    dim = header
+                    continue
             if dim is None:
                 # the first line fixes D: the longest numeric tail
                 k = len(parts) - 1
-                while k > 0:
-                    try:
-                        float(parts[k])
-                    except ValueError:
-                        break
+                while k > 0 and _is_number(parts[k]):
                     k -= 1
                 dim = len(parts) - 1 - k
                 if dim < 1:
@@ -69,10 +86,15 @@ def read_glove(path: str | Path, dim: int | None = None) -> WordVectors:
             if len(parts) < dim + 1:
                 raise ZskError(f"{path}:{lineno}: {len(parts) - 1} values where the file's dimension is {dim} "
                                f"(embedding dimension mismatch; is the file truncated?)")
+            if len(parts) > dim + 1 and all(_is_number(p) for p in parts[1:]):
+                raise ZskError(f"{path}:{lineno}: {len(parts) - 1} values where the file's dimension is {dim} "
+                               f"(embedding dimension mismatch)")
             try:
                 vec = np.asarray(parts[-dim:], dtype=np.float32)
             except ValueError:
                 raise ZskError(f"{path}:{lineno}: non-numeric value in a GloVe vector") from None
+            if not np.isfinite(vec).all():
+                raise ZskError(f"{path}:{lineno}: NaN or infinite value in the vector of {' '.join(parts[:-dim])!r}")
             words.append(" ".join(parts[:-dim]))
             rows.append(vec)
     if not rows:

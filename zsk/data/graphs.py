@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,45 +239,126 @@ def undirected_hops(num_nodes: int, edges: np.ndarray, sources: Sequence[int]) -
 # ----------------------------------------------------------------------------- WordNet
 
 
+# the files nltk's WordNetCorpusReader opens (its _FILES, less cntlist.rev, which only Lemma.count() reads):
+# lexnames, the adjective data and every index and exception file on construction, index.sense to map the
+# corpus onto the "wordnet" version, the other data files on the first synset of their part of speech
+WORDNET_FILES = ("lexnames", "index.sense", "index.adj", "index.adv", "index.noun", "index.verb", "data.adj",
+                 "data.adv", "data.noun", "data.verb", "adj.exc", "adv.exc", "noun.exc", "verb.exc")
+
+POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}  # wnid pos letter -> data.<pos>
+
+
+def _pointer_name(root: Any) -> str:
+    """A readable location of an nltk path pointer (a folder, or ``archive.zip/entry``)."""
+    zipped = getattr(root, "zipfile", None)
+    if zipped is not None:
+        return f"{zipped.filename}/{getattr(root, 'entry', '')}".rstrip("/")
+    return str(getattr(root, "path", root))
+
+
+@contextmanager
+def wordnet_errors(where: str, culprit: Callable[[], str | None] = lambda: None) -> Iterator[None]:
+    """Turn any failure of nltk's WordNet reader on a user-supplied corpus (a file that is missing,
+    unreadable or not in WordNet's format) into a ``ZskError`` naming the corpus folder and, when
+    ``culprit()`` knows it, the file being read."""
+    try:
+        yield
+    except ZskError:
+        raise
+    except FileNotFoundError as e:
+        missing = Path(str(e.filename)).name if e.filename else str(e)
+        raise ZskError(f"the WordNet corpus {where} has no file {missing}: reinstall it "
+                       f"(python -m nltk.downloader wordnet)") from None
+    except Exception as e:  # noqa: BLE001 - nltk's parser raises anything on a damaged corpus
+        first = (str(e).splitlines() or [""])[0] or type(e).__name__
+        name = culprit()
+        what = f"its file {name} is damaged" if name else "it is damaged"
+        raise ZskError(f"cannot read the WordNet corpus {where}: {what} or not in WordNet's format "
+                       f"({type(e).__name__}: {first}): reinstall it (python -m nltk.downloader wordnet)") from None
+
+
+def _nltk_data_folder(nltk_data: str | Path) -> str:
+    """The folder to search for ``corpora/wordnet``: ``nltk_data`` itself, or, when it is the corpus folder
+    ``.../corpora/wordnet``, the folder two levels up."""
+    folder = Path(nltk_data).expanduser().resolve()
+    if not folder.is_dir():
+        raise ZskError(f"nltk data folder not found: {folder} (--nltk-data / model.nltk_data: the folder holding "
+                       f"corpora/wordnet)")
+    if (folder / "lexnames").is_file() or (folder / "data.noun").is_file():  # the corpus folder itself
+        if folder.name == "wordnet" and folder.parent.name == "corpora":
+            return str(folder.parent.parent)
+        raise ZskError(f"{folder} looks like a WordNet corpus folder: nltk reads it as DIR/corpora/wordnet, so move it "
+                       f"there and pass DIR (--nltk-data / model.nltk_data)")
+    if not ((folder / "corpora" / "wordnet").is_dir() or (folder / "corpora" / "wordnet.zip").is_file()):
+        raise ZskError(f"{folder} holds no corpora/wordnet (nor corpora/wordnet.zip): pass the folder that does "
+                       f"(--nltk-data / model.nltk_data), or run python -m nltk.downloader -d {folder} wordnet")
+    return str(folder)
+
+
 def load_wordnet(nltk_data: str | Path | None = None) -> Any:
     """nltk's WordNet reader; ``nltk_data`` is an extra search folder (holding ``corpora/wordnet``).
 
-    Missing nltk or corpus -> ZskError saying how to install it.
+    Missing nltk or corpus -> ZskError saying how to install it; a corpus that lacks one of the files the
+    reader opens (:data:`WORDNET_FILES`) or fails to parse -> ZskError naming the folder and the file.
     """
     try:
         import nltk
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
     except ImportError:
         raise ZskError("building a WordNet graph needs nltk: pip install nltk") from None
+    searches: list[list[str] | None] = [None]
     if nltk_data is not None:
-        folder = str(Path(nltk_data).resolve())
+        folder = _nltk_data_folder(nltk_data)
         if folder not in nltk.data.path:
             nltk.data.path.insert(0, folder)
+        searches.insert(0, [folder])  # the folder given wins over an installed corpus
     root = None
-    for name in ("corpora/wordnet.zip/wordnet/", "corpora/wordnet"):
-        try:
-            root = nltk.data.find(name)
+    for paths in searches:
+        for name in ("corpora/wordnet.zip/wordnet/", "corpora/wordnet"):
+            try:
+                root = nltk.data.find(name, paths=paths)
+                break
+            except LookupError:
+                continue
+        if root is not None:
             break
-        except LookupError:
-            continue
     if root is None:
         raise ZskError("nltk's WordNet corpus is not installed: run `python -m nltk.downloader wordnet` "
                        "(or copy it to a folder and pass --nltk-data DIR), or give a prebuilt graph JSON / "
                        "an edge list instead")
-    with warnings.catch_warnings():
+    where = _pointer_name(root)
+    for fileid in WORDNET_FILES:
+        try:
+            root.join(fileid)
+        except OSError:
+            raise ZskError(f"the WordNet corpus {where} has no file {fileid}: reinstall it "
+                           f"(python -m nltk.downloader wordnet)") from None
+    class Reader(WordNetCorpusReader):
+        """nltk's reader, remembering the last file it opened (to name the damaged one)."""
+
+        def open(self, file: str) -> Any:
+            self.zsk_last_file = file
+            return super().open(file)
+
+    wn = Reader.__new__(Reader)
+    wn.zsk_last_file = None
+    wn.zsk_location = where
+    with warnings.catch_warnings(), wordnet_errors(where, lambda: wn.zsk_last_file):
         warnings.simplefilter("ignore")  # "multilingual functions are not available": not used here
-        return WordNetCorpusReader(root, None)
+        wn.__init__(root, None)
+    return wn
 
 
 def wnid_to_synset(wn: Any, wnid: str) -> Any:
     """``n02084071`` -> the WordNet synset (pos letter + 8-digit offset)."""
-    if len(wnid) != 9 or not wnid[1:].isdigit():
+    if len(wnid) != 9 or not wnid[1:].isdigit() or wnid[0] not in POS_FILES:
         raise ZskError(f"{wnid!r} is not a WordNet id (expected a pos letter and 8 digits, e.g. n02084071)")
-    with warnings.catch_warnings():
+    data_file = "data." + POS_FILES[wnid[0]]
+    with warnings.catch_warnings(), wordnet_errors(getattr(wn, "zsk_location", "in use"), lambda: data_file):
         warnings.simplefilter("ignore")
         synset = wn.synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
     if synset is None:
-        raise ZskError(f"wnid {wnid} is not in the installed WordNet")
+        raise ZskError(f"wnid {wnid} is not in the installed WordNet ({getattr(wn, 'zsk_location', 'nltk')})")
     return synset
 
 
@@ -304,6 +386,12 @@ def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
     each node's lemma names, for :func:`zsk.data.embeddings.embed_synsets`.
     """
     wn = load_wordnet(nltk_data)
+    with wordnet_errors(wn.zsk_location):
+        return _induce(wn, train_wnids, test_wnids, xml_wnids)
+
+
+def _induce(wn: Any, train_wnids: Sequence[str], test_wnids: Sequence[str], xml_wnids: Sequence[str] | None
+            ) -> tuple[KnowledgeGraph, list[list[str]]]:
     xml = set(xml_wnids or [])
     order: list[str] = []
     synsets: dict[str, Any] = {}
@@ -336,7 +424,8 @@ def induce_wordnet_graph(train_wnids: Sequence[str], test_wnids: Sequence[str],
 def wordnet_lemma_names(wnids: Sequence[str], nltk_data: str | Path | None = None) -> list[list[str]]:
     """The lemma names of each wnid (for word vectors and human-readable predictions)."""
     wn = load_wordnet(nltk_data)
-    return [list(wnid_to_synset(wn, w).lemma_names()) for w in wnids]
+    with wordnet_errors(wn.zsk_location):
+        return [list(wnid_to_synset(wn, w).lemma_names()) for w in wnids]
 
 
 def read_names(path: str | Path) -> dict[str, list[str]]:

@@ -264,3 +264,42 @@ def test_seen_testset_needs_generalized(trained, tmp_path: Path) -> None:
     out = lines(run("eval", "-c", str(run_dir / "last.pt"), "--testset", "train", "--features",
                     str(tmp_path / "s.npy"), "--generalized", "--json"))[0]
     assert out["images"] == 3 and out["candidates"] == 12
+
+
+# ----------------------------------------------------------------------------- issue 12
+
+
+def test_predict_inputs_sharing_a_stem_keep_their_own_rows(trained, tmp_path: Path) -> None:
+    """a/x.npy and b/x.npy (different features) each keep their rows, named apart by output_names, and the
+    names are the same when the command is run again; --json rows carry "input" plus the result keys."""
+    data, run_dir = trained
+    feats = np.load(data / "features" / "test.npy")
+    for folder, rows in (("a", feats[:1]), ("b", feats[200:202])):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "x.npy", rows)
+    args = ["predict", str(tmp_path / "a" / "x.npy"), str(tmp_path / "b" / "x.npy"), "-c", str(run_dir / "last.pt"),
+            "--out", str(tmp_path / "pred"), "--json"]
+    first = lines(run(*args))
+    assert [(Path(r["input"]).parent.name, r["row"]) for r in first] == [("a", 0), ("b", 0), ("b", 1)]
+    assert all(set(r) == {"input", "input_name", "row", "top"} for r in first)
+    names = {Path(r["input"]).parent.name: r["input_name"] for r in first}
+    assert names["a"] != names["b"] and "x" in names["a"]
+    assert first[0]["top"] != first[1]["top"]  # the two files' own features, not one file twice
+    saved = [json.loads(x) for x in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert saved == first
+    again = lines(run(*args))
+    assert [r["input_name"] for r in again] == [r["input_name"] for r in first] and again == first
+
+
+def test_predict_checks_every_input_before_writing(trained, tmp_path: Path) -> None:
+    """A bad second input fails the command before any output: an earlier predictions.jsonl stays as it was."""
+    data, run_dir = trained
+    np.save(tmp_path / "good.npy", np.load(data / "features" / "test.npy")[:2])
+    np.save(tmp_path / "bad.npy", np.zeros((2, 7), np.float32))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "predictions.jsonl").write_text("earlier\n")
+    res = run("predict", str(tmp_path / "good.npy"), str(tmp_path / "bad.npy"), "-c", str(run_dir / "last.pt"),
+              "--out", str(tmp_path / "pred"), code=2)
+    assert "bad.npy" in res.stderr and "7-d" in res.stderr
+    assert (tmp_path / "pred" / "predictions.jsonl").read_text() == "earlier\n"
+

@@ -65,3 +65,20 @@ def test_load_glove_is_cached(glove_file: Path) -> None:
     second = load_glove(glove_file)
     assert second.words == first.words and np.array_equal(second.vectors, first.vectors)
     assert Cache().info()["glove"]["entries"] == 1
+
+
+def test_glove_word2vec_header_and_overlong_rows(tmp_path: Path) -> None:
+    """A word2vec header (``count dim``) gives the dimension and is skipped; a header that disagrees with the
+    rows, or a row with more numbers than the dimension, names the file and line (issue 12)."""
+    p = tmp_path / "w2v.txt"
+    p.write_text("2 3\na 1 2 3\nb 4 5 6\n")
+    wv = read_glove(p)
+    assert wv.words == ["a", "b"] and wv.dim == 3
+    p.write_text("2 300\na 1 2 3\nb 4 5 6\n")
+    with pytest.raises(ZskError, match=r"w2v\.txt:2: 3 values where the file's dimension is 300"):
+        read_glove(p)
+    p.write_text("a 1 2 3\nb 4 5 6 7\n")
+    with pytest.raises(ZskError, match=r"w2v\.txt:2: 4 values where the file's dimension is 3"):
+        read_glove(p)
+    p.write_text("a 1 2 3\n. . . 4 5 6\n")  # GloVe 840B has tokens with spaces: still read
+    assert read_glove(p).words == ["a", ". . ."]

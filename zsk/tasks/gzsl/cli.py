@@ -42,7 +42,8 @@ app = task_app(TASK, docs={
     "train": "Regress the CNN's seen-class classifiers with DGP / SGCN / GCNZ (stage propagate); fine-tune the "
              "CNN under them when train.stages.finetune.enabled (stage finetune).",
     "eval": "hit@1/2/5/10/20 on an ImageNet test set, micro-averaged over images, ties counted against the model.",
-    "predict": "The top-k classes (wnid, name, score) of each image or feature row; also PRED/predictions.jsonl.",
+    "predict": "The top-k classes (wnid, name, score) of each image or feature row, with the input and its unique "
+               "input_name; also OUT/predictions.jsonl.",
     "info": "Graph size, edge counts per hop-distance group, parameters, FLOPs and test-set coverage.",
     "sample": "Write a small synthetic hierarchy in DGP's file formats (the data of recipes/gzsl/demo.yaml).",
 })

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from zsk.core.errors import ZskError
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
+
+
+def _require(ok: bool, key: str, want: str, value: Any) -> None:
+    """Raise the ``ZskError`` "<key> must be <want>, got <value>" unless ``ok``."""
+    if not ok:
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        raise ZskError(f"{key} must be {want}, got {shown!r}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _ints_at_least(values: Sequence[int], low: int) -> bool:
+    return all(v >= low for v in values)
 
 
 @dataclass
@@ -26,6 +44,12 @@ class DataConfig:
     resize: int = 256  # evaluation: Resize 256 -> CenterCrop 224 (spec "Protocol")
     crop: int = 224
 
+    def __post_init__(self) -> None:
+        _require(self.resize >= 1, "data.resize", ">= 1", self.resize)
+        _require(self.crop >= 1, "data.crop", ">= 1", self.crop)
+        _require(self.crop <= self.resize, "data.crop", f"<= data.resize ({self.resize}): the centre crop is taken "
+                 "from the resized image", self.crop)
+
 
 @dataclass
 class ModelConfig:
@@ -43,6 +67,16 @@ class ModelConfig:
     nltk_data: str | None = None  # extra folder holding corpora/wordnet, for lemma names
     cnn: str = "resnet50"  # torchvision backbone: targets (fc) and image features (pooled)
     pretrained: str | None = "imagenet"  # CNN weights: "imagenet" (torchvision cache), a local file, or null (random)
+
+    def __post_init__(self) -> None:
+        _require(len(self.hidden) >= 1 and _ints_at_least(self.hidden, 1), "model.hidden",
+                 "a list of hidden widths >= 1 (DGP/SGCN: [2048])", self.hidden)
+        _require(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
+        _require(_finite(self.negative_slope) and self.negative_slope >= 0.0, "model.negative_slope",
+                 "a finite number >= 0 (LeakyReLU slope; DGP: 0.2)", self.negative_slope)
+        _require(self.max_distance >= 1, "model.max_distance", ">= 1 (DGP: 4, groups 0, 1, 2, 3, >=4)",
+                 self.max_distance)
+        _require(bool(self.cnn.strip()), "model.cnn", "a torchvision model name (e.g. resnet50)", self.cnn)
 
 
 # Stage two's own defaults (DGP's fine-tuning, Kampffmeyer et al. CVPR 2019, Sec. 3.4: SGD, lr 1e-4,
@@ -88,6 +122,11 @@ class TrainConfig(CoreTrainConfig):
     enabled: bool = True  # whether the stage runs (train.stages.finetune.enabled switches stage two on)
     classifiers: str | None = None  # finetune: a stage-one snapshot `epoch-N.pred` to fine-tune under (skips propagate)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the shared train.* checks and the stage blocks
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", ">= 0 (0: only the last snapshot)",
+                 self.checkpoint_every)
+
 
 @dataclass
 class EvalConfig:
@@ -100,6 +139,14 @@ class EvalConfig:
     features: str | None = None  # precomputed image features (.npy, N x F); None: run the CNN on data.images
     labels: str | None = None  # one wnid per line for the rows of `features`
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(bool(self.testset.strip()), "eval.testset", "a test-set name (2-hops, 3-hops, all, awa2)",
+                 self.testset)
+        _require(_finite(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "eval.keep_ratio", "in (0, 1]",
+                 self.keep_ratio)
+        _require(len(self.ks) >= 1 and _ints_at_least(self.ks, 1), "eval.ks", "a list of k >= 1 (hit@k)", self.ks)
+        _require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass

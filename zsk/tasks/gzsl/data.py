@@ -54,6 +54,15 @@ def resolve(root: str | Path, path: str | Path) -> Path:
     return p if p.is_absolute() else Path(root).expanduser() / p
 
 
+def check_out_dir(out: Path, what: str = "--out") -> None:
+    """An output folder (``--out`` of predict and make-graph) must be a folder or not exist yet, below a folder."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ZskError(f"{what} {out}: {folder} is a file, not a folder")
+            return
+
+
 def _wnid_list(path: Path, obj: Any, key: str) -> list[str]:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
@@ -121,9 +130,13 @@ def read_fc_weights(path: Path, seen: Sequence[str]) -> np.ndarray:
     if len(lengths) != 1:
         raise ZskError(f"{path}: classifier rows have different lengths {sorted(lengths)}")
     try:
-        return np.asarray([rows[w] for w in seen], dtype=np.float32)
+        weights = np.asarray([rows[w] for w in seen], dtype=np.float32)
     except (TypeError, ValueError):
         raise ZskError(f"{path}: classifier rows must hold numbers after the wnid") from None
+    if not np.isfinite(weights).all():
+        row = int(np.nonzero(~np.isfinite(weights).all(axis=1))[0][0])
+        raise ZskError(f"{path}: the classifier of {seen[row]} holds NaN or infinite values")
+    return weights
 
 
 def write_fc_weights(path: Path, wnids: Sequence[str], weights: np.ndarray) -> None:
@@ -131,24 +144,42 @@ def write_fc_weights(path: Path, wnids: Sequence[str], weights: np.ndarray) -> N
     path.write_text(json.dumps([[w, *map(float, row)] for w, row in zip(wnids, weights, strict=True)]))
 
 
+def load_feature_array(path: Path, hint: str = "an N x F .npy array of image features") -> np.ndarray:
+    """A ``.npy`` array of real numbers (without pickles), as float32; a missing, truncated, pickled,
+    non-numeric or non-finite file is a ``ZskError`` naming it."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ZskError(f"features file not found: {path} ({hint})") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ZskError(f"cannot read features {path}: {e} ({hint})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
+        kind = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise ZskError(f"features {path} hold {kind} values; expected real numbers ({hint})")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise ZskError(f"features {path} hold {bad} NaN or infinite value{'s' if bad > 1 else ''}: recompute them "
+                       f"(zsk gzsl features) or drop those rows")
+    return x
+
+
 def read_features(features: Path, labels: Path) -> tuple[np.ndarray, list[str]]:
     """Precomputed image features (``.npy``, N x F) and their wnids (one per line)."""
-    try:
-        x = np.load(features, allow_pickle=False)
-    except FileNotFoundError:
-        raise ZskError(f"features file not found: {features} (set eval.features to an N x F .npy file)") from None
-    except (OSError, ValueError) as e:
-        raise ZskError(f"cannot read features {features}: {e} (expected a .npy array, N x F)") from None
-    if x.ndim != 2:
-        raise ZskError(f"features {features} have shape {x.shape}; expected N x F")
+    x = load_feature_array(features, "set eval.features to an N x F .npy file")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ZskError(f"features {features} have shape {x.shape}; expected N x F with N, F >= 1")
     try:
         names = [ln.strip() for ln in labels.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except FileNotFoundError:
         raise ZskError(f"labels file not found: {labels} (set eval.labels: one wnid per line, one line per "
                        f"row of {features.name})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZskError(f"cannot read labels file {labels}: {e} (one wnid per line)") from None
     if len(names) != x.shape[0]:
-        raise ZskError(f"{labels} has {len(names)} labels for {x.shape[0]} feature rows in {features}")
-    return x.astype(np.float32), names
+        raise ZskError(f"{labels} has {len(names)} labels for {x.shape[0]} feature rows in {features}: one wnid per "
+                       f"line, one line per row")
+    return x, names
 
 
 def list_images(root: Path, wnids: Sequence[str], folder_names: Sequence[str] | None = None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from zsk.core import dist
 from zsk.core.checkpoint import load_model_state
 from zsk.core.errors import ZskError
+from zsk.core.io import atomic_open
 from zsk.core.progress import progress, warn
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader
@@ -48,17 +49,20 @@ def eval_source_available(cfg: Config) -> bool:
     return bool(cfg.eval.features) and resolve(cfg.data.root, cfg.eval.features).is_file()
 
 
-def _testset(cfg: Config, data: GraphData) -> tuple[str, list[str], list[str] | None]:
-    """(name, wnids, image folder names or None) of ``eval.testset``."""
+def _testset(cfg: Config, data: GraphData) -> tuple[str, list[str], list[str] | None, Path]:
+    """(name, wnids, image folder names or None, the file listing them) of ``eval.testset``."""
     name = cfg.eval.testset
     if name == "awa2":
-        wnids, folders = read_awa2_split(resolve(cfg.data.root, cfg.data.awa2_split))
-        return name, wnids, folders
+        path = resolve(cfg.data.root, cfg.data.awa2_split)
+        wnids, folders = read_awa2_split(path)
+        return name, wnids, folders, path
     path = resolve(cfg.data.root, cfg.data.testsets)
     sets = read_testsets(path)
     if name not in sets:
         raise ZskError(f"eval.testset {name!r} is not in {path}; choose one of {', '.join(sets)} or awa2")
-    return name, sets[name], None
+    if not sets[name]:
+        raise ZskError(f"test set {name} of {path} lists no wnid")
+    return name, sets[name], None, path
 
 
 def extract_features(cnn: nn.Module, dataset: ImageList, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -80,12 +84,12 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
     """hit@k of the predicted classifiers on ``eval.testset`` (spec "Protocol"): ZSL candidates = the test
     set's classes, GZSL (``eval.generalized``) adds the seen classes; ties pessimistic; micro-averaged over
     images; ``eval.keep_ratio`` of each class's images. AwA2 adds the per-class mean top-1."""
-    name, test_wnids, folders = _testset(cfg, data)
+    name, test_wnids, folders, list_file = _testset(cfg, data)
     index = data.index()
     missing_graph = [w for w in test_wnids if w not in index]
     if missing_graph:
-        raise ZskError(f"test set {name}: wnid {missing_graph[0]} is missing from the graph {data.graph_file} "
-                       f"({len(missing_graph)} missing)")
+        raise ZskError(f"test set {name} of {list_file}: wnid {missing_graph[0]} is missing from the graph "
+                       f"{data.graph_file} ({len(missing_graph)} missing): use a graph built with these classes")
     test_idx = [index[w] for w in test_wnids]
     cand = candidate_indices(test_idx, data.seen_idx.tolist(), cfg.eval.generalized)
     if len(cand) == 0:
@@ -99,8 +103,15 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
         fpath = resolve(cfg.data.root, cfg.eval.features)
         lpath = resolve(cfg.data.root, cfg.eval.labels) if cfg.eval.labels else fpath.with_name(fpath.stem + "-labels.txt")
         feats_np, label_wnids = read_features(fpath, lpath)
+        width = pred.shape[1]
+        if feats_np.shape[1] not in (width, width - 1):
+            raise ZskError(f"features {fpath} are {feats_np.shape[1]}-d but the classifiers are {width}-d (with bias: "
+                           f"features + 1): use features of the CNN whose last layer was regressed")
         pos = {w: k for k, w in enumerate(test_wnids)}
         rows = np.asarray([i for i, w in enumerate(label_wnids) if w in pos], dtype=np.int64)
+        if len(rows) == 0:
+            raise ZskError(f"no row of {fpath} is labelled with a class of test set {name} (labels {lpath}, e.g. "
+                           f"{label_wnids[0]}; test classes from {list_file}, e.g. {test_wnids[0]})")
         labels_np = np.asarray([pos[label_wnids[i]] for i in rows], dtype=np.int64)
         feats_np = feats_np[rows]
         source = str(fpath)
@@ -110,6 +121,9 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
                            "model.pretrained to the CNN's weights")
         root = resolve(cfg.data.root, cfg.data.awa2_images if name == "awa2" else cfg.data.images)
         paths, labels, _ = list_images(root, test_wnids, folders)
+        if not paths:
+            raise ZskError(f"no images of test set {name} under {root}/<{'name' if folders else 'wnid'}>/ (set "
+                           f"data.images, or evaluate precomputed features with --features)")
         labels_np = np.asarray(labels, dtype=np.int64)
         feats_np = None
         source = str(root)
@@ -172,9 +186,14 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     in_dim = int(extra.get("in_dim", data.vectors.shape[1]))
     out_dim = int(extra.get("out_dim", 0))
     if data.vectors.shape[1] != in_dim:
-        raise ZskError(f"the graph {data.graph_file} has {data.vectors.shape[1]}-d word vectors but {checkpoint} was "
-                       f"trained on {in_dim}-d ones (embedding dimension mismatch)")
-    weights = state["model"]
+        d = data.vectors.shape[1]
+        source = (f"the word vectors {resolve(cfg.data.root, cfg.model.word_vectors)} (model.word_vectors) are {d}-d"
+                  if cfg.model.word_vectors else f"the graph {data.graph_file} has {d}-d word vectors")
+        raise ZskError(f"{source} but {checkpoint} was trained on {in_dim}-d ones (embedding dimension mismatch): "
+                       f"use the vectors it was trained with")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not weights:
+        raise ZskError(f"{checkpoint} holds no model weights: pass a run's best.pt or last.pt")
     has_cnn = any(k.startswith("cnn.") for k in weights)
     cnn = stages.build_cnn(cfg, pretrained=False)[0] if has_cnn else None
     model = ZeroShotModel(stages.build_gnn(cfg, in_dim, out_dim), cnn)
@@ -242,13 +261,27 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, 
     return evaluate_classifiers(cfg, loaded.parts["data"], predicted_classifiers(loaded), cnn, loaded.device)
 
 
+def check_out_stem(out: Path) -> None:
+    """``--out STEM`` of ``zsk gzsl features``: its folder must be a folder (or not exist yet) and the
+    stem must not be a folder."""
+    for parent in (out.parent, *out.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ZskError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    if out.with_suffix(".npy").is_dir():
+        raise ZskError(f"--out {out}: {out.with_suffix('.npy')} is a folder; give a file stem (writes STEM.npy and "
+                       f"STEM-labels.txt)")
+
+
 def export_features(loaded: Loaded, out: Path, testset: str | None = None) -> dict[str, Any]:
     """``zsk gzsl features``: pooled CNN features of every image of the test set's classes, written as
     ``<out>.npy`` (N x F) and ``<out>-labels.txt`` (one wnid per line), so later evaluations (any test set,
     ZSL or GZSL, any keep ratio) skip the CNN."""
     cfg = with_eval_options(loaded.cfg, testset)
+    check_out_stem(Path(out))
     cnn = image_encoder(loaded).eval()
-    name, wnids, folders = _testset(cfg, loaded.parts["data"])
+    name, wnids, folders, _ = _testset(cfg, loaded.parts["data"])
     root = resolve(cfg.data.root, cfg.data.awa2_images if name == "awa2" else cfg.data.images)
     paths, labels, missing = list_images(root, wnids, folders)
     if not paths:
@@ -262,9 +295,14 @@ def export_features(loaded: Loaded, out: Path, testset: str | None = None) -> di
         for images, _ in progress(loader, desc="features"):
             feats.append(cnn(images.to(loaded.device)).float().cpu())
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fpath, lpath = out.with_suffix(".npy"), out.with_name(out.stem + "-labels.txt")
-    np.save(fpath, torch.cat(feats).numpy())
-    lpath.write_text("".join(wnids[i] + "\n" for i in labels))
+    try:
+        with atomic_open(fpath) as f:
+            np.save(f, torch.cat(feats).numpy())
+        with atomic_open(lpath, "w") as f:
+            f.write("".join(wnids[i] + "\n" for i in labels))
+    except OSError as e:
+        raise ZskError(f"cannot write features to {fpath}: {e.strerror or e} (--out is a file stem in a writable "
+                       f"folder)") from None
     return {"features": str(fpath), "labels": str(lpath), "images": len(paths), "feature_dim": int(feats[0].shape[1]),
             "testset": name, "classes": len(wnids) - len(missing), "missing_classes": len(missing)}

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from zsk.core.errors import ZskError
+from zsk.core.io import atomic_path
 from zsk.core.progress import log, warn
 from zsk.data.embeddings import embed_synsets, load_glove
 from zsk.data.graphs import (
@@ -19,7 +20,7 @@ from zsk.data.graphs import (
     write_dense_grouped_graph,
     write_induced_graph,
 )
-from zsk.tasks.gzsl.data import read_split
+from zsk.tasks.gzsl.data import check_out_dir, read_split
 
 
 def order_nodes(ids: list[str], edges: np.ndarray, first: list[str]) -> KnowledgeGraph:
@@ -37,6 +38,7 @@ def build_graph_files(split: Path, out: Path, edges: Path | None = None, xml_wni
                       glove: Path | None = None, names: Path | None = None,
                       nltk_data: Path | None = None) -> dict[str, Any]:
     """Write ``imagenet-induced-graph.json`` and ``imagenet-dense-grouped-graph.json`` under ``out``."""
+    check_out_dir(out)
     sp = read_split(split)
     first = sp.train + sp.test
     if edges is not None:
@@ -75,9 +77,14 @@ def build_graph_files(split: Path, out: Path, edges: Path | None = None, xml_wni
     else:
         warn("no --glove given: the graph has no vectors; train with model.word_vectors=GLOVE_FILE")
     groups = ancestor_groups(graph.num_nodes, graph.edges)
-    out.mkdir(parents=True, exist_ok=True)
-    write_induced_graph(out / "imagenet-induced-graph.json", graph)
-    write_dense_grouped_graph(out / "imagenet-dense-grouped-graph.json", graph, groups)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "imagenet-induced-graph.json") as tmp:
+            write_induced_graph(tmp, graph)
+        with atomic_path(out / "imagenet-dense-grouped-graph.json") as tmp:
+            write_dense_grouped_graph(tmp, graph, groups)
+    except OSError as e:
+        raise ZskError(f"cannot write the graph files under --out {out}: {e.strerror or e}") from None
     log(f"wrote {out / 'imagenet-induced-graph.json'} and {out / 'imagenet-dense-grouped-graph.json'}")
     return {"nodes": graph.num_nodes, "edges": int(len(graph.edges)), "train": len(sp.train), "test": len(sp.test),
             "edges_per_distance": [int(len(g)) for g in groups],

@@ -10,13 +10,21 @@ import torch
 from torch import nn
 
 from zsk.core.bench import BenchSpec, count_params
+from zsk.core.errors import ZskError
 from zsk.core.progress import log, warn
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
 from zsk.data.graphs import ancestor_groups, merge_groups
 from zsk.tasks.gzsl import train as stages
 from zsk.tasks.gzsl.config import Config
-from zsk.tasks.gzsl.data import load_graph_data, load_targets, read_testsets, resolve, write_sample
+from zsk.tasks.gzsl.data import (
+    check_out_dir,
+    load_graph_data,
+    load_targets,
+    read_testsets,
+    resolve,
+    write_sample,
+)
 from zsk.tasks.gzsl.losses import LOSSES
 from zsk.tasks.gzsl.metrics import HitAtK, append_bias_input
 from zsk.tasks.gzsl.model import DenseGraph, ZeroShotModel, symmetric_adjacency
@@ -106,7 +114,11 @@ def info(cfg: Config) -> dict[str, Any]:
 
 def sample(out: Path, seed: int = 0) -> dict[str, Any]:
     """Write a small synthetic hierarchy in DGP's file formats (the data of ``recipes/gzsl/demo.yaml``)."""
-    summary = write_sample(out, seed=seed)
+    check_out_dir(Path(out), "sample OUT_DIR")
+    try:
+        summary = write_sample(out, seed=seed)
+    except OSError as e:
+        raise ZskError(f"cannot write the sample to {out}: {e.strerror or e}") from None
     log(f"sample written to {out}: train with `zsk gzsl train --recipe gzsl/demo --set data.root={out}`")
     return summary
 
