@@ -146,6 +146,11 @@ def test_generated_verbs_train_eval_predict_info_sample(tmp_path: Path) -> None:
     assert rows[0]["text"] == "SAMPLE 0 SEED 4"
     r = invoke(app, "info", "--recipe", recipe, "--set", "data.root=/x", "--json")
     assert json.loads(r.stdout)["root"] == "/x"
+    # --out that is a file is a usage error for eval and predict, before any work
+    (tmp_path / "afile").write_text("x")
+    for verb in (["eval", "-c", tmp_path / "run" / "best.pt"], ["predict", tmp_path / "s", "-c", tmp_path / "run" / "best.pt"]):
+        r = invoke(app, *verb, "--out", tmp_path / "afile")
+        assert r.exit_code == 2 and "is a file" in r.output, r.output
     # a task option the command does not know is a usage error (exit 2)
     assert invoke(app, "eval", "-c", tmp_path / "run" / "best.pt", "--upper").exit_code == 2
 

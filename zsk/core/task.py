@@ -367,6 +367,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.metrics.summary import summarize_runs
 
         options = _pick(kw, task.eval_options)
+        _check_out_folder(kw["out"])
         checkpoints = expand_checkpoints(kw["checkpoint"])
         several = len(checkpoints) > 1
         results = []
@@ -400,6 +401,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.core.io import expand_inputs
         from zsk.core.progress import emit_result, log
 
+        _check_out_folder(kw["out"])
         inputs = expand_inputs(kw["inputs"], suffixes=task.input_suffixes, stdin=task.stdin, text_args=task.text_args)
         (checkpoint,) = expand_checkpoints([kw["checkpoint"]])[:1] or [kw["checkpoint"]]
         loaded = task.load(checkpoint, kw["set_"], kw["device"], None)
@@ -439,6 +441,12 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         [_p("out_dir", Annotated[Path, typer.Argument(help="Folder to write the sample data into.")]),
          _p("seed", SeedOpt, None), *flags], task.sample_options))
     return app
+
+
+def _check_out_folder(folder: Path | None) -> None:
+    """``--out`` of eval/predict must be a folder (or not exist yet): a file is a usage error."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise ZskError(f"--out {folder} is a file; give a folder for the outputs")
 
 
 def _save_json(folder: Path | None, name: str, obj: dict[str, Any]) -> None:

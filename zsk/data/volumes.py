@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from zsk.core.errors import ZskError
-from zsk.core.io import atomic_path
+from zsk.core.io import atomic_open, atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -75,6 +75,8 @@ def check_image(image: np.ndarray, path: Path | str, what: str = "image") -> np.
         raise ZskError(f"{path}: {what} is empty (shape {tuple(arr.shape)})")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise ZskError(f"{path}: {what} has non-numeric dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ZskError(f"{path}: {what} has complex values ({arr.dtype}); export the magnitude image as real numbers")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
@@ -115,19 +117,29 @@ def read_h5_volume(path: str | Path, image_key: str = "image", label_key: str = 
     path = Path(path)
     if not path.is_file():
         raise ZskError(f"volume not found: {path}")
+
+    def dataset(f: Any, key: str) -> np.ndarray:
+        node = f[key]
+        if not isinstance(node, h5py.Dataset):
+            raise ZskError(f"{path}: {key!r} is an HDF5 group, not a dataset; preprocessed volumes store the "
+                           f"{key!r} voxels as one array (set data.image_key / data.label_key if they live elsewhere)")
+        return node[()]
+
     try:
         with h5py.File(path, "r") as f:
             keys = list(f.keys())
             if image_key not in f:
                 raise ZskError(f"{path}: no dataset {image_key!r} (found: {', '.join(keys) or 'none'}); "
                                f"preprocessed volumes need {image_key!r} and {label_key!r}")
-            image = f[image_key][()]
-            label = f[label_key][()] if label_key in f else None
+            image = dataset(f, image_key)
+            label = dataset(f, label_key) if label_key in f else None
             spacing_attr = f.attrs.get("spacing", f[image_key].attrs.get("spacing"))
     except ZskError:
         raise
-    except (OSError, KeyError, ValueError) as e:
-        raise ZskError(f"{path}: cannot read HDF5 file ({e}); is it a valid .h5 file?") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError, ... for damaged files
+        raise ZskError(f"{path}: cannot read HDF5 file ({_first_line(e)}); is it a complete, valid .h5 file?") from None
     if require_label and label is None:
         raise ZskError(f"{path}: no dataset {label_key!r} (found: {', '.join(keys)}); labelled cases need one")
     image = check_image(image, path)
@@ -135,12 +147,26 @@ def read_h5_volume(path: str | Path, image_key: str = "image", label_key: str = 
         label = check_label(label, image.shape, path)
     spacing = (1.0, 1.0, 1.0)
     if spacing_attr is not None:
-        sp = np.asarray(spacing_attr, dtype=np.float64).ravel()
-        if sp.size != 3 or not np.all(sp > 0):
-            raise ZskError(f"{path}: attribute 'spacing' must be 3 positive numbers, got {sp.tolist()}")
+        try:
+            sp = np.asarray(spacing_attr, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            sp = np.array([np.nan])
+        if sp.size != 3 or not np.all(np.isfinite(sp)) or not np.all(sp > 0):
+            raise ZskError(f"{path}: attribute 'spacing' must be 3 positive numbers (mm per voxel), got "
+                           f"{_short(spacing_attr)}; fix the attribute or delete it (then data.spacing applies)")
         spacing = tuple(float(s) for s in sp)
     return Volume(image=image, label=label, spacing=spacing, affine=np.diag([*spacing, 1.0]), header=None,
                   path=path, name=name or _case_name(path), fmt="h5", spacing_from_file=spacing_attr is not None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _case_name(path: Path) -> str:
@@ -157,8 +183,9 @@ def _load_nifti(path: Path) -> Any:
         raise ZskError(f"volume not found: {path}")
     try:
         return nib.load(str(path))
-    except Exception as e:  # nibabel raises several types for corrupt/unknown files
-        raise ZskError(f"{path}: cannot read NIfTI file ({e}); expected .nii or .nii.gz") from None
+    except Exception as e:  # noqa: BLE001 - nibabel raises several types for corrupt/unknown files
+        raise ZskError(f"{path}: cannot read NIfTI file ({_first_line(e)}); expected a complete .nii or .nii.gz "
+                       "file") from None
 
 
 def read_nifti_volume(image_path: str | Path, label_path: str | Path | None = None,
@@ -166,10 +193,14 @@ def read_nifti_volume(image_path: str | Path, label_path: str | Path | None = No
     """Read a NIfTI image (and label) with nibabel, keeping affine, header and voxel spacing."""
     image_path = Path(image_path)
     img = _load_nifti(image_path)
+    kind = np.dtype(img.get_data_dtype()).kind
+    if kind not in "biuf":
+        raise ZskError(f"{image_path}: voxel type {img.get_data_dtype()} is not a real-valued scalar image "
+                       "(complex or RGB NIfTI); export a single-channel real image")
     try:
         data = img.get_fdata(dtype=np.float32)
-    except Exception as e:
-        raise ZskError(f"{image_path}: cannot read voxel data ({e})") from None
+    except Exception as e:  # noqa: BLE001 - truncated data, bad offsets, ...
+        raise ZskError(f"{image_path}: cannot read voxel data ({_first_line(e)}); is the file complete?") from None
     image = check_image(data, image_path)
     label = None
     if label_path is not None:
@@ -177,11 +208,13 @@ def read_nifti_volume(image_path: str | Path, label_path: str | Path | None = No
         lab = _load_nifti(label_path)
         try:
             raw = np.asanyarray(lab.dataobj)
-        except Exception as e:
-            raise ZskError(f"{label_path}: cannot read voxel data ({e})") from None
+        except Exception as e:  # noqa: BLE001 - truncated data, bad offsets, ...
+            raise ZskError(f"{label_path}: cannot read voxel data ({_first_line(e)}); is the file complete?") from None
         label = check_label(raw, image.shape, label_path)
     zooms = img.header.get_zooms()[:3]
-    spacing = tuple(float(z) if z > 0 else 1.0 for z in zooms)
+    spacing = tuple(float(z) if np.isfinite(z) and z > 0 else 1.0 for z in zooms)
+    if not np.all(np.isfinite(img.affine)):
+        raise ZskError(f"{image_path}: the NIfTI affine (voxel -> world) holds NaN/inf; fix the header's qform/sform")
     affine = np.asarray(img.affine, dtype=np.float64)
     return Volume(image=image, label=label, spacing=spacing, affine=affine, header=img.header.copy(),
                   path=image_path, name=name or volume_stem(image_path), fmt="nifti")
@@ -201,7 +234,15 @@ def read_list_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ZskError(f"list file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ZskError(f"{path}: list file is not UTF-8 text; it needs one case ID per line") from None
+    except OSError as e:
+        raise ZskError(f"cannot read list file {path}: {e.strerror}") from None
+    if "\0" in text:
+        raise ZskError(f"{path}: list file holds binary data (NUL bytes); it needs one case ID per line")
+    lines = [ln.strip() for ln in text.splitlines()]
     names = [ln for ln in lines if ln and not ln.startswith("#")]
     if not names:
         raise ZskError(f"{path}: list file is empty; it needs one case ID per line")
@@ -214,11 +255,18 @@ def read_pairs_csv(path: str | Path) -> list[tuple[str, Path, Path | None]]:
     path = Path(path)
     if not path.is_file():
         raise ZskError(f"CSV list not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise ZskError(f"{path}: CSV needs a header with an 'image' column (and 'label', optional 'name')")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "image" not in reader.fieldnames:
+                raise ZskError(f"{path}: CSV needs a header with an 'image' column (and 'label', optional 'name')")
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise ZskError(f"{path}: CSV list is not UTF-8 text") from None
+    except csv.Error as e:
+        raise ZskError(f"{path}: malformed CSV ({e})") from None
+    except OSError as e:
+        raise ZskError(f"cannot read CSV list {path}: {e.strerror}") from None
     if not rows:
         raise ZskError(f"{path}: CSV list has no rows")
     out = []
@@ -278,11 +326,13 @@ def write_h5_volume(path: str | Path, image: np.ndarray, label: np.ndarray | Non
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, header: Any = None,
                 dtype: Any = None) -> None:
-    """Write a NIfTI file with the given affine and header (a prediction keeps its input's geometry)."""
+    """Write a NIfTI file with the given affine and header (a prediction keeps its input's geometry); the
+    file appears only when complete (``.nii.gz`` is gzip-compressed by name, as nibabel does)."""
+    import gzip
+
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array)
     if dtype is not None:
         arr = arr.astype(dtype)
@@ -292,4 +342,8 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
     if hdr is not None:
         # scaling from the source image must not be applied to integer masks
         img.header.set_slope_inter(1.0, 0.0)
-    nib.save(img, str(path))
+    data = img.to_bytes()
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    with atomic_open(path, "wb") as f:
+        f.write(data)

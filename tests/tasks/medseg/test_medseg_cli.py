@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -146,3 +147,48 @@ def test_nifti_csv_layout_trains_and_evaluates_in_mm(sample_dir, tmp_path):
     assert r.exit_code == 0, r.output
     res = last_json(r)
     assert res["distances"] == "mm" and [c["case"] for c in res["per_case"]] == ["SAMPLE004", "SAMPLE005"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(sample_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("medseg-ck") / "run"
+    r = invoke("train", "--recipe", "medseg/demo", "--set", f"data.root={sample_dir / 'la'}", *TINY,
+               "--set", "train.max_steps=2", "--set", "eval.split=", "--out", run, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    return run / "best.pt"
+
+
+def test_predict_names_outputs_per_input_uniquely_and_stably(sample_dir, tiny_checkpoint, tmp_path):
+    """Issue 12: the README's own `predict case.nii.gz case.h5` (one stem) and a/x.h5 + b/x.h5 (one file
+    name) give one mask and one montage per input, named the same way on every run."""
+    import shutil
+
+    inputs = tmp_path / "in"
+    (inputs / "a").mkdir(parents=True)
+    (inputs / "b").mkdir()
+    shutil.copy(sample_dir / "nifti" / "images" / "SAMPLE004.nii.gz", inputs / "case.nii.gz")
+    shutil.copy(sample_dir / "la" / "SAMPLE005" / "mri_norm2.h5", inputs / "case.h5")
+    shutil.copy(sample_dir / "la" / "SAMPLE004" / "mri_norm2.h5", inputs / "a" / "x.h5")
+    shutil.copy(sample_dir / "la" / "SAMPLE005" / "mri_norm2.h5", inputs / "b" / "x.h5")
+    args = [inputs / "case.nii.gz", inputs / "case.h5", inputs / "a" / "x.h5", inputs / "b" / "x.h5"]
+    out = tmp_path / "pred"
+
+    def run() -> list[dict]:
+        r = invoke("predict", *args, "--checkpoint", tiny_checkpoint, "--out", out, "--json", "-q")
+        assert r.exit_code == 0, r.output
+        return [json.loads(line) for line in r.stdout.strip().splitlines()]
+
+    rows = run()
+    masks, montages = [row["mask"] for row in rows], [row["montage"] for row in rows]
+    assert len(set(masks)) == len(set(montages)) == 4 and all(map(lambda p: Path(p).is_file(), masks + montages))
+    assert Path(masks[0]).name == "case_nii_gz_pred.nii.gz" and Path(masks[1]).name == "case_h5_pred.h5"
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(p).name for p in masks + montages)
+    # the outputs differ where the inputs differ
+    with h5py.File(masks[1]) as f1, h5py.File(masks[2]) as f2, h5py.File(masks[3]) as f3:
+        assert not np.array_equal(f2["image"][()], f3["image"][()])
+        np.testing.assert_array_equal(f1["image"][()], f3["image"][()])  # case.h5 and b/x.h5 are one volume
+    assert Path(montages[2]).read_bytes() != Path(montages[3]).read_bytes()
+    assert Path(montages[0]).read_bytes() != Path(montages[1]).read_bytes()
+    again = run()
+    assert [row["mask"] for row in again] == masks and [row["montage"] for row in again] == montages
+    assert len(list(out.iterdir())) == 8

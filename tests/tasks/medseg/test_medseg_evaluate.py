@@ -75,3 +75,34 @@ def test_mm_distances_use_file_spacing_or_data_spacing():
     vol.spacing, vol.spacing_from_file = (0.5, 0.5, 0.5), True  # a spacing stored in the file wins
     assert evaluate.case_metrics(pred, vol, cfg)["hd95"] == pytest.approx(
         binary_case_metrics(pred, label, (0.5, 0.5, 0.5))["hd95"])
+
+
+def test_montage_names_its_slices_and_axis(tmp_path):
+    """Issue 12: every tile carries its slice index z (drawn top left) and the PNG says which axis; the
+    montage is deterministic."""
+    from PIL import Image
+
+    image = np.random.default_rng(0).normal(size=(20, 16, 10)).astype(np.float32)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[5:15, 4:12, 3:8] = 1
+    named = predict.montage(image, mask, num_slices=4, columns=2)
+    plain = predict.montage(image, mask, num_slices=4, columns=2, label_slices=False)
+    assert np.array_equal(named, predict.montage(image, mask, num_slices=4, columns=2))  # deterministic
+    zs = predict.montage_slices(mask, image.shape[2], 4)
+    assert zs == [3, 4, 6, 7]
+    th, tw = named.shape[0] // 2, named.shape[1] // 2
+    corners = []
+    for k in range(4):
+        r, c = divmod(k, 2)
+        a = named[r * th:(r + 1) * th, c * tw:(c + 1) * tw]
+        b = plain[r * th:(r + 1) * th, c * tw:(c + 1) * tw]
+        rows, cols = np.nonzero((a != b).any(-1))
+        assert rows.size and rows.max() < th // 3 and cols.max() < tw * 0.6  # a label in the top-left corner
+        corners.append(a[: th // 4, : tw // 2])
+    assert not np.array_equal(corners[0], corners[1])  # z=3 and z=4 read differently
+    png = tmp_path / "m.png"
+    assert predict.save_montage(png, image, mask, "case.nii.gz") == [3, 4, 5, 6, 7]  # 8 slices asked, 5 exist
+    with Image.open(png) as im:
+        assert im.text["zsk:axis"] == "z" and im.text["zsk:slices"] == "3,4,5,6,7"
+        assert "axis z" in im.text["Description"]
+        assert np.array_equal(np.asarray(im.convert("RGB")), predict.montage(image, mask))

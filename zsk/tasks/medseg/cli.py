@@ -31,7 +31,9 @@ TASK = TaskModules(
 app = task_app(TASK, docs={
     "train": "Train the dual-task V-Net (labelled + unlabelled cases) and evaluate it at the end.",
     "eval": "Sliding-window evaluation: Dice, Jaccard, HD95, ASD averaged over cases, plus per-case values.",
-    "predict": "Segment volumes: NIfTI -> NIfTI mask with the input's affine/header, HDF5 -> HDF5, plus a PNG montage.",
+    "predict": "Segment volumes: NIfTI -> NIfTI mask with the input's affine/header, HDF5 -> HDF5, plus a PNG montage "
+               "of axial slices named by their index z; one name per input (case.nii.gz + case.h5 -> case_nii_gz_*, "
+               "case_h5_*).",
     "info": "Classes, splits, V-Net parameter count and GFLOPs per training patch.",
     "sample": "Write synthetic volumes (ellipsoid-like structure + noise) in the LA HDF5 layout and as NIfTI.",
 })

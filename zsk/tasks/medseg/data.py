@@ -186,6 +186,22 @@ def load_case(ref: CaseRef, cfg: DataConfig, require_label: bool = False) -> Vol
     return vol
 
 
+def check_window_fits(shape: Sequence[int], window: Sequence[int], path: Path | str, key: str) -> None:
+    """Refuse a volume less than half the patch/window ``key`` along an axis.
+
+    DTC zero-pads a volume smaller than the patch, both for the training crop (``RandomCrop`` in
+    ``dataloaders/la_heart.py``) and for sliding windows (``test_single_case`` in ``test_util.py``), which
+    covers preprocessed cases a few voxels short of the patch. A window that would be more than half padding
+    is a patch chosen for other data, or a wrong volume (a thumbnail, a few slices), not a case to pad.
+    """
+    short = [(axis, s, w) for axis, (s, w) in enumerate(zip(shape, window, strict=True)) if 2 * s < w]
+    if short:
+        axis, s, w = short[0]
+        raise ZskError(f"{path}: volume shape {list(shape)} is less than half of {key} = {list(window)} "
+                       f"(axis {axis}: {s} voxels for a {w}-voxel window), so the {'patch' if key.startswith('data') else 'window'} "
+                       f"would be mostly zero padding; set {key} to multiples of 16 that fit the volumes, or check the file")
+
+
 # ----------------------------------------------------------------------------- training set + sampler
 
 

@@ -23,7 +23,7 @@ from zsk.data.volumes import Volume
 from zsk.metrics.medical import binary_case_metrics
 from zsk.models.inferers import sliding_window_inference
 from zsk.tasks.medseg.config import Config
-from zsk.tasks.medseg.data import CaseRef, load_case, split_cases
+from zsk.tasks.medseg.data import CaseRef, check_window_fits, load_case, split_cases
 from zsk.tasks.medseg.model import seg_probabilities
 from zsk.tasks.medseg.train import METRICS, build_model
 
@@ -115,6 +115,7 @@ def evaluate_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], devi
     rows = []
     for ref in progress(mine, desc="evaluating"):
         vol = load_case(ref, cfg.data, require_label=True)
+        check_window_fits(vol.shape, cfg.eval_patch, ref.image, cfg.eval_window_key)
         pred, _ = infer_volume(model, vol.image, cfg, device)
         rows.append(case_metrics(pred, vol, cfg))
     rows = [r for part in dist.all_gather_object(rows) for r in part] if info.enabled else rows
@@ -141,6 +142,8 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, 
     """Evaluate on a split (default: the recipe's ``eval.split``); ``spacing_mm``: HD95/ASD in mm from
     the volume spacing instead of voxels; ``symmetric``: the symmetric ASSD instead of medpy's directed
     ASD of the official code. Writes nothing (``zsk medseg eval --out DIR`` saves the result)."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ZskError(f"--out {out} is a file; give a folder for eval.json")  # before minutes of inference
     cfg: Config = loaded.cfg
     ecfg = dataclasses.replace(cfg.eval, spacing="header" if spacing_mm else cfg.eval.spacing,
                                asd="symmetric" if symmetric else cfg.eval.asd)

@@ -53,6 +53,18 @@ class LossConfig:
     ce_weight: float = 0.0  # BCE/CE is always logged; the official loss does not add it (0.0)
     dice_eps: float = 1e-5
 
+    def __post_init__(self) -> None:
+        from zsk.core.errors import ZskError
+
+        for name, lo, strict in (("beta", 0.0, False), ("k", 0.0, True), ("dtc_weight", 0.0, False),
+                                 ("rampup_length", 0.0, False), ("ce_weight", 0.0, False), ("dice_eps", 0.0, True)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < lo or (strict and value == lo):
+                raise ZskError(f"train.loss.{name} must be {'>' if strict else '>='} {lo:g}, got {value}")
+        if self.rampup_interval < 1:
+            raise ZskError(f"train.loss.rampup_interval (iterations per ramp epoch) must be >= 1, "
+                           f"got {self.rampup_interval}")
+
 
 def consistency_weight(iteration: int, cfg: LossConfig) -> float:
     """λ(t) = dtc_weight · sigmoid_rampup(⌊iteration / rampup_interval⌋, rampup_length)."""

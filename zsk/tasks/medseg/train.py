@@ -16,7 +16,14 @@ from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
 from zsk.core.trainer import TrainConfig, Trainer, make_loader
 from zsk.tasks.medseg.config import Config
-from zsk.tasks.medseg.data import CaseRef, TwoStreamBatchSampler, TwoStreamTrainSet, load_case, split_cases
+from zsk.tasks.medseg.data import (
+    CaseRef,
+    TwoStreamBatchSampler,
+    TwoStreamTrainSet,
+    check_window_fits,
+    load_case,
+    split_cases,
+)
 from zsk.tasks.medseg.losses import dtc_loss
 from zsk.tasks.medseg.model import DualTaskVNet
 
@@ -30,9 +37,11 @@ def build_model(cfg: Config) -> DualTaskVNet:
                         norm=m.norm, dropout=m.dropout)
 
 
-def index_cases(cases: Sequence[CaseRef], cfg: Config, labeled_num: int, what: str) -> list[dict]:
-    """Open and validate every case once (shape, finite voxels, labels present where needed); the
-    result is cached by file fingerprints so later runs skip the reads."""
+def index_cases(cases: Sequence[CaseRef], cfg: Config, labeled_num: int, what: str,
+                window: Sequence[int] | None = None, window_key: str = "data.patch_size") -> list[dict]:
+    """Open and validate every case once (shape, finite voxels, label ids, labels present where needed,
+    at least half the ``window`` on every axis); the reads are cached by file fingerprints so later runs
+    skip them."""
 
     def compute() -> list[dict]:
         out = []
@@ -44,7 +53,11 @@ def index_cases(cases: Sequence[CaseRef], cfg: Config, labeled_num: int, what: s
     key = {"what": "medseg-cases", "code": code_version(), "labeled_num": labeled_num,
            "keys": [cfg.data.image_key, cfg.data.label_key, cfg.data.num_classes],
            "files": [[file_fingerprint(r.image), file_fingerprint(r.label) if r.label else None] for r in cases]}
-    return default_cache().get_or_compute("medseg-index", key, compute)
+    index = default_cache().get_or_compute("medseg-index", key, compute)
+    if window is not None:
+        for ref, row in zip(cases, index, strict=True):
+            check_window_fits(row["shape"], window, ref.image, window_key)
+    return index
 
 
 def make_step_fn(cfg: Config):
@@ -69,7 +82,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     cases = split_cases(d, "train")
     if d.labeled_num > len(cases):
         raise ZskError(f"data.labeled_num = {d.labeled_num} but the train list has only {len(cases)} cases")
-    index_cases(cases, cfg, d.labeled_num, "train")
+    index_cases(cases, cfg, d.labeled_num, "train", d.patch_size)
     labeled, unlabeled = list(range(d.labeled_num)), list(range(d.labeled_num, len(cases)))
     t = cfg.train
     if t.labeled_bs == t.batch_size and unlabeled:
@@ -77,7 +90,10 @@ def train(ctx: RunContext) -> dict[str, Any]:
             f"{len(unlabeled)} unlabelled cases unused")
     log(f"medseg: {len(labeled)} labelled + {len(unlabeled)} unlabelled cases, patch {list(d.patch_size)}")
     dataset = TwoStreamTrainSet(cases, d)
-    test_cases = split_cases(d, cfg.eval.split) if cfg.eval.split else []
+    test_cases = split_cases(d, cfg.eval.split)[: cfg.eval.max_cases] if cfg.eval.split else []
+    # the evaluation cases too, before training rather than at the first evaluation
+    if test_cases:
+        index_cases(test_cases, cfg, len(test_cases), cfg.eval.split, cfg.eval_patch, cfg.eval_window_key)
     seed = cfg.runtime.seed
 
     def build(tcfg: TrainConfig) -> Trainer:
@@ -90,7 +106,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                                start_batch=start_batch, workers=cfg.runtime.workers)
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            res = evaluate_cases(m, cfg, test_cases[: cfg.eval.max_cases], ctx.device)
+            res = evaluate_cases(m, cfg, test_cases, ctx.device)
             return {k: res[k] for k in METRICS}
 
         extra = {"class_names": list(d.class_names), "num_classes": d.num_classes, "patch_size": list(d.patch_size)}
