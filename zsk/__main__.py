@@ -1,4 +1,6 @@
-from zsk.cli import app
+import sys
+
+from zsk.cli import run
 
 if __name__ == "__main__":
-    app(prog_name="zsk")
+    sys.exit(run())

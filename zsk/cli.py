@@ -312,9 +312,32 @@ def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task'
     emit_result(result, json_out, title=f"zsk bench {recipe}")
 
 
-def run() -> None:
-    """Entry point for ``python -m zsk``."""
-    app(prog_name="zsk")
+def run(argv: list[str] | None = None) -> int:
+    """The ``zsk`` program (console script and ``python -m zsk``): usage mistakes that the option parser
+    catches (an unknown option, a missing argument, a value out of range) end like every other bad input,
+    with exit 2 and one line ``error: ...`` naming the option and where to read more."""
+    try:  # typer >= 0.22 carries its own copy of click
+        from typer._click import exceptions as errors
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as errors
+    try:
+        result = app(args=argv, prog_name="zsk", standalone_mode=False)
+    except errors.NoArgsIsHelpError as exc:  # `zsk` or `zsk TASK` alone: the help, exit 0
+        print(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return 0
+    except errors.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except errors.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

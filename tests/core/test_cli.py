@@ -232,3 +232,21 @@ def test_result_tables_are_not_cut_in_a_pipe(tmp_path) -> None:  # noqa: ANN001
     with contextlib.redirect_stdout(buf):
         emit_result({"path": long_value}, as_json=False, title="t")
     assert "-end" in buf.getvalue() and "…" not in buf.getvalue()
+
+
+def test_usage_mistakes_are_one_error_line_and_exit_2() -> None:
+    """What the option parser catches (unknown option, missing argument, a bad number) ends like every bad
+    input: exit 2, one `error:` line naming the option and the help to read; help itself is exit 0."""
+    import subprocess
+
+    for args, fragment in ((["medseg", "eval", "--bogus"], "--bogus"), (["medseg", "predict"], "inputs"),
+                           (["bench", "--recipe", "medseg/demo", "--steps", "x"], "--steps"),
+                           (["bench", "--recipe", "medseg/demo", "--steps", "0"], "--steps"),
+                           (["nosuchtask"], "nosuchtask")):
+        proc = subprocess.run([sys.executable, "-m", "zsk", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (args, proc.stderr)
+    for args in (["--help"], ["medseg"], ["medseg", "train", "--help"]):
+        proc = subprocess.run([sys.executable, "-m", "zsk", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, (args, proc.stderr)

@@ -38,20 +38,20 @@ settings = Settings()
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class _ResultConsole(Console):
-    """stdout's console: a reader that closed the pipe (``zsk ... | head -1``) ends the program with exit 0
-    (rich's default is exit 1)."""
+def _closed_pipe_ends_quietly(self: Console) -> None:
+    """A reader that closed the pipe (``zsk ... | head -1``) ends the program with exit 0: a closed pipe
+    is a normal end for a shell tool (rich's default is exit 1). Set for every rich console, typer's help
+    included."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise SystemExit(0)
 
-    def on_broken_pipe(self) -> None:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        raise SystemExit(0)
 
-
-stdout_console = _ResultConsole(highlight=False)
+Console.on_broken_pipe = _closed_pipe_ends_quietly  # type: ignore[method-assign]
+stdout_console = Console(highlight=False)
 
 
 def show_progress() -> bool:
@@ -127,7 +127,7 @@ def emit_result(obj: dict, as_json: bool, title: str = "") -> None:
 def result_console() -> Console:
     """The console for result tables: the terminal's width on a terminal; unbounded width when stdout
     is a pipe or a file, so no cell is cut to fit 80 columns."""
-    return stdout_console if stdout_console.is_terminal else _ResultConsole(highlight=False, width=100_000)
+    return stdout_console if stdout_console.is_terminal else Console(highlight=False, width=100_000)
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
