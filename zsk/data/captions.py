@@ -115,6 +115,32 @@ def read_features(path: str | Path, mmap: bool = True) -> np.ndarray:
     return arr
 
 
+def nonfinite_rows(features: np.ndarray, chunk_bytes: int = 64 << 20) -> tuple[int, int]:
+    """(number of images with a NaN/inf value, index of the first one or -1) of a feature array
+    ``(N, ...)``, read in chunks of about ``chunk_bytes`` (a memory-mapped file is read once, never whole)."""
+    n = int(features.shape[0])
+    per_row = max(1, int(np.prod(features.shape[1:])) * features.dtype.itemsize)
+    step = max(1, chunk_bytes // per_row)
+    count, first = 0, -1
+    for s in range(0, n, step):
+        block = np.asarray(features[s : s + step])
+        bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        if bad.any():
+            count += int(bad.sum())
+            if first < 0:
+                first = s + int(np.argmax(bad))
+    return count, first
+
+
+def check_finite(features: np.ndarray, path: str | Path, counts: tuple[int, int] | None = None) -> None:
+    """``ZskError`` naming ``path`` when some image's features hold NaN or inf (``counts``: a precomputed
+    :func:`nonfinite_rows` result)."""
+    count, first = counts if counts is not None else nonfinite_rows(features)
+    if count:
+        raise ZskError(f"{path}: {count} image(s) have NaN or inf features (first: image {first}); "
+                       "re-extract the features or drop those images")
+
+
 def read_precomp(
     folder: str | Path,
     split: str,
@@ -144,7 +170,10 @@ def read_precomp(
     ids_path = folder / f"{split}_ids.txt"
     image_ids: list[str] = []
     if ids_path.is_file():
-        ids = [x.strip() for x in ids_path.read_text().splitlines() if x.strip()]
+        try:
+            ids = [x.strip() for x in ids_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        except UnicodeDecodeError:
+            raise ZskError(f"{ids_path}: not a UTF-8 text file of image ids (one per line)") from None
         if len(ids) == n_img:
             image_ids = ids
         elif len(ids) == len(captions):
@@ -171,15 +200,29 @@ def write_precomp(
 
 def read_lsa_matrix(path: str | Path, num_rows: int | None = None) -> np.ndarray:
     """A ``train_svd.txt`` file (comma-separated, one LSA row per training caption)."""
+    import warnings
+
     path = Path(path)
     if not path.is_file():
         raise ZskError(f"LSA file not found: {path}")
     try:
-        mat = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
-    except ValueError as e:
-        raise ZskError(f"{path}: not a comma-separated numeric matrix ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on an empty file; the row count below names it
+            mat = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ZskError(f"{path}: not a comma-separated numeric matrix ({first})") from None
+    except OSError as e:
+        raise ZskError(f"cannot read LSA file {path}: {e}") from None
     if num_rows is not None and mat.shape[0] != num_rows:
-        raise ZskError(f"{path}: {mat.shape[0]} rows for {num_rows} training captions; recompute it")
+        raise ZskError(f"{path}: {mat.shape[0]} rows for {num_rows} training captions; recompute it "
+                       "(`zsk retrieve lsa`) or unset data.lsa_file")
+    if mat.shape[0] and mat.shape[1] == 0:
+        raise ZskError(f"{path}: rows hold no values")
+    bad = ~np.isfinite(mat).all(axis=1)
+    if bad.any():
+        raise ZskError(f"{path}: {int(bad.sum())} row(s) hold NaN or inf (first: line {int(np.argmax(bad)) + 1}); "
+                       "recompute it with `zsk retrieve lsa`")
     return mat
 
 
@@ -227,7 +270,7 @@ def read_karpathy(
                 continue
             rel = Path(entry.get("filepath", "")) / entry["filename"]
             caps = [s["raw"].strip() if "raw" in s else " ".join(s["tokens"]) for s in entry["sentences"]]
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise ZskError(
                 f"{json_path}: image entry {i} lacks 'split', 'filename' or 'sentences' with 'raw'/'tokens'"
             ) from None
@@ -278,7 +321,11 @@ def read_iapr_split(root: str | Path, split_file: str | Path, check_files: bool 
     by_id = {p.stem: p for p in ann_root.glob("*/*.eng")}
     by_rel = {f"{p.parent.name}/{p.stem}": p for p in by_id.values()}
     out: list[CaptionedImage] = []
-    for line_no, line in enumerate(split_file.read_text().splitlines(), 1):
+    try:
+        listed = split_file.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as e:
+        raise ZskError(f"IAPR TC-12 split list {split_file} is not a text file of image ids: {e}") from None
+    for line_no, line in enumerate(listed, 1):
         key = line.strip()
         if not key:
             continue

@@ -201,3 +201,66 @@ def test_one_stage_method_refuses_stage_blocks(tmp_path) -> None:
     res = run("train", "-r", "retrieve/demo", "--set", "train.stages.warmup.lr=0.1", "--out", str(tmp_path / "r"),
               code=2)
     assert "train.stages.warmup" in res.stderr
+
+
+def test_every_verb_that_prints_results_takes_json(trained, tmp_path) -> None:
+    """train, predict, query, index and lsa accept --json and print JSON lines; predict and query rows carry
+    "input" (the file, or the caption text) like every task's predict rows (issue 12)."""
+    data, run_dir = trained
+    ckpt = str(run_dir / "best.pt")
+    res = run("train", "-r", "retrieve/demo", "--set", f"data.root={data}", "--set", "train.max_steps=2",
+              "--set", "train.epochs=1", "--out", str(tmp_path / "run"), "--quiet", "--json")
+    assert json.loads(res.stdout.strip().splitlines()[-1])["run_dir"] == str(tmp_path / "run")
+    np.save(tmp_path / "q.npy", np.load(data / "test_ims.npy")[:2])
+    rows = [json.loads(x) for x in run("predict", str(tmp_path / "q.npy"), "-c", ckpt, "--json", "--out",
+                                       str(tmp_path / "p")).stdout.splitlines()]
+    assert [(r["input"], r["row"], r["query"]) for r in rows] == [
+        (str(tmp_path / "q.npy"), i, f"{tmp_path / 'q.npy'}[{i}]") for i in range(2)]
+    text = json.loads(run("predict", "a dog on the beach", "-c", ckpt, "--json", "--out", str(tmp_path / "p2")).stdout)
+    assert text["input"] == text["query"] == "a dog on the beach" and "row" not in text
+    index = json.loads(run("index", "-c", ckpt, "--images", str(data / "test_ims.npy"), "--out", str(tmp_path / "ix"),
+                           "--json").stdout)
+    assert index["count"] == 40
+    hits = [json.loads(x) for x in run("query", "--index", str(tmp_path / "ix"), "a dog", "a cat", "--json",
+                                       "-k", "2").stdout.splitlines()]
+    assert [h["input"] for h in hits] == ["a dog", "a cat"] and all(len(h["matches"]) == 2 for h in hits)
+    # query prints the same JSON lines without --json (its documented output)
+    plain = [json.loads(x) for x in run("query", "--index", str(tmp_path / "ix"), "a dog", "a cat", "-k", "2")
+             .stdout.splitlines()]
+    assert plain == hits
+    lsa = json.loads(run("lsa", "-r", "retrieve/demo", "--set", f"data.root={data}", "--out",
+                         str(tmp_path / "svd" / "train_svd.txt"), "--json").stdout)
+    assert lsa["rows"] == 1200 and (tmp_path / "svd" / "train_svd.txt").is_file()
+
+
+def test_predict_inputs_sharing_a_name_stay_apart(trained, tmp_path) -> None:
+    """a/x.npy and b/x.npy share a file name: both get their own row (named by the full path) in the output,
+    with their own matches, and a second run writes the same file."""
+    data, run_dir = trained
+    feats = np.load(data / "test_ims.npy")
+    for sub, i in (("a", 0), ("b", 1)):
+        (tmp_path / sub).mkdir()
+        np.save(tmp_path / sub / "x.npy", feats[i])
+    args = [str(tmp_path / "a" / "x.npy"), str(tmp_path / "b" / "x.npy"), "-c", str(run_dir / "best.pt"), "--json"]
+    rows = [json.loads(x) for x in run("predict", *args, "--out", str(tmp_path / "p")).stdout.splitlines()]
+    assert [r["input"] for r in rows] == [str(tmp_path / "a" / "x.npy"), str(tmp_path / "b" / "x.npy")]
+    assert rows[0]["matches"] != rows[1]["matches"]
+    first = (tmp_path / "p" / "predictions.jsonl").read_text()
+    assert [json.loads(x) for x in first.splitlines()] == rows
+    run("predict", *args, "--out", str(tmp_path / "p"))
+    assert (tmp_path / "p" / "predictions.jsonl").read_text() == first
+
+
+def test_option_ranges_exit_2(trained, tmp_path) -> None:
+    """--top-k / -k, --nprobe and --nlist out of range are one `error:` line naming the option, before any work."""
+    data, run_dir = trained
+    ckpt = str(run_dir / "best.pt")
+    run("index", "-c", ckpt, "--images", str(data / "test_ims.npy"), "--out", str(tmp_path / "ix"))
+    for args, option in ((["query", "--index", str(tmp_path / "ix"), "a dog", "--top-k", "-1"], "--top-k"),
+                         (["query", "--index", str(tmp_path / "ix"), "a dog", "--nprobe", "0"], "--nprobe"),
+                         (["predict", "a dog", "-c", ckpt, "-k", "0", "--out", str(tmp_path / "p")], "--top-k"),
+                         (["index", "-c", ckpt, "--captions", str(data / "test_caps.txt"), "--out",
+                           str(tmp_path / "ix2"), "--nlist", "-4"], "--nlist")):
+        res = run(*args, code=2)
+        assert res.stderr.strip().splitlines() == [res.stderr.strip()] and option in res.stderr, res.stderr
+    assert not (tmp_path / "ix2").exists() and not (tmp_path / "p").exists()

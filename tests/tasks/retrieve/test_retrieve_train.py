@@ -134,7 +134,7 @@ def test_vseinf_bert_encoder(tmp_path, monkeypatch) -> None:
         # BertModel unimportable although BERT does not use it, so hide it for this test
         monkeypatch.setitem(sys.modules, "torchvision", None)
     data = _sample(tmp_path, 60)
-    bert = _tiny_bert(tmp_path / "bert")
+    bert = _tiny_bert(tmp_path / "bert-model")
     res, run_dir = _train(tmp_path, data, "bert", "model.base=vseinf", "model.text_encoder=bert",
                           f"model.bert={bert}", "model.embed_size=16", "model.gpo_dim=4", "train.epochs=1",
                           "train.max_steps=3")
@@ -340,3 +340,32 @@ def test_frozen_pretrained_backbone_is_not_copied_into_checkpoints(tmp_path) -> 
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     assert torch.allclose(loaded.encode_images(x), model.encode_images(x), atol=1e-6)
+
+
+def test_nonfinite_features_refused_and_large_files_checked_once(tmp_path, monkeypatch) -> None:
+    """NaN/inf image features are refused naming the file and the first bad image; files above the size
+    threshold keep the check's result in the cache (keyed by size and mtime), so they are read for it once."""
+    from zsk.core.cache import default_cache
+    from zsk.core.errors import ZskError
+    from zsk.data.captions import nonfinite_rows
+    from zsk.tasks.retrieve import data as data_mod
+
+    feats = np.ones((50, 4, 8), np.float32)
+    feats[17, 2, 3] = np.nan
+    feats[31, 0, 0] = -np.inf
+    assert nonfinite_rows(feats, chunk_bytes=100) == nonfinite_rows(feats) == (2, 17)
+    path = tmp_path / "x_ims.npy"
+    np.save(path, feats)
+    mm = np.load(path, mmap_mode="r")
+    with pytest.raises(ZskError, match=r"x_ims\.npy: 2 image\(s\) have NaN or inf features \(first: image 17\)"):
+        data_mod.check_finite_features(mm, path)
+    monkeypatch.setattr(data_mod, "FINITE_CHECK_CACHE_BYTES", 0)
+    calls = []
+    monkeypatch.setattr("zsk.data.captions.nonfinite_rows", lambda f: calls.append(1) or nonfinite_rows(f))
+    for _ in range(2):
+        with pytest.raises(ZskError, match="first: image 17"):
+            data_mod.check_finite_features(mm, path)
+    assert len(calls) == 1 and "retrieve-finite" in default_cache().info()
+    np.save(tmp_path / "ok_ims.npy", np.ones((3, 4, 8), np.float32))
+    data_mod.check_finite_features(np.load(tmp_path / "ok_ims.npy", mmap_mode="r"), tmp_path / "ok_ims.npy")
+    assert len(calls) == 2

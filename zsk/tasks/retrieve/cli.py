@@ -11,7 +11,7 @@ import typer
 from zsk.core.options import CheckpointOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, RecipeOpt, SetOpt, guarded
 from zsk.core.task import Option, TaskModules, task_app
 
-TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Matches per query.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Matches per query (>= 1).")]
 
 TASK = TaskModules(
     __package__,
@@ -63,7 +63,7 @@ def index(checkpoint: CheckpointOpt,
               "--captions", help="Gallery of captions, one per line (image-to-text queries).")] = None,
           faiss_threshold: Annotated[int, typer.Option(
               "--faiss-threshold", help="Galleries larger than this also get a FAISS IVF index.")] = 100_000,
-          nlist: Annotated[int, typer.Option("--nlist", help="FAISS IVF lists (0: 4 sqrt(N)).")] = 0,
+          nlist: Annotated[int, typer.Option("--nlist", help="FAISS IVF lists (>= 1; 0: 4 sqrt(N)).")] = 0,
           device: DeviceOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Encode a gallery once for fast repeated queries."""
     from zsk.core.progress import emit_result
@@ -79,9 +79,12 @@ def query(queries: Annotated[list[str], typer.Argument(
               help="Texts for an image index ('-' reads stdin); .npy features or image files for a caption index.")],
           index_dir: Annotated[Path, typer.Option("--index", help="Folder written by `zsk retrieve index`.")],
           top_k: TopKOpt = 10,
-          nprobe: Annotated[int, typer.Option("--nprobe", help="FAISS IVF lists searched per query.")] = 16,
-          device: DeviceOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Search an index; prints one JSON line of matches per query."""
+          nprobe: Annotated[int, typer.Option("--nprobe", help="FAISS IVF lists searched per query (>= 1).")] = 16,
+          device: DeviceOpt = None,
+          json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON lines on stdout (the "
+                                                 "default output of query, accepted like every verb's --json).")] = False,
+          quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Search an index; prints one JSON line {"input", ["row"], "query", "matches"} per query."""
     from zsk.tasks.retrieve.predict import query_index
 
     _lines(query_index(index_dir, queries, top_k, nprobe, device))

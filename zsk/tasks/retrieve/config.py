@@ -13,6 +13,18 @@ from zsk.tasks.retrieve.losses import LossConfig, LsehConfig
 __all__ = ["Config", "DataConfig", "EvalConfig", "LossConfig", "LsehConfig", "ModelConfig", "TrainConfig"]
 
 
+def at_least(key: str, value: float, low: float, hint: str = "") -> None:
+    """``ZskError`` naming the recipe key when ``value < low`` (range checks of the config dataclasses)."""
+    if value < low:
+        raise ZskError(f"{key} must be >= {low}, got {value}{'; ' + hint if hint else ''}")
+
+
+def in_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
+    """``ZskError`` naming the recipe key when ``value`` is outside ``[low, high]`` (or ``[low, high)``)."""
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ZskError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+
+
 @dataclass
 class DataConfig:
     """Where the captions and images come from.
@@ -44,6 +56,21 @@ class DataConfig:
     token_aug: float = 0.0  # VSE infinity: mask/replace/delete each word with this probability (0.2)
     max_words: int = 0  # truncate captions to this many tokens (0 = no limit)
 
+    def __post_init__(self) -> None:
+        at_least("data.captions_per_image", self.captions_per_image, 1, "5 for Flickr30K / COCO, 1 for IAPR TC-12")
+        for key in ("train_split", "val_split", "test_split"):
+            if not str(getattr(self, key)).strip():
+                raise ZskError(f"data.{key} is empty; name a split (e.g. train, dev, test)")
+        if not self.vocab_splits:
+            raise ZskError("data.vocab_splits is empty; list at least the training split (e.g. [train])")
+        at_least("data.vocab_threshold", self.vocab_threshold, 0)
+        at_least("data.lsa_rank", self.lsa_rank, 1, "LSEH uses 400")
+        at_least("data.lsa_iter", self.lsa_iter, 0)
+        in_range("data.region_drop", self.region_drop, 0.0, 1.0, high_open=True)
+        in_range("data.token_aug", self.token_aug, 0.0, 1.0)
+        if self.max_words != 0 and self.max_words < 3:
+            raise ZskError(f"data.max_words must be 0 (no limit) or >= 3 (start, one word, end), got {self.max_words}")
+
 
 @dataclass
 class ModelConfig:
@@ -65,6 +92,13 @@ class ModelConfig:
     pretrained: str | None = "imagenet"  # image_encoder cnn: imagenet (local torchvision cache), a file, or null
     finetune: bool = False  # image_encoder cnn: train the backbone too
     image_size: int = 224  # image_encoder cnn: crop size
+
+    def __post_init__(self) -> None:
+        for key in ("img_dim", "num_regions", "embed_size", "word_dim", "text_layers", "gpo_dim"):
+            at_least(f"model.{key}", getattr(self, key), 1)
+        at_least("model.bert_lr_mult", self.bert_lr_mult, 0.0)
+        at_least("model.image_size", self.image_size, 32, "the CNN backbone downsamples 32 times")
+        self.resolved()  # base / image_pool / text_encoder combinations, for every verb
 
     def resolved(self) -> tuple[str, str]:
         """(image_pool, text_encoder) after base defaults; bad combinations are a ZskError."""
@@ -93,6 +127,10 @@ class TrainConfig(CoreTrainConfig):
     lr_update: int = 0  # epochs: multiply lr by train.gamma every lr_update epochs (VSE++ --lr_update); 0 = off
     best_metric: str | None = "rsum"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("train.lr_update", self.lr_update, 0, "epochs between lr decays; 0 = off")
+
 
 @dataclass
 class EvalConfig:
@@ -104,6 +142,12 @@ class EvalConfig:
     protocol: Literal["standard", "coco1k", "coco5k"] = "standard"
     val_max_images: int = 0  # >0: validate on the first N images only (VSE++ loader truncates dev to 1,000 captions)
     folds: int = 5  # COCO 1K: number of folds
+
+    def __post_init__(self) -> None:
+        at_least("eval.batch_size", self.batch_size, 1)
+        at_least("eval.chunk", self.chunk, 1)
+        at_least("eval.val_max_images", self.val_max_images, 0, "0 = the whole validation split")
+        at_least("eval.folds", self.folds, 1)
 
 
 @dataclass

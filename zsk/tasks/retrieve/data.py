@@ -316,7 +316,9 @@ def load_split(data_cfg, split: str, feature_shape: tuple[int, ...] | None = Non
     cpi = data_cfg.captions_per_image
     if fmt == "precomp":
         folder = find_precomp_folder(data_cfg.root, data_cfg.name)
-        return read_precomp(folder, split, cpi, feature_shape)
+        data = read_precomp(folder, split, cpi, feature_shape)
+        check_finite_features(data.features, data.ims_path)
+        return data
     if fmt == "karpathy":
         if not data_cfg.karpathy_json:
             raise ZskError("data.karpathy_json: set the Karpathy split file (dataset_flickr30k.json / dataset_coco.json)")
@@ -339,6 +341,27 @@ def load_split(data_cfg, split: str, feature_shape: tuple[int, ...] | None = Non
         source = split_file
     captions = [c for it in items for c in it.captions]
     return RawSplit(items, captions, cpi, source)
+
+
+FINITE_CHECK_CACHE_BYTES = 256 << 20  # feature files above this size remember their NaN/inf check in the cache
+
+
+def check_finite_features(features: np.ndarray, path: Path) -> None:
+    """Refuse a feature file with NaN/inf values (``ZskError`` naming it and the first bad image), which would
+    otherwise train to a NaN loss or rank every gallery item at random. The check reads the file once
+    (about a second per GB); files above 256 MB keep the result in the zsk cache, keyed by the file's size
+    and modification time, so e.g. COCO's 33 GB training features are read for it once, not per run."""
+    from zsk.data.captions import check_finite, nonfinite_rows
+
+    if features.nbytes <= FINITE_CHECK_CACHE_BYTES:
+        check_finite(features, path)
+        return
+    from zsk.core.cache import default_cache, file_fingerprint
+
+    found = default_cache().get_or_compute(
+        "retrieve-finite", {"features": file_fingerprint(path), "producer": "retrieve.finite.v1"},
+        lambda: list(nonfinite_rows(features)))
+    check_finite(features, path, (int(found[0]), int(found[1])))
 
 
 def subset_split(split: PrecompSplit | RawSplit, max_images: int) -> PrecompSplit | RawSplit:

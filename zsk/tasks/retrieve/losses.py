@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zsk.core.errors import ZskError
+
 
 def semantic_scores(lsa: Tensor, normalize: Literal["row_max", "cosine"] = "row_max") -> Tensor:
     """``S_hat`` from the batch captions' LSA vectors ``(B, r)``.
@@ -122,6 +124,12 @@ class LsehConfig:
     normalize: Literal["row_max", "cosine"] = "row_max"
     same_image: Literal["zero_margin", "exclude"] = "zero_margin"
 
+    def __post_init__(self) -> None:
+        # LSEH's margin alpha' + lambda * S_hat is a hinge margin: both parts are non-negative (official: 0.185, 0.025)
+        for key in ("alpha", "lam"):
+            if getattr(self, key) < 0:
+                raise ZskError(f"train.loss.lseh.{key} must be >= 0, got {getattr(self, key)}")
+
 
 @dataclass
 class LossConfig:
@@ -137,3 +145,9 @@ class LossConfig:
     margin: float = 0.2
     warmup_sum_epochs: int = 0
     lseh: LsehConfig = field(default_factory=LsehConfig)
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ZskError(f"train.loss.margin must be >= 0 (VSE++ uses 0.2), got {self.margin}")
+        if self.warmup_sum_epochs < 0:
+            raise ZskError(f"train.loss.warmup_sum_epochs must be >= 0, got {self.warmup_sum_epochs}")

@@ -130,10 +130,19 @@ def _raw_lsa(cfg: Config, split: RawSplit, settings: LsaSettings) -> np.ndarray:
 
 def write_lsa_file(cfg: Config, out: Path | None = None) -> dict:
     """Compute (or fetch from the cache) the training captions' LSA and write ``train_svd.txt`` (Step 1.5)."""
+    from zsk.core.errors import ZskError
+    from zsk.core.io import atomic_path
+
+    if out is not None and Path(out).is_dir():
+        raise ZskError(f"--out {out} is a folder; give the file to write (e.g. {Path(out) / 'train_svd.txt'})")
     split = load_split(cfg.data, cfg.data.train_split)
     lsa = training_lsa(cfg, split)
     if out is None:
         base = split.folder if isinstance(split, PrecompSplit) else Path(cfg.data.root)
         out = base / f"{cfg.data.train_split}_svd.txt"
-    write_lsa_matrix(out, lsa)
+    try:
+        with atomic_path(out) as tmp:
+            write_lsa_matrix(tmp, lsa)
+    except OSError as e:
+        raise ZskError(f"cannot write the LSA file {out}: {e}") from None
     return {"file": str(out), "rows": int(lsa.shape[0]), "rank": int(lsa.shape[1])}

@@ -98,9 +98,15 @@ def frozen_prefixes(cfg: Config) -> tuple[str, ...]:
 
 def check_split_features(cfg: Config, split) -> None:
     """Per-image feature shape of a precomputed split against the model (names the file on mismatch)."""
-    if not isinstance(split, PrecompSplit):
-        return
     m = cfg.model
+    if not isinstance(split, PrecompSplit):
+        if m.image_encoder != "cnn":
+            raise ZskError(f"data.format={cfg.data.format} reads image files ({split.source}), but "
+                           "model.image_encoder=precomp encodes feature files; set model.image_encoder=cnn")
+        return
+    if m.image_encoder == "cnn":
+        raise ZskError(f"data.format=precomp reads feature files ({split.ims_path}), but model.image_encoder=cnn "
+                       "encodes image files; set data.format=karpathy (or iapr) or model.image_encoder=precomp")
     pool, _ = m.resolved()
     shape = tuple(split.features.shape[1:])
     if pool == "flatten":
