@@ -250,3 +250,26 @@ def test_usage_mistakes_are_one_error_line_and_exit_2() -> None:
     for args in (["--help"], ["medseg"], ["medseg", "train", "--help"]):
         proc = subprocess.run([sys.executable, "-m", "zsk", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "Usage" in proc.stdout, (args, proc.stderr)
+
+
+def test_a_bad_input_found_in_a_dataloader_worker_is_still_one_line(capsys, monkeypatch) -> None:  # noqa: ANN001
+    import torch
+
+    from zsk.core import trainer as core_trainer
+    from zsk.core.errors import ZskError
+    from zsk.core.options import report_error
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            raise ZskError(f"mask_{i}.png: label ids [21] exceed the 21 classes")
+
+    monkeypatch.setattr(core_trainer, "worker_count", lambda n: 1)
+    with pytest.raises(ZskError) as err:
+        next(iter(core_trainer.make_loader(Broken(), 2, workers=1)))
+    assert "\n" in str(err.value)  # torch put the worker's traceback into the message
+    assert report_error(err.value) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: mask_0.png: label ids [21] exceed the 21 classes"]

@@ -43,6 +43,11 @@ def report_error(exc: BaseException) -> int:
     if settings.debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, (ZskError, ZskFailure)):
+        message = str(exc)
+        if message.startswith("Caught ") and "DataLoader worker" in message:
+            # raised in a DataLoader worker: torch re-raises it with the worker's traceback in the message
+            last = [ln for ln in message.splitlines() if ln.strip()][-1]
+            exc = type(exc)(last.split(": ", 1)[1] if last.startswith(("zsk.", "Zsk")) else last)
         if isinstance(exc, ZskError):
             from zsk.core.run import discard_fresh_run_dir
 
