@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from zsk.core.errors import ZskError
 
@@ -92,6 +93,8 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except FileNotFoundError as e:
         raise ZskError(f"image {p} does not exist") from e
+    except DecompressionBombError as e:
+        raise ZskError(f"image {p} is too large to open safely ({e}); downscale it first") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ZskError(f"image {p} cannot be read ({type(e).__name__}); replace or remove the file") from e
 
@@ -106,6 +109,8 @@ def read_label(path: str | Path) -> np.ndarray:
             arr = np.array(im)
     except FileNotFoundError as e:
         raise ZskError(f"label {p} does not exist") from e
+    except DecompressionBombError as e:
+        raise ZskError(f"label {p} is too large to open safely ({e})") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ZskError(f"label {p} cannot be read ({type(e).__name__}); replace or remove the file") from e
     if arr.dtype != np.uint8:
@@ -167,7 +172,13 @@ def _first_dir(root: Path, candidates: Sequence[str], must_have: Sequence[str], 
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise ZskError(f"split file {path} does not exist")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise ZskError(f"split file {path} is not UTF-8 text ({e.reason} at byte {e.start}); write one image "
+                       "name per line") from None
+    except OSError as e:
+        raise ZskError(f"split file {path} cannot be read ({e.strerror})") from None
 
 
 def voc_items(root: str | Path, split: str) -> list[SegItem]:
@@ -261,8 +272,16 @@ def read_class_names(path: str | Path) -> list[str]:
     """Class names, one a line (line i = class id i); empty lines and '#' comments skipped."""
     p = Path(path)
     if not p.is_file():
-        raise ZskError(f"class-name file {p} does not exist; write one class name per line (line i = id i)")
-    names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        state = "is a folder" if p.is_dir() else "does not exist"
+        raise ZskError(f"class-name file {p} {state}; write one class name per line (line i = id i)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ZskError(f"class-name file {p} is not UTF-8 text ({e.reason} at byte {e.start}); write one class "
+                       "name per line") from None
+    except OSError as e:
+        raise ZskError(f"class-name file {p} cannot be read ({e.strerror})") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not names:
         raise ZskError(f"class-name file {p} is empty; write one class name per line")
     dup = sorted({n for n in names if names.count(n) > 1})

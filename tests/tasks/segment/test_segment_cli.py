@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from zsk.core.errors import ZskError
 from zsk.tasks.segment.cli import app
 
 runner = CliRunner()
@@ -99,7 +100,9 @@ def test_predict_open_vocabulary_and_stdin(trained: dict, tmp_path: Path) -> Non
     mask = Image.open(rec["mask"])
     assert mask.mode == "P" and mask.size == Image.open(images[0]).size
     assert np.array(mask).max() <= 2
-    assert Image.open(rec["overlay"]).size == mask.size
+    # the overlay is the image's size plus a legend panel on its right (issue 12)
+    ov = Image.open(rec["overlay"])
+    assert ov.width > mask.width and ov.height >= mask.height
     # paths from stdin, checkpoint's own classes
     r = _run(["predict", "-", "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(out), "--json"],
              input="\n".join(str(p) for p in images) + "\n")
@@ -137,6 +140,124 @@ def test_checkpoint_predicts_the_same_after_reloading(trained: dict, tmp_path: P
     for o in (a, b):
         assert _run(["predict", str(img), "--checkpoint", str(trained["run"] / "best.pt"), "--out", str(o)]).exit_code == 0
     assert np.array_equal(np.array(Image.open(a / f"{img.stem}.png")), np.array(Image.open(b / f"{img.stem}.png")))
+
+
+def _scores_argmax(checkpoint: Path, image_path: Path, names: list[str] | None = None) -> np.ndarray:
+    """The class index per pixel, computed here from the model (not from predict's files)."""
+    from zsk.tasks.segment.evaluate import calibration_for, load, segment_scores
+    from zsk.tasks.segment.train import text_embeddings_for
+
+    loaded = load(checkpoint)
+    trained = list(loaded.extra["class_names"])
+    if names is None:
+        names, text = trained, loaded.extra["text_embeddings"].float()
+    else:
+        text = text_embeddings_for(loaded.model, loaded.parts["clip"], loaded.cfg, names)
+    seen = [i for i, n in enumerate(names) if n in {trained[j] for j in loaded.extra["seen"]}]
+    image = np.array(Image.open(image_path).convert("RGB"))
+    scores = segment_scores(loaded.model, torch.from_numpy(image), text, loaded.cfg.eval, loaded.cfg.data.normalize,
+                            seen, calibration_for(loaded.extra["setting"], loaded.cfg.eval), loaded.device)
+    return scores.argmax(0).numpy()
+
+
+def test_predict_masks_keep_the_dataset_ids_and_the_overlay_has_a_legend(trained: dict, tmp_path: Path) -> None:
+    """VOC stores class k as k + 1 (0 = background): predicted masks do too, with VOC's palette, so they read
+    like the dataset's own label PNGs; the overlay carries a legend panel of the classes present, in their
+    colours; the JSON legend gives each class's mask id. Open-vocabulary classes keep their list positions
+    and class 0 is not drawn black (black is VOC's background)."""
+    from zsk.data.images import VOC_CLASSES, voc_palette
+
+    ckpt = trained["run"] / "best.pt"
+    img_path = sorted((trained["data"] / "JPEGImages").glob("2026_val_*.jpg"))[0]
+    out = tmp_path / "pred"
+    r = _run(["predict", str(img_path), "--checkpoint", str(ckpt), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    pred = _scores_argmax(ckpt, img_path)
+    mask_im = Image.open(rec["mask"])
+    mask = np.array(mask_im)
+    assert np.array_equal(mask, pred + 1)  # the dataset's ids, not the class index
+    pal = np.array(mask_im.getpalette()[: 21 * 3]).reshape(21, 3)
+    assert np.array_equal(pal, voc_palette()[:21])
+    legend = json.loads(Path(rec["legend"]).read_text())
+    assert [c["id"] for c in legend["classes"]] == list(range(1, 21))
+    assert [c["name"] for c in legend["classes"]] == list(VOC_CLASSES)
+    counts = np.bincount(mask.reshape(-1), minlength=21)
+    assert all(c["pixels"] == counts[c["id"]] for c in legend["classes"])
+    assert all(c["color"] == voc_palette()[c["id"]].tolist() for c in legend["classes"])
+    # the overlay: the blended image on the left, a legend panel on the right with a swatch per class present
+    image = np.array(Image.open(img_path).convert("RGB")).astype(np.float32)
+    ov = np.array(Image.open(rec["overlay"]).convert("RGB"))
+    h, w = mask.shape
+    blend = (image * 0.5 + voc_palette()[mask].astype(np.float32) * 0.5).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(ov[:h, :w], blend)
+    panel = ov[:, w:].reshape(-1, 3)
+    colours_in_panel = {tuple(c) for c in np.unique(panel, axis=0).tolist()}
+    present = {i for i in range(1, 21) if counts[i]}
+    assert present and all(tuple(voc_palette()[i].tolist()) in colours_in_panel for i in present)
+    assert (panel.sum(1) < 100).sum() > 20  # text drawn in black
+
+    # open vocabulary: ids are positions in --classes; class 0 gets a colour, not VOC's black background
+    r = _run(["predict", str(img_path), "--checkpoint", str(ckpt), "--out", str(tmp_path / "ov"), "--classes",
+              "cat,dog,grass", "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    mask = np.array(Image.open(rec["mask"]))
+    assert np.array_equal(mask, _scores_argmax(ckpt, img_path, ["cat", "dog", "grass"]))
+    legend = json.loads(Path(rec["legend"]).read_text())
+    assert [c["id"] for c in legend["classes"]] == [0, 1, 2]
+    assert legend["classes"][0]["color"] != [0, 0, 0]
+    assert len({tuple(c["color"]) for c in legend["classes"]}) == 3
+
+
+def test_predict_inputs_sharing_a_stem_keep_both_outputs_with_stable_names(trained: dict, tmp_path: Path) -> None:
+    """x.jpg and x.png in one folder and x.jpg in another: three inputs, three sets of files, each from its own
+    image, and the same names when the command runs again."""
+    vals = sorted((trained["data"] / "JPEGImages").glob("2026_val_*.jpg"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(vals[0], tmp_path / "a" / "x.jpg")
+    Image.open(vals[1]).save(tmp_path / "a" / "x.png")
+    shutil.copy(vals[2], tmp_path / "b" / "x.jpg")
+    inputs = [tmp_path / "a" / "x.jpg", tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg"]
+    ckpt = str(trained["run"] / "best.pt")
+    runs = []
+    for _ in range(2):
+        r = _run(["predict", *map(str, inputs), "--checkpoint", ckpt, "--out", str(tmp_path / "pred"), "--json"])
+        assert r.exit_code == 0, r.output
+        runs.append([json.loads(ln) for ln in r.stdout.strip().splitlines()])
+    rows = runs[0]
+    assert [row["input"] for row in rows] == [str(p) for p in inputs]
+    assert [row["mask"] for row in runs[1]] == [row["mask"] for row in rows]  # stable names
+    for key in ("mask", "overlay", "legend"):
+        assert len({row[key] for row in rows}) == 3 and all(Path(row[key]).is_file() for row in rows)
+    assert len(list((tmp_path / "pred").iterdir())) == 9
+    for row, src in zip(rows, inputs, strict=True):
+        mask = np.array(Image.open(row["mask"]))
+        assert mask.shape == np.array(Image.open(src)).shape[:2]
+        assert json.loads(Path(row["legend"]).read_text())["image"] == str(src)
+        assert np.array_equal(mask, _scores_argmax(trained["run"] / "best.pt", src) + 1)
+    masks = [np.array(Image.open(row["mask"])) for row in rows]
+    assert masks[0].shape != masks[2].shape or not np.array_equal(masks[0], masks[2])
+
+
+def test_predict_takes_images_up_to_the_documented_aspect_ratio(trained: dict, tmp_path: Path) -> None:
+    """The demo resizes into (256, 96) with 8-px patches: 256x8 (32:1) is segmented, 256x7 is refused naming
+    the file (the keep-ratio resize would leave less than one patch row)."""
+    from zsk.tasks.segment.evaluate import check_image_size
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (8, 256, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(rng.integers(0, 255, (7, 256, 3), dtype=np.uint8)).save(tmp_path / "thin.png")
+    ckpt = str(trained["run"] / "best.pt")
+    r = _run(["predict", str(tmp_path / "ok.png"), "--checkpoint", ckpt, "--out", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert np.array(Image.open(tmp_path / "p" / "ok.png")).shape == (8, 256)
+    r = _run(["predict", str(tmp_path / "thin.png"), "--checkpoint", ckpt, "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "thin.png" in r.output and "32:1" in r.output
+    check_image_size(3, 384, (2048, 512), 16)  # the paper's scale takes 128:1
+    with pytest.raises(ZskError, match="x.png"):
+        check_image_size(3, 2000, (2048, 512), 16, "image x.png")
 
 
 def test_info_demo_recipe() -> None:

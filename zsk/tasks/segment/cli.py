@@ -14,7 +14,8 @@ from zsk.data.images import IMAGE_SUFFIXES
 TASK = TaskModules(
     __package__,
     help="ZegCLIP: one-stage zero-shot semantic segmentation from CLIP.",
-    predict_help="Images, folders of images, globs, or '-' to read paths from stdin.",
+    predict_help="Images, folders of images, globs, or '-' to read paths from stdin (aspect ratio up to "
+                 "max(eval.img_scale) / patch size : 1, e.g. 128:1 for ViT-B/16 at 2048x512).",
     input_suffixes=IMAGE_SUFFIXES,
     summary_keys=("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc"),
     predict_options=(
@@ -32,7 +33,8 @@ TASK = TaskModules(
 app = task_app(TASK, docs={
     "train": "Train ZegCLIP (inductive, transductive or fully supervised, as the recipe says).",
     "eval": "Evaluate a checkpoint: mIoU, mIoU(seen), mIoU(unseen), hIoU, pAcc and per-class IoU.",
-    "predict": "Segment images with the checkpoint's classes or any class names: palette PNG, overlay PNG, JSON legend.",
+    "predict": "Segment images with the checkpoint's classes or any class names: a palette PNG mask in the "
+               "dataset's own ids, an overlay PNG with a legend of class names and colours, a JSON legend.",
     "info": "Classes, split, parameters (own and paper-comparable) and GFLOPs at the recipe's crop size.",
     "sample": "Write a small synthetic PASCAL VOC 2012 set (JPEGImages, SegmentationClass, ImageSets) for the demo recipe.",
 })

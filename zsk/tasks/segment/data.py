@@ -17,6 +17,29 @@ from zsk.tasks.segment import splits
 from zsk.tasks.segment.config import DataConfig
 
 
+class DataError(ZskError):
+    """A ``ZskError`` from a dataset item that keeps its one-line message when raised in a DataLoader
+    worker: torch re-raises a worker's exception in the main process as ``type(e)(text)``, ``text``
+    being "Caught ... in DataLoader worker ... Original Traceback ..."; the last line is the message."""
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def load_item(item: img_io.SegItem, bench: Benchmark) -> tuple[np.ndarray, np.ndarray]:
+    """Image and checked label of one item (:func:`zsk.data.images.load_pair`); a bad file is a
+    :class:`DataError` naming it, also from a DataLoader worker."""
+    try:
+        return img_io.load_pair(item, bench.num_classes, bench.reduce_zero_label)
+    except DataError:
+        raise
+    except ZskError as e:
+        raise DataError(str(e)) from None
+
+
 @dataclass
 class Benchmark:
     """A dataset with its classes and zero-shot split: everything the task needs to know about labels."""
@@ -87,7 +110,7 @@ class SegTrainDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        image, label = img_io.load_pair(self.items[idx], self.bench.num_classes, self.bench.reduce_zero_label)
+        image, label = load_item(self.items[idx], self.bench)
         label = self.train_lut[self.lut[label]]
         img, lab = self.transform(image, label)
         return {"image": img, "label": lab}
@@ -108,9 +131,9 @@ class SegEvalDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, idx: int) -> dict:
-        image, label = img_io.load_pair(self.items[idx], self.bench.num_classes, self.bench.reduce_zero_label)
+        image, label = load_item(self.items[idx], self.bench)
         return {"image": torch.from_numpy(image.copy()), "label": torch.from_numpy(self.lut[label].astype(np.int64)),
-                "name": self.items[idx].name}
+                "name": self.items[idx].name, "path": str(self.items[idx].image)}
 
 
 def first_item(batch: list) -> dict:

@@ -19,7 +19,7 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data import images as img_io
-from zsk.data.seg_transforms import SegTestTransform
+from zsk.data.seg_transforms import SegTestTransform, rescale_size
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.metrics.segmentation import harmonic_mean, iou_per_class, mean_iou, pixel_accuracy
 from zsk.models.inferers import sliding_window_inference
@@ -38,18 +38,38 @@ def calibration_for(setting: str, ecfg: EvalConfig) -> float:
     return INDUCTIVE_CALIBRATION if setting == "inductive" else 0.0
 
 
+def check_image_size(h: int, w: int, img_scale: Sequence[int], patch: int, source: str = "the image") -> None:
+    """Refuse an image whose keep-ratio resize into ``eval.img_scale`` leaves a side shorter than one ViT
+    patch (the model would see no token row): a ``ZskError`` naming ``source``, its size and the limit.
+
+    mmcv's keep-ratio rescale bounds the long side by ``max(img_scale)``, so the short side shrinks with the
+    aspect ratio: images up to ``max(img_scale) / patch`` : 1 are segmented (32:1 for the demo's
+    (256, 96) and 8-px patches, 128:1 for the paper's (2048, 512) and 16-px patches).
+    """
+    if min(h, w) < 1:
+        raise ZskError(f"{source} is empty ({w}x{h} px)")
+    rh, rw = rescale_size(h, w, tuple(img_scale))
+    if min(rh, rw) < patch:
+        limit = max(img_scale) / patch
+        raise ZskError(f"{source} is {w}x{h} px (aspect ratio {max(h, w) / min(h, w):.0f}:1): the keep-ratio resize "
+                       f"into eval.img_scale={list(img_scale)} makes it {rw}x{rh}, less than one {patch}-px patch "
+                       f"across; segment takes images up to {limit:.0f}:1 (crop it into pieces or pad it)")
+
+
 @torch.no_grad()
 def segment_scores(model: ZegCLIP, image: Tensor, text: Tensor, ecfg: EvalConfig, normalization: str,
                    seen: Sequence[int], calibration: float, device: torch.device,
-                   amp: torch.dtype | None = None, window_batch: int = 8) -> Tensor:
+                   amp: torch.dtype | None = None, window_batch: int = 8, source: str = "the image") -> Tensor:
     """Calibrated sigmoid scores (C, H, W) at the image's original size.
 
     The image (H, W, 3 uint8) is resized into ``img_scale`` (short side 512), scored by sliding
     windows (crop, stride; mmseg ``slide_inference``: no padding, the last window shifted to end at
     the border, a window clipped to a shorter image) whose scores are averaged, or whole; seen classes
-    get ``-calibration``; the averaged map is resized back to (H, W).
+    get ``-calibration``; the averaged map is resized back to (H, W). An image too thin for the model
+    (:func:`check_image_size`) is a ``ZskError`` naming ``source``.
     """
     h0, w0 = image.shape[:2]
+    check_image_size(h0, w0, ecfg.img_scale, model.image_encoder.patch_size, source)
     x = SegTestTransform(tuple(ecfg.img_scale), normalization)(image.cpu().numpy()).to(device)
     h, w = x.shape[-2:]
     c = text.shape[0]
@@ -100,7 +120,7 @@ def evaluate_model(model: ZegCLIP, dataset: SegEvalDataset, text: Tensor, bench:
     loader = make_eval_loader(dataset, 1, workers=workers, collate_fn=first_item)
     for sample in progress(loader, total=len(loader), desc="eval"):
         scores = segment_scores(model, sample["image"], text, cfg.eval, cfg.data.normalize, bench.seen, calibration,
-                                device, amp)
+                                device, amp, source=f"image {sample['path']}")
         cm.update(scores.argmax(0), sample["label"].to(device))
     cm.reduce()
     model.train(was_training)

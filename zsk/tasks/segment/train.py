@@ -72,7 +72,16 @@ def text_embeddings_for(model: ZegCLIP, loaded: LoadedCLIP, cfg: Config, class_n
         path = Path(embeddings_file).expanduser()
         if not path.is_absolute() and (Path(cfg.data.root).expanduser() / path).is_file():
             path = Path(cfg.data.root).expanduser() / path
-        return load_npy_embeddings(path, len(class_names), model.embed_dim)
+        try:
+            emb = load_npy_embeddings(path, len(class_names), model.embed_dim)
+        except (ValueError, TypeError) as e:  # e.g. an array of strings
+            raise ZskError(f"class embedding file {path} (model.text.embeddings_file) does not hold numbers: "
+                           f"{e}") from None
+        if not torch.isfinite(emb).all():
+            rows = torch.nonzero(~torch.isfinite(emb).all(dim=1)).flatten().tolist()
+            raise ZskError(f"class embedding file {path} (model.text.embeddings_file) has NaN or inf values in the "
+                           f"rows of class(es) {[class_names[i] for i in rows[:5]]}")
+        return emb
     assert model.text_encoder is not None
     key = weights_identity(model.text_encoder, loaded.source, loaded.random_init)
     return cached_class_embeddings(model.text_encoder, list(class_names), cfg.model.text.templates, key)
