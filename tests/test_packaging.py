@@ -156,5 +156,5 @@ def test_wheel_runs_demo(wheel_venv: tuple[Path, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (row,) = _json_lines(proc.stdout)
     assert row["task"] == "gzsl" and row["metric"] == "hit@1"
-    assert row["value"] == pytest.approx(0.3645833333333333)
+    assert row["value"] == pytest.approx(0.375)  # the source checkout's demo figure
     assert any((tmp_path / "cache").iterdir()), "the sample data should have been written into the cache"

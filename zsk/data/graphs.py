@@ -182,26 +182,34 @@ def ancestor_groups(num_nodes: int, edges: np.ndarray, max_hops: int | None = No
     """All (node, ancestor) pairs grouped by shortest hop distance along child->parent edges.
 
     Group 0 is ``(u, u)``; group ``d`` holds ``(u, x)`` with x reachable from u in ``d`` hypernym steps
-    and not fewer (multiple inheritance keeps the shortest path). A level-synchronous BFS over all nodes
-    at once with sparse matrix products, so a 32K-node WordNet graph takes well under a second.
+    and not fewer (multiple inheritance keeps the shortest path). The pairs come in the order of DGP's
+    ``make_dense_grouped_graph.py``: node by node, each node's ancestors in breadth-first discovery order
+    over the parents in edge-file order, so the written file equals the official one pair for pair.
     """
-    p = parent_matrix(num_nodes, edges).astype(np.int32)
-    visited = sp.identity(num_nodes, dtype=np.int32, format="csr")
-    frontier = visited
-    groups = [np.stack([np.arange(num_nodes), np.arange(num_nodes)], axis=1).astype(np.int64)]
-    while frontier.nnz and (max_hops is None or len(groups) <= max_hops):
-        reach = (frontier @ p).tocsr()
-        reach.data[:] = 1
-        new = (reach - reach.multiply(visited)).tocsr()
-        new.eliminate_zeros()
-        if new.nnz == 0:
-            break
-        coo = new.tocoo()
-        order = np.lexsort((coo.col, coo.row))
-        groups.append(np.stack([coo.row[order], coo.col[order]], axis=1).astype(np.int64))
-        visited = (visited + new).tocsr()
-        frontier = new
-    return groups
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    parents: list[list[int]] = [[] for _ in range(num_nodes)]
+    for u, v in edges.tolist():
+        parents[u].append(v)
+    out: list[list[tuple[int, int]]] = [[]]
+    for u in range(num_nodes):
+        dist = {u: 0}
+        queue = [u]
+        head = 0
+        while head < len(queue):
+            x = queue[head]
+            head += 1
+            if max_hops is not None and dist[x] >= max_hops:
+                continue
+            for y in parents[x]:
+                if y not in dist:
+                    dist[y] = dist[x] + 1
+                    queue.append(y)
+        for x in queue:
+            d = dist[x]
+            while len(out) <= d:
+                out.append([])
+            out[d].append((u, x))
+    return [np.asarray(g, dtype=np.int64).reshape(-1, 2) for g in out]
 
 
 def merge_groups(groups: Sequence[np.ndarray], max_distance: int) -> list[np.ndarray]:
@@ -407,16 +415,20 @@ def _induce(wn: Any, train_wnids: Sequence[str], test_wnids: Sequence[str], xml_
         add(w, wnid_to_synset(wn, w))
     queue = deque(order)
     while queue:
-        for parent in hypernyms(synsets[queue.popleft()]):
+        wnid = queue.popleft()
+        if wnid in xml:  # make_induced_graph.py's BFS never climbs from a stop-set node, seeds included
+            continue
+        for parent in hypernyms(synsets[wnid]):
             pid = synset_to_wnid(parent)
-            if add(pid, parent) and pid not in xml:
+            if add(pid, parent):
                 queue.append(pid)
     for w in xml_wnids or []:
         if w not in synsets:
             add(w, wnid_to_synset(wn, w))
     index = {w: i for i, w in enumerate(order)}
-    edges = sorted({(index[w], index[pid]) for w in order
-                    for pid in (synset_to_wnid(p) for p in hypernyms(synsets[w])) if pid in index})
+    # getedges: node by node, each node's hypernyms in nltk's order, kept when the hypernym is a node
+    edges = [(index[w], index[pid]) for w in order
+             for pid in (synset_to_wnid(p) for p in hypernyms(synsets[w])) if pid in index]
     lemmas = [list(synsets[w].lemma_names()) for w in order]
     return KnowledgeGraph(wnids=order, edges=np.asarray(edges, dtype=np.int64).reshape(-1, 2)), lemmas
 

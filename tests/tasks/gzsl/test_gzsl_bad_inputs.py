@@ -67,7 +67,7 @@ def write_inputs(d: Path, data: Path, ckpt: Path) -> None:
     (d / "testsets-extra.json").write_text(json.dumps(sets))
     (d / "fc-trunc.json").write_text((data / "fc-weights.json").read_text()[:500])
     fc = json.loads((data / "fc-weights.json").read_text())
-    fc[2][5] = float("nan")
+    fc[2][1][5] = float("nan")  # official layout: [wnid, [w_1..w_F, b]]
     (d / "fc-nan.json").write_text(json.dumps(fc))
     # word vectors: a ragged file, a word2vec header that disagrees with the rows, 20-d vectors
     glove = (data / "glove.sample.50d.txt").read_text().splitlines()

@@ -119,7 +119,7 @@ def test_gcn_matches_dense_formula() -> None:
     x = torch.randn(N, 4)
     h = x
     for i, layer in enumerate(model.layers):
-        h = row_norm(a) @ (h @ layer.linear.weight.T + layer.linear.bias)
+        h = row_norm(a) @ (h @ layer.linear.weight.T) + layer.bias  # DGP's GraphConv: bias after A
         if i < 2:
             h = F.leaky_relu(h, 0.2)
     assert torch.allclose(model(x, sparse_adj), F.normalize(h, dim=1), atol=1e-5)

@@ -14,7 +14,7 @@ from zsk.tasks.gzsl.config import Config
 from zsk.tasks.gzsl.data import write_sample
 from zsk.tasks.gzsl.hooks import bench_spec, info
 
-RECIPES = ["demo", "imagenet_dgp", "imagenet_sgcn", "imagenet_gcnz", "imagenet_dgp_finetune"]
+RECIPES = ["demo", "imagenet_dgp", "imagenet_sgcn", "imagenet_gcnz", "imagenet_dgp_finetune", "imagenet_gcn_dense"]
 
 
 @pytest.fixture(scope="module")

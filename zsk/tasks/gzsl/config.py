@@ -55,13 +55,19 @@ class DataConfig:
 class ModelConfig:
     """The graph network and the CNN whose last layer it regresses."""
 
-    name: Literal["dgp", "sgcn", "gcnz"] = "dgp"
+    # dgp: DGP (train_gcn_dense_att.py); gcn_dense: DGP's GCN_Dense (train_gcn_dense.py, no distance groups);
+    # sgcn: DGP's SGCN (train_gcn_basic.py); gcnz: GCNZ (Wang et al. CVPR 2018, the GCNZ code's GCN_dense_mse)
+    name: Literal["dgp", "gcn_dense", "sgcn", "gcnz"] = "dgp"
     hidden: list[int] = field(default_factory=lambda: [2048])  # DGP/SGCN: one hidden layer of 2048
     dropout: float = 0.5
     negative_slope: float = 0.2  # LeakyReLU slope
     max_distance: int = 4  # DGP: hop distances >= max_distance share one group (5 groups: 0,1,2,3,>=4)
     attention: bool = True  # DGP: softmax-weighted distance groups; false = plain mean over groups (ablation)
     normalize_output: bool = True  # L2-normalise predicted classifier rows
+    input_norm: Literal["l2", "sum", "none"] = "l2"  # word vectors on load: l2 (DGP trainers), sum (GCNZ code)
+    bias: bool = True  # GCN layers (sgcn, gcnz): a bias per layer (DGP's GraphConv); the GCNZ code has none
+    dropout_layers: list[int] | None = None  # GCN layers (1-based) with dropout on their input; null: every layer
+    adjacency: Literal["row", "sym"] = "row"  # sgcn/gcnz: D^-1 (A+I) (DGP's normt_spm) or D^-1/2 (A+I) D^-1/2 (GCNZ)
     target_bias: bool = True  # regress [fc weight | fc bias] (2049-d); GCNZ regresses the weights only
     word_vectors: str | None = None  # GloVe text file: recompute node vectors from lemma names
     nltk_data: str | None = None  # extra folder holding corpora/wordnet, for lemma names
@@ -114,7 +120,9 @@ class TrainConfig(CoreTrainConfig):
     weight_decay: float = 5e-4
     epochs: int | None = 3000
     checkpoint_every: int = 300  # propagate: write snapshots/epoch-N.pred every N epochs (0: only the last)
-    loss: Literal["l2", "mse"] = "l2"  # l2: sum of squares / (2M) (DGP, SGCN); mse: mean over entries (GCNZ)
+    # l2: sum of squares / (2M) (DGP, SGCN; utils.l2_loss); gcnz: (N/M)^2 / 2 * sum of squares (the GCNZ code's
+    # mask_mse_loss with its mask rescaled by its mean, N graph nodes); mse: mean over entries
+    loss: Literal["l2", "gcnz", "mse"] = "l2"
     best_metric: str | None = "seen_loss"  # no validation split: best-propagate.pt never looks at test-set hit@k
     best_mode: Literal["max", "min"] = "min"
     # DGP uses the final epoch (spec "Open points"), and stage two fine-tunes under the last classifiers

@@ -5,7 +5,7 @@ On-disk formats (the reference code's):
 * ``imagenet-split.json``: ``{"train": [seen wnids, in the CNN's fc row order], "test": [unseen wnids]}``
 * ``imagenet-testsets.json``: ``{"2-hops": [...], "3-hops": [...], "all": [...], ...}``
 * ``awa2-split.json``: ``{"train", "test", "train_names", "test_names"}``
-* ``fc-weights.json``: ``[[wnid, w_1, ..., w_F, b], ...]`` for the seen classes
+* ``fc-weights.json``: ``[[wnid, [w_1, ..., w_F, b]], ...]`` for the seen classes (flat rows are read too)
 * graphs: see :mod:`zsk.data.graphs`; word vectors: :mod:`zsk.data.embeddings`
 * images: ``<images>/<wnid>/*.JPEG`` (ImageNet fall 2011); features: ``X.npy`` (N x F) plus a text file
   with one wnid per line.
@@ -103,6 +103,11 @@ def read_testsets(path: Path) -> dict[str, list[str]]:
     return {k: _wnid_list(path, obj, k) for k in obj}
 
 
+def read_awa2_train(path: Path) -> list[str]:
+    """``awa2-split.json``'s 40 train wnids (evaluate_awa2.py's seen classes)."""
+    return _wnid_list(path, read_json(path, "AwA2 split file"), "train")
+
+
 def read_awa2_split(path: Path) -> tuple[list[str], list[str]]:
     """``awa2-split.json`` -> (test wnids, test folder names such as 'killer+whale')."""
     obj = read_json(path, "AwA2 split file")
@@ -118,8 +123,9 @@ def read_fc_weights(path: Path, seen: Sequence[str]) -> np.ndarray:
     seen classes (one classifier per seen class)."""
     obj = read_json(path, "classifier file")
     if not isinstance(obj, list) or not all(isinstance(r, list) and r and isinstance(r[0], str) for r in obj):
-        raise ZskError(f"{path}: expected [[wnid, w_1, ..., w_F, b], ...] (DGP's fc-weights.json)")
-    rows = {r[0]: r[1:] for r in obj}
+        raise ZskError(f"{path}: expected [[wnid, [w_1, ..., w_F, b]], ...] (DGP's fc-weights.json)")
+    # DGP's process_resnet.py writes [wnid, [w_1..w_F, b]]; a flat [wnid, w_1, ..., b] row is read too
+    rows = {r[0]: (r[1] if len(r) == 2 and isinstance(r[1], list) else r[1:]) for r in obj}
     if len(rows) != len(seen):
         raise ZskError(f"{path} holds {len(rows)} classifiers but the split has {len(seen)} seen (train) classes: "
                        f"the file must hold one row per train wnid")
@@ -140,8 +146,8 @@ def read_fc_weights(path: Path, seen: Sequence[str]) -> np.ndarray:
 
 
 def write_fc_weights(path: Path, wnids: Sequence[str], weights: np.ndarray) -> None:
-    """Write ``fc-weights.json`` (rows ``[wnid, w..., b]``)."""
-    path.write_text(json.dumps([[w, *map(float, row)] for w, row in zip(wnids, weights, strict=True)]))
+    """Write ``fc-weights.json`` in DGP's layout (rows ``[wnid, [w_1..w_F, b]]``, process_resnet.py)."""
+    path.write_text(json.dumps([[w, list(map(float, row))] for w, row in zip(wnids, weights, strict=True)]))
 
 
 def load_feature_array(path: Path, hint: str = "an N x F .npy array of image features") -> np.ndarray:
@@ -213,12 +219,14 @@ def read_rgb(path: Path) -> Image.Image:
 
 
 def resize_shorter(image: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is ``size`` (bilinear), keeping the aspect ratio."""
+    """Scale so the shorter side is ``size`` (bilinear), the longer one to int(size * long / short), truncated
+    as torchvision's Resize(size) that DGP's datasets/imagenet.py uses."""
     w, h = image.size
     if min(w, h) == size:
         return image
-    scale = size / min(w, h)
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    if w <= h:
+        return image.resize((size, max(1, int(size * h / w))), Image.BILINEAR)
+    return image.resize((max(1, int(size * w / h)), size), Image.BILINEAR)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -495,6 +503,19 @@ def node_lemmas(cfg: Config, wnids: Sequence[str]) -> list[list[str]]:
     return wordnet_lemma_names(wnids, cfg.model.nltk_data)
 
 
+def normalize_inputs(x: np.ndarray, how: str = "l2") -> np.ndarray:
+    """The graph's input features X: ``l2`` rows scaled to unit norm (DGP's F.normalize, eps 1e-12),
+    ``sum`` rows divided by their sum (GCNZ's preprocess_features_dense2; zero sums stay zero), ``none``."""
+    x = np.asarray(x, dtype=np.float32)
+    if how == "l2":
+        return l2_normalize_rows(x)
+    if how == "sum":
+        s = x.astype(np.float64).sum(axis=1, keepdims=True)
+        inv = np.where(s == 0, 0.0, 1.0 / np.where(s == 0, 1.0, s))
+        return (x * inv).astype(np.float32)
+    return x
+
+
 def load_graph_data(cfg: Config) -> GraphData:
     """Read the split, the induced graph (and the dense grouped graph when given) and validate that
     every split wnid is a graph node."""
@@ -520,6 +541,9 @@ def load_graph_data(cfg: Config) -> GraphData:
     if graph.vectors is None or graph.vectors.shape[0] == 0:
         raise ZskError(f"{graph_file} carries no 'vectors': rebuild it with word vectors (zsk gzsl make-graph "
                        f"--glove FILE) or set model.word_vectors to a GloVe file")
+    # the official trainers normalise the stored vectors on load (train_gcn_*.py: F.normalize); GCNZ's
+    # code divides each row by its sum (preprocess_features_dense2); model.input_norm: none keeps them
+    graph.vectors = normalize_inputs(graph.vectors, cfg.model.input_norm)
     index = graph.index()
     for kind, wnids in (("train", split.train), ("test", split.test)):
         missing = [w for w in wnids if w not in index]

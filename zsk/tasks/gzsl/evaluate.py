@@ -29,6 +29,7 @@ from zsk.tasks.gzsl.data import (
     list_images,
     load_graph_data,
     read_awa2_split,
+    read_awa2_train,
     read_features,
     read_testsets,
     resolve,
@@ -91,7 +92,15 @@ def evaluate_classifiers(cfg: Config, data: GraphData, pred: Tensor, cnn: nn.Mod
         raise ZskError(f"test set {name} of {list_file}: wnid {missing_graph[0]} is missing from the graph "
                        f"{data.graph_file} ({len(missing_graph)} missing): use a graph built with these classes")
     test_idx = [index[w] for w in test_wnids]
-    cand = candidate_indices(test_idx, data.seen_idx.tolist(), cfg.eval.generalized)
+    seen_idx = data.seen_idx.tolist()
+    if name == "awa2":  # evaluate_awa2.py: the seen classes are AwA2's 40 train classes, not the 1,000 of ImageNet
+        awa_train = read_awa2_train(list_file)
+        missing_train = [w for w in awa_train if w not in index]
+        if missing_train:
+            raise ZskError(f"AwA2 train wnid {missing_train[0]} of {list_file} is missing from the graph "
+                           f"{data.graph_file} ({len(missing_train)} missing)")
+        seen_idx = [index[w] for w in awa_train]
+    cand = candidate_indices(test_idx, seen_idx, cfg.eval.generalized)
     if len(cand) == 0:
         raise ZskError(f"test set {name} holds only seen classes, which zero-shot evaluation masks out: "
                        f"use --generalized")

@@ -25,9 +25,9 @@ from zsk.tasks.gzsl.data import (
     resolve,
     write_sample,
 )
-from zsk.tasks.gzsl.losses import LOSSES
+from zsk.tasks.gzsl.losses import build_loss
 from zsk.tasks.gzsl.metrics import HitAtK, append_bias_input
-from zsk.tasks.gzsl.model import DenseGraph, ZeroShotModel, symmetric_adjacency
+from zsk.tasks.gzsl.model import DenseGraph, ZeroShotModel
 
 IMAGENET_NODES = 32_295  # wnids of ImageNet's structure_released.xml: the size of DGP's induced graph
 
@@ -183,10 +183,7 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     feat_dim = stages.RESNET50_FEATURES
     out_dim = stages.default_out_dim(cfg)
     model = ZeroShotModel(stages.build_gnn(cfg, in_dim, out_dim)).to(device)
-    if cfg.model.name == "dgp":
-        ops: Any = DenseGraph.from_groups(merge_groups(groups, cfg.model.max_distance), n).to(device)
-    else:
-        ops = symmetric_adjacency(edges, n).to(device)
+    ops: Any = stages.operators_for(cfg, n, edges, groups).to(device)
     tcfg = stage_config(cfg.train, "propagate")
     batch = {"x": x.to(device), "seen": torch.arange(seen, device=device),
              "targets": torch.nn.functional.normalize(torch.randn(seen, out_dim, device=device), dim=1)}
@@ -223,6 +220,6 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
                                                                    merge_groups(groups, cfg.model.max_distance)],
                 "candidates": int(cand.shape[0]), "cnn": cfg.model.cnn if cnn is not None else None}
 
-    return BenchSpec(model=model, step_fn=stages.make_propagate_step(ops, LOSSES[tcfg.loss]), batch=batch,
+    return BenchSpec(model=model, step_fn=stages.make_propagate_step(ops, build_loss(tcfg.loss, n)), batch=batch,
                      train_cfg=tcfg, infer_step=infer_step, train_samples=1, infer_samples=b, unit="epochs",
                      infer_unit="images", extra=extra)

@@ -3,8 +3,10 @@
 * :class:`DGP`: Dense Graph Propagation (Kampffmeyer et al., CVPR 2019; spec "Model"): a descendant
   phase then an ancestor phase over the dense graph, each mixing hop-distance groups with
   softmax attention weights.
-* :class:`GCN`: the plain GCN of GCNZ (Wang et al., CVPR 2018; 6 layers) and DGP's SGCN baseline (2 layers)
-  on one symmetric, self-looped, row-normalised adjacency.
+* :class:`GCN`: the plain GCN of GCNZ (Wang et al., CVPR 2018; 6 layers, D^-1/2 (A+I) D^-1/2) and DGP's SGCN
+  baseline (2 layers, D^-1 (A+I)) on the symmetric, self-looped induced graph.
+* GCN_Dense (DGP's train_gcn_dense.py): :class:`DGP` with one distance group holding every (node, ancestor)
+  pair, i.e. one descendant and one ancestor operator over the whole dense graph, no attention.
 
 The graph operators are sparse tensors passed to ``forward``; they are rebuilt from the graph files,
 never stored in the state dict.
@@ -57,13 +59,22 @@ class DenseGraph:
         return DenseGraph([a.to(device) for a in self.descendants], [a.to(device) for a in self.ancestors])
 
 
-def symmetric_adjacency(edges: np.ndarray, num_nodes: int) -> Tensor:
-    """GCN adjacency: undirected edges plus self-loops, row-normalised (SGCN and GCNZ)."""
+def symmetric_adjacency(edges: np.ndarray, num_nodes: int, norm: str = "row") -> Tensor:
+    """GCN adjacency of the undirected graph with self-loops (duplicates collapse to 1): ``row`` = D^-1 (A + I)
+    (DGP's SGCN, train_gcn_basic.py), ``sym`` = D^-1/2 (A + I) D^-1/2 (GCNZ, Wang et al. CVPR 2018,
+    Eq. 2; the GCNZ code's preprocess_adj)."""
     e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     loops = np.arange(num_nodes, dtype=np.int64)
     rows = np.concatenate([e[:, 0], e[:, 1], loops])
     cols = np.concatenate([e[:, 1], e[:, 0], loops])
-    return row_normalized_operator(rows, cols, num_nodes)
+    if norm == "row":
+        return row_normalized_operator(rows, cols, num_nodes)
+    flat = np.unique(rows * num_nodes + cols)
+    rows, cols = flat // num_nodes, flat % num_nodes
+    deg = np.bincount(rows, minlength=num_nodes).astype(np.float64)
+    values = (1.0 / np.sqrt(deg[rows] * deg[cols])).astype(np.float32)
+    return torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(values),
+                                   (num_nodes, num_nodes), check_invariants=False).coalesce()
 
 
 def _spmm(op: Tensor, x: Tensor) -> Tensor:
@@ -92,7 +103,9 @@ class DGPLayer(nn.Module):
 
     def forward(self, h: Tensor, operators: Sequence[Tensor]) -> Tensor:
         support = self.linear(self.dropout(h)).float()
-        alpha = self.alpha()
+        # a graph shallower than max_distance has fewer groups: the softmax runs over those present, as in
+        # train_gcn_dense_att.py (its edges_set stops at the deepest non-empty distance)
+        alpha = torch.softmax(self.distance_weights[: len(operators)], dim=0)
         out = sum(alpha[k] * _spmm(op, support) for k, op in enumerate(operators))
         if self.negative_slope is not None:
             out = F.leaky_relu(out, self.negative_slope)
@@ -116,30 +129,40 @@ class DGP(nn.Module):
 
 
 class GraphConvolution(nn.Module):
-    """GCN layer: A (dropout(H) W + b), optionally followed by LeakyReLU."""
+    """GCN layer: A (dropout(H) W) + b, optionally followed by LeakyReLU (DGP's GraphConv adds the bias
+    after propagation; GCNZ's layers have no bias)."""
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.5, negative_slope: float | None = 0.2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.5, negative_slope: float | None = 0.2,
+                 bias: bool = True) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_dim, out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.negative_slope = negative_slope
         nn.init.xavier_uniform_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: Tensor, adjacency: Tensor) -> Tensor:
         out = _spmm(adjacency, self.linear(self.dropout(h)))
+        if self.bias is not None:
+            out = out + self.bias
         return F.leaky_relu(out, self.negative_slope) if self.negative_slope is not None else out
 
 
 class GCN(nn.Module):
-    """Stacked graph convolutions: SGCN (hidden [2048]) and GCNZ (hidden [2048, 2048, 1024, 1024, 512])."""
+    """Stacked graph convolutions: SGCN (hidden [2048], dropout before both layers, biases; DGP's
+    train_gcn_basic.py) and GCNZ (hidden [2048, 2048, 1024, 1024, 512], dropout before layers 5 and 6 only,
+    no biases; the GCNZ code's GCN_dense_mse). ``dropout_layers``: the 1-based layers whose input is
+    dropped out (None: every layer)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (2048,), dropout: float = 0.5,
-                 negative_slope: float = 0.2, normalize_output: bool = True) -> None:
+                 negative_slope: float = 0.2, normalize_output: bool = True, bias: bool = True,
+                 dropout_layers: Sequence[int] | None = None) -> None:
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
+        n = len(dims) - 1
+        drop = set(range(1, n + 1)) if dropout_layers is None else set(dropout_layers)
         self.layers = nn.ModuleList(
-            GraphConvolution(a, b, dropout, negative_slope if i < len(dims) - 2 else None)
+            GraphConvolution(a, b, dropout if i + 1 in drop else 0.0, negative_slope if i < n - 1 else None, bias)
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)))
         self.normalize_output = normalize_output
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -37,7 +38,7 @@ from zsk.tasks.gzsl.data import (
     snapshot_classifiers,
     train_transform,
 )
-from zsk.tasks.gzsl.losses import LOSSES
+from zsk.tasks.gzsl.losses import build_loss
 from zsk.tasks.gzsl.model import DGP, GCN, DenseGraph, ZeroShotModel, symmetric_adjacency
 
 TASK = "gzsl"
@@ -52,10 +53,20 @@ StepFn = Callable[[nn.Module, Any, int], dict[str, Tensor]]
 
 def build_operators(cfg: Config, data: GraphData) -> DenseGraph | Tensor:
     """DGP: ancestor/descendant operators per merged distance group; SGCN/GCNZ: one adjacency."""
-    n = data.graph.num_nodes
+    return operators_for(cfg, data.graph.num_nodes, data.graph.edges, data.groups)
+
+
+def operators_for(cfg: Config, n: int, edges: Any, groups: Sequence[Any]) -> DenseGraph | Tensor:
+    """The propagation operators of ``model.name`` over a graph of ``n`` nodes: DGP's grouped dense
+    operators, GCN_Dense's single group of every (node, ancestor) pair, or the GCN adjacency."""
     if cfg.model.name == "dgp":
-        return DenseGraph.from_groups(merge_groups(data.groups, cfg.model.max_distance), n)
-    return symmetric_adjacency(data.graph.edges, n)
+        merged = merge_groups(groups, cfg.model.max_distance)
+        while len(merged) > 1 and len(merged[-1]) == 0:  # make_dense_grouped_graph.py drops empty far groups
+            merged.pop()
+        return DenseGraph.from_groups(merged, n)
+    if cfg.model.name == "gcn_dense":
+        return DenseGraph.from_groups([np.concatenate([np.asarray(g).reshape(-1, 2) for g in groups])], n)
+    return symmetric_adjacency(edges, n, cfg.model.adjacency)
 
 
 def build_gnn(cfg: Config, in_dim: int, out_dim: int) -> nn.Module:
@@ -68,8 +79,13 @@ def build_gnn(cfg: Config, in_dim: int, out_dim: int) -> nn.Module:
             raise ZskError(f"model.hidden: DGP has exactly one hidden layer (two propagation phases), got {m.hidden}")
         return DGP(in_dim, out_dim, hidden=m.hidden[0], num_groups=m.max_distance + 1, dropout=m.dropout,
                    negative_slope=m.negative_slope, attention=m.attention, normalize_output=m.normalize_output)
+    if m.name == "gcn_dense":
+        if len(m.hidden) != 1:
+            raise ZskError(f"model.hidden: GCN_Dense has exactly one hidden layer (two phases), got {m.hidden}")
+        return DGP(in_dim, out_dim, hidden=m.hidden[0], num_groups=1, dropout=m.dropout,
+                   negative_slope=m.negative_slope, attention=False, normalize_output=m.normalize_output)
     return GCN(in_dim, out_dim, hidden=m.hidden, dropout=m.dropout, negative_slope=m.negative_slope,
-               normalize_output=m.normalize_output)
+               normalize_output=m.normalize_output, bias=m.bias, dropout_layers=m.dropout_layers)
 
 
 def _pretrained_arg(cfg: Config) -> str | None:
@@ -196,7 +212,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     snapshots = ctx.run_dir / "snapshots"
 
     def build_propagate(tcfg: TrainConfig) -> Trainer:
-        loss_fn = LOSSES[tcfg.loss]
+        loss_fn = build_loss(tcfg.loss, data.graph.num_nodes)
         batch = {"x": x, "seen": seen_idx, "targets": targets}
 
         def loader_fn(epoch: int, start_batch: int) -> list[dict[str, Tensor]]:
