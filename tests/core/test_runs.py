@@ -191,3 +191,20 @@ def test_a_range_error_in_a_stage_block_names_the_stage() -> None:
 
     with pytest.raises(ZskError, match=r"^train\.stages\.main\.lr must be >= 0"):
         parse_config(Staged, {"steps": 3, "stages": {"main": {"lr": -1}}})
+
+
+def test_a_range_error_outside_the_stage_block_keeps_its_train_name() -> None:
+    @dataclass
+    class Own(TrainConfig):
+        STAGES: ClassVar[tuple[str, ...]] = ("warm", "main")
+        crop: int = 8
+
+        def __post_init__(self) -> None:
+            super().__post_init__()  # merges the stage blocks first, then checks its own key
+            if self.crop < 1:
+                raise ZskError(f"train.crop must be >= 1, got {self.crop}")
+
+    with pytest.raises(ZskError, match=r"^train\.crop must be >= 1"):
+        parse_config(Own, {"steps": 3, "crop": 0, "stages": {"main": {"lr": 0.1}}})
+    with pytest.raises(ZskError, match=r"^train\.stages\.main\.crop must be >= 1"):
+        parse_config(Own, {"steps": 3, "stages": {"main": {"crop": 0}}})

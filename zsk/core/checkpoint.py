@@ -62,7 +62,8 @@ def _refused_detail(message: str) -> str:
     if m:
         return f"a {m.group(1)} object"
     m = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
-    return re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)).strip() if m else "not tensors or primitives"
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)).strip() if m else ""
+    return detail or "not tensors or primitives"
 
 
 def _excluded(key: str, prefixes: Iterable[str]) -> bool:

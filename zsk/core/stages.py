@@ -64,7 +64,8 @@ def stage_config(train: TrainConfig, name: str) -> TrainConfig:
     except ZskError as e:  # range checks name `train.<key>`: say which stage's setting it is
         msg = str(e)
         here = f"train.stages.{name}."
-        if msg.startswith("train.") and not msg.startswith(here):
+        key = msg[len("train."):].split(" ", 1)[0].split(".", 1)[0].rstrip(":") if msg.startswith("train.") else ""
+        if key in block and not msg.startswith(here):  # the stage's own setting is wrong, not train.*
             msg = msg.replace("train.", here, 1)
         raise ZskError(msg) from None
 
