@@ -202,35 +202,54 @@ def envi_wavelengths(path: str | Path) -> list[float] | None:
 # ----------------------------------------------------------------------------------------------
 
 
+def check_cube(arr: np.ndarray, what: str | Path) -> np.ndarray:
+    """`arr` if it is a numeric (rows, cols, bands) cube with at least one value; ZskError naming `what` otherwise."""
+    if arr.ndim == 2:
+        raise ZskError(
+            f"{what}: array of shape {arr.shape} is 2-D; a cube must be rows x cols x bands "
+            "(is this the label map? name the cube's array with data.image_key, or --key in predict)"
+        )
+    if arr.ndim != 3:
+        raise ZskError(f"{what}: array of shape {arr.shape} is {arr.ndim}-D; a cube must be rows x cols x bands")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ZskError(f"{what}: cube has dtype {arr.dtype}; expected integer or float values")
+    if arr.size == 0:
+        raise ZskError(f"{what}: cube of shape {arr.shape} is empty")
+    return arr
+
+
 def read_cube(path: str | Path, key: str | None = None) -> np.ndarray:
     """Read a hyperspectral cube as (rows, cols, bands); ZskError on a wrong shape or non-numeric data."""
     path = Path(path)
-    arr = read_array(path, key, ndim=3, default_key="image")
-    if arr.ndim == 2:
-        raise ZskError(
-            f"{path}: array of shape {arr.shape} is 2-D; a cube must be rows x cols x bands "
-            "(is this the label map? set data.image_key)"
-        )
-    if arr.ndim != 3:
-        raise ZskError(f"{path}: array of shape {arr.shape} is {arr.ndim}-D; a cube must be rows x cols x bands")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ZskError(f"{path}: cube has dtype {arr.dtype}; expected integer or float values")
-    if arr.size == 0:
-        raise ZskError(f"{path}: cube of shape {arr.shape} is empty")
-    return arr
+    return check_cube(read_array(path, key, ndim=3, default_key="image"), path)
 
 
 def read_cube_bytes(data: bytes, what: str = "stdin") -> np.ndarray:
     """A cube from the bytes of a NumPy .npy stream (e.g. piped to stdin); ZskError naming `what` otherwise."""
     import io
 
+    if not data:
+        raise ZskError(f"{what}: no data; pipe a NumPy .npy cube (rows x cols x bands) into it")
+    if not data.startswith(b"\x93NUMPY"):
+        raise ZskError(f"{what}: not a NumPy .npy stream (it starts with {data[:8]!r}); '-' reads a .npy cube from "
+                       "stdin: pass other formats (.h5, .mat, ENVI .hdr) by their path")
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:
-        raise ZskError(f"{what}: expected a NumPy .npy stream ({type(e).__name__}: {e})") from None
-    if arr.ndim != 3:
-        raise ZskError(f"{what}: array of shape {arr.shape}; a cube must be rows x cols x bands")
-    return arr
+        raise ZskError(f"{what}: expected a NumPy .npy stream of a cube ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return check_cube(arr, what)
+
+
+def non_finite(arr: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(NaN values, inf values, (rows, cols) mask of pixels with either in any band) of a cube."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return 0, 0, np.zeros(arr.shape[:2], dtype=bool)
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return 0, 0, np.zeros(arr.shape[:2], dtype=bool)
+    n_nan = int(np.isnan(arr).sum())
+    return n_nan, int(bad.sum()) - n_nan, bad.any(axis=2)
 
 
 def read_labels(path: str | Path, key: str | None = None) -> np.ndarray:

@@ -76,7 +76,9 @@ def test_eval_json_matches_training_eval(trained):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["runs"] == 2 and summary["OA"]["std"] == 0.0
-    assert (root / "eval_val" / "confusion_val.csv").is_file()  # eval writes files only under --out
+    # eval writes files only under --out (one folder per checkpoint), never next to the checkpoint
+    assert (root / "eval_val" / "0" / "confusion_val.csv").is_file()
+    assert (root / "eval_val" / "1" / "confusion_val.csv").is_file()
     assert not (run / "confusion_val.csv").exists()
 
 
@@ -89,17 +91,21 @@ def test_predict_every_format_gives_the_same_map(trained):
     assert r.exit_code == 0, r.output
     results = _json_lines(r.stdout)
     assert len(results) == 4
+    # four inputs share the stem "sample": each gets its own files (zsk.core.io.output_names)
+    assert [Path(res["labels_npy"]).name for res in results] == [
+        "sample_h5_labels.npy", "sample_mat_labels.npy", "sample_hdr_labels.npy", "sample_npy_labels.npy"]
     maps = [np.load(res["labels_npy"]) for res in results]
     for m in maps:
         assert m.shape == (24, 24) and m.min() >= 1 and m.max() <= 6  # every pixel predicted, borders too
         np.testing.assert_array_equal(m, maps[0])
-    probs = np.load(out / "sample_probs.npy")
-    assert probs.shape == (24, 24, 6)
-    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
-    png = Image.open(out / "sample_labels.png")
-    assert png.mode == "P"
-    np.testing.assert_array_equal(np.asarray(png), maps[0])
-    assert Image.open(out / "sample_preview.png").size[0] > 200
+    for name in ("sample_h5", "sample_mat", "sample_hdr", "sample_npy"):
+        probs = np.load(out / f"{name}_probs.npy")
+        assert probs.shape == (24, 24, 6)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+        png = Image.open(out / f"{name}_labels.png")
+        assert png.mode == "P"
+        np.testing.assert_array_equal(np.asarray(png), maps[0])
+        assert Image.open(out / f"{name}_preview.png").size[0] > 200
 
 
 def test_predict_reads_npy_from_stdin(trained):
@@ -127,6 +133,110 @@ def test_predict_a_folder_of_cubes(trained, tmp_path):
     rows = _json_lines(r.stdout)
     assert [Path(row["input"]).name for row in rows] == ["a.npy", "b.h5"]
     np.testing.assert_array_equal(np.load(tmp_path / "p" / "a_labels.npy"), np.load(tmp_path / "p" / "b_labels.npy"))
+
+
+def test_predict_names_are_unique_per_input_and_stable(trained, tmp_path):
+    """Inputs sharing a stem (a/x.npy, b/x.npy, x.h5) never overwrite each other; a rerun names them the same."""
+    runner, _, sample, run, _ = trained
+    cube = np.load(sample / "sample.npy")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    np.save(tmp_path / "a" / "x.npy", cube)
+    np.save(tmp_path / "b" / "x.npy", np.ascontiguousarray(cube[::-1]))  # another scene
+    cubes.write_h5(tmp_path / "x.h5", cube)
+    inputs = [str(tmp_path / "a" / "x.npy"), str(tmp_path / "b" / "x.npy"), str(tmp_path / "x.h5")]
+    listings, maps = [], []
+    for _ in range(2):
+        r = runner.invoke(app, ["predict", *inputs, "-c", str(run / "best.pt"), "--out", str(tmp_path / "p"),
+                                "--no-preview", "--probs", "--json"])
+        assert r.exit_code == 0, r.output
+        rows = _json_lines(r.stdout)
+        files = [Path(row["probs"]) for row in rows]
+        assert len(set(files)) == 3 and all(f.is_file() for f in files)
+        listings.append(sorted(p.name for p in (tmp_path / "p").iterdir()))
+        maps.append([np.load(f) for f in files])
+    assert listings[0] == listings[1] and len(listings[0]) == 9  # labels .npy/.png + probs per input, same names
+    assert listings[0][:3] == ["a__x_npy_labels.npy", "a__x_npy_labels.png", "a__x_npy_probs.npy"]
+    a, b, h5 = maps[0]
+    assert not np.allclose(a, b)  # b/x.npy did not overwrite a/x.npy's output
+    np.testing.assert_array_equal(a, h5)  # the same cube in another format: the same output under its own name
+    for first, again in zip(maps[0], maps[1], strict=True):
+        np.testing.assert_array_equal(first, again)
+
+
+def test_eval_and_predict_write_nothing_next_to_the_checkpoint(trained, tmp_path, monkeypatch):
+    """eval writes only under --out (none given: nowhere) and prints its metrics even from a read-only run folder."""
+    runner, _, sample, run, _ = trained
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(run / "best.pt", ro / "best.pt")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ro.chmod(0o555)
+    try:
+        r = runner.invoke(app, ["eval", "-c", str(ro / "best.pt"), "--json"])
+        assert r.exit_code == 0, r.output
+        assert "OA" in json.loads(r.stdout)
+        r = runner.invoke(app, ["predict", str(sample / "sample.npy"), "-c", str(ro / "best.pt"), "--out",
+                                str(tmp_path / "pred"), "--no-preview"])
+        assert r.exit_code == 0, r.output
+    finally:
+        ro.chmod(0o755)
+    assert sorted(p.name for p in ro.iterdir()) == ["best.pt"]
+    assert list(work.iterdir()) == []  # no confusion CSV, no eval.json in the working folder either
+    r = runner.invoke(app, ["eval", "-c", str(ro / "best.pt"), "--out", str(tmp_path / "ev"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["confusion_test.csv", "eval.json"]
+    assert sorted(p.name for p in ro.iterdir()) == ["best.pt"]
+
+
+def test_non_finite_cubes_are_refused_unless_asked_to_zero_them(trained, tmp_path):
+    """NaN/inf values: exit 2 naming the file and the counts; `--set data.non_finite=zero` predicts around them."""
+    runner, _, sample, run, _ = trained
+    cube = np.load(sample / "sample.npy")
+    cube[3, 4, 5] = np.nan
+    cube[10, 11, :3] = np.inf
+    np.save(tmp_path / "bad.npy", cube)
+    r = runner.invoke(app, ["predict", str(tmp_path / "bad.npy"), "-c", str(run / "best.pt"), "--out",
+                            str(tmp_path / "p"), "--no-preview"])
+    assert r.exit_code == 2, r.output
+    assert "bad.npy" in r.output and "1 NaN and 3 inf values in 2 of 576 pixels" in r.output
+    assert not (tmp_path / "p" / "bad_labels.npy").exists()
+    r = runner.invoke(app, ["predict", str(tmp_path / "bad.npy"), "-c", str(run / "best.pt"), "--out",
+                            str(tmp_path / "p"), "--no-preview", "--probs", "--set", "data.non_finite=zero"])
+    assert r.exit_code == 0, r.output
+    labels = np.load(tmp_path / "p" / "bad_labels.npy")
+    assert labels[3, 4] == 0 and labels[10, 11] == 0  # no prediction where the spectrum is missing
+    assert (labels > 0).sum() == 24 * 24 - 2
+    probs = np.load(tmp_path / "p" / "bad_probs.npy")
+    assert np.isfinite(probs).all() and probs[3, 4].sum() == 0
+    # the recipe's scene: train and eval refuse it too (a silently wrong map before)
+    h5 = tmp_path / "scene.h5"
+    cubes.write_h5(h5, cube, np.load(sample / "sample_gt.npy"))
+    r = runner.invoke(app, ["eval", "-c", str(run / "best.pt"), "--set", f"data.root={tmp_path}",
+                            "--set", "data.image=scene.h5"])
+    assert r.exit_code == 2 and "scene.h5" in r.output and "1 NaN and 3 inf" in r.output, r.output
+    r = runner.invoke(app, ["eval", "-c", str(run / "best.pt"), "--set", f"data.root={tmp_path}",
+                            "--set", "data.image=scene.h5", "--set", "data.non_finite=zero", "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_predict_stdin_that_is_not_a_cube_exits_2(trained, tmp_path):
+    runner, _, sample, run, _ = trained
+    for data, words in ((b"", "no data"), ((sample / "sample.h5").read_bytes(), "not a NumPy .npy stream"),
+                        (_npy_bytes(np.zeros((4, 4))), "2-D"), (_npy_bytes(np.full((4, 4, 12), "a")), "dtype")):
+        r = runner.invoke(app, ["predict", "-", "-c", str(run / "best.pt"), "--out", str(tmp_path / "p")], input=data)
+        assert r.exit_code == 2, r.output
+        assert "error: stdin" in r.output and words in r.output and "unexpected" not in r.output
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
 
 
 def test_predict_wrong_band_count_exits_2(trained):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -171,10 +173,19 @@ def _write_scene(tmp_path, cube, labels, name="scene.h5"):
 def test_load_scene_nan_pixels_and_names(tmp_path):
     cube = np.ones((6, 6, 3), dtype=np.float32)
     cube[2, 3, 1] = np.nan
+    cube[4, 4, :2] = np.inf
     labels = np.ones((6, 6), dtype=np.uint8)
     labels[0, 0] = 2
-    scene = hd.load_scene(_write_scene(tmp_path, cube, labels))
+    cfg = _write_scene(tmp_path, cube, labels)
+    # refused by default, naming the file and how many values (issue 12: no silently wrong map)
+    with pytest.raises(ZskError, match=r"scene\.h5: the cube holds 1 NaN and 2 inf values in 2 of 36 pixels.*"
+                                       r"data\.non_finite=zero"):
+        hd.load_scene(cfg)
+    # data.non_finite=zero: DeepHyperX's zeroing, those pixels unlabelled
+    scene = hd.load_scene(dataclasses.replace(cfg, non_finite="zero"))
     assert scene.labels[2, 3] == 0 and np.all(scene.image[2, 3] == 0)
+    assert scene.labels[4, 4] == 0 and np.all(scene.image[4, 4] == 0)
+    assert np.isfinite(scene.image).all() and scene.labels[1, 1] == 1
     assert scene.class_names == ["class_1", "class_2"]
     assert scene.palette.shape == (3, 3) and tuple(scene.palette[0]) == (0, 0, 0)
 

@@ -8,6 +8,7 @@ Label 0 is "unlabelled" everywhere: never trained on, never scored. Internally c
 from __future__ import annotations
 
 import colorsys
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def default_palette(num_classes: int) -> np.ndarray:
 
 @dataclass
 class Scene:
-    """One labelled scene as read from disk: the raw cube (NaN pixels zeroed) and its label map."""
+    """One labelled scene as read from disk: the raw cube (NaN/inf pixels zeroed under `data.non_finite: zero`) and
+    its label map."""
 
     image: np.ndarray  # (H, W, B) float32
     labels: np.ndarray  # (H, W) int64, 0 = unlabelled, 1..K
@@ -170,19 +172,43 @@ def read_image(path: Path, key: str | None, drop_last_bands: int = 0) -> np.ndar
     return np.ascontiguousarray(cube, dtype=np.float32)
 
 
+def non_finite_pixels(image: np.ndarray, where: Path | str, mode: str) -> np.ndarray:
+    """(H, W) mask of the pixels with a NaN or inf value in any band.
+
+    `mode` is `data.non_finite`: "error" refuses such a cube (ZskError naming `where` and the counts);
+    "zero" warns and returns the mask, for the caller to zero those pixels (DeepHyperX `get_dataset`).
+    """
+    n_nan, n_inf, mask = cubes.non_finite(image)
+    if not mask.any():
+        return mask
+    counts = f"{n_nan} NaN and {n_inf} inf values in {int(mask.sum())} of {mask.size} pixels"
+    if mode == "error":
+        raise ZskError(f"{where}: the cube holds {counts}; fix the file, or pass --set data.non_finite=zero to "
+                       "set those pixels to 0 in every band and leave them unlabelled (and unpredicted)")
+    warn(f"{where}: {counts} set to 0 in every band (data.non_finite=zero); those pixels are unlabelled "
+         "and get no prediction")
+    return mask
+
+
+def _class_list(ids: list[int], names: list[str], limit: int = 8) -> str:
+    """'3 (Corn), 7 (Oats)' for the first `limit` class ids, then how many more."""
+    shown = ", ".join(f"{i} ({names[i - 1]})" for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
 def load_scene(cfg: DataConfig) -> Scene:
-    """Read and validate the recipe's scene; pixels with a NaN in any band are zeroed in cube and labels (DeepHyperX)."""
+    """Read and validate the recipe's scene. Pixels with a NaN/inf in any band refuse the cube, or with
+    `data.non_finite: zero` are zeroed in the cube and unlabelled (DeepHyperX)."""
     image_path, image_key, labels_path, labels_key, bench = resolve_files(cfg)
     drop = cfg.drop_last_bands or (bench.drop_last_bands if bench else 0)
     image = read_image(image_path, image_key, drop)
+    nan = non_finite_pixels(image, image_path, cfg.non_finite)
     if cfg.bands is not None and image.shape[2] != cfg.bands:
         warn(f"{image_path}: the cube has {image.shape[2]} bands, the recipe's data.bands says {cfg.bands}; "
              "the cube's count is used (data.bands only sizes `info`/`bench` when the files are absent)")
     labels = cubes.read_labels(labels_path, labels_key)
     cubes.check_labels_match(image, labels, image_path, labels_path)
-    nan = ~np.isfinite(image).all(axis=2)
     if nan.any():
-        warn(f"{image_path}: {int(nan.sum())} pixels with NaN/inf values set to 0 and left unlabelled")
         image[nan] = 0.0
         labels = labels.copy()
         labels[nan] = 0
@@ -190,16 +216,24 @@ def load_scene(cfg: DataConfig) -> Scene:
     k_max = int(labels.max())
     if k_max == 0:
         raise ZskError(f"{labels_path}: the label map has no labelled pixel (all 0); check data.labels / data.labels_key")
-    if names is None:
-        names = [f"class_{i}" for i in range(1, k_max + 1)]
-    if k_max > len(names):
+    if names is not None and k_max > len(names):
         raise ZskError(f"{labels_path}: label {k_max} found but only {len(names)} class names are given "
-                       "(data.class_names)")
+                       "(data.class_names); labels must be 0 (unlabelled) .. K")
+    if names is None:
+        present = set(np.unique(labels).tolist()) - {0}
+        if len(present) < k_max:  # some id in 1..k_max has no pixel (the first 8 found without listing them all)
+            missing = list(itertools.islice((i for i in range(1, k_max + 1) if i not in present), 8))
+            shown = ", ".join(f"{i} (class_{i})" for i in missing[:8])
+            more = k_max - len(present) - min(8, len(missing))
+            raise ZskError(f"{labels_path}: class {shown}{f' and {more} more' if more > 0 else ''} has no labelled "
+                           f"pixel (labels go up to {k_max}; without data.class_names the classes are 1..{k_max}); "
+                           "fix the label map or list the classes in data.class_names")
+        names = [f"class_{i}" for i in range(1, k_max + 1)]
     counts = np.bincount(labels.ravel(), minlength=len(names) + 1)[1:]
-    empty = [f"{i + 1} ({names[i]})" for i in range(len(names)) if counts[i] == 0]
+    empty = [i + 1 for i in range(len(names)) if counts[i] == 0]
     if empty:
-        raise ZskError(f"{labels_path}: class {', '.join(empty)} has no labelled pixel; fix the label map or "
-                       "list only the classes present in data.class_names")
+        raise ZskError(f"{labels_path}: class {_class_list(empty, names)} has no labelled pixel; fix the label map "
+                       "or list only the classes present in data.class_names")
     rgb = tuple(cfg.rgb_bands) if cfg.rgb_bands else (bench.rgb_bands if bench else _default_rgb(image.shape[2]))
     rgb = tuple(min(int(b), image.shape[2] - 1) for b in rgb)
     if len(rgb) != 3:
@@ -459,6 +493,16 @@ def make_split(scene: Scene, cfg: DataConfig, seed: int, margin: int) -> Split:
 # ----------------------------------------------------------------------------------------------
 # Patches
 # ----------------------------------------------------------------------------------------------
+
+
+def check_scene_size(shape: tuple[int, ...], patch: int, pad: str, where: Path | str) -> None:
+    """ZskError naming `where` when a (rows, cols, ...) scene is too small for `model.patch`: reflect padding needs
+    more rows and columns than patch // 2, no padding (`data.pad: none`) at least one whole patch."""
+    rows, cols = int(shape[0]), int(shape[1])
+    need = patch // 2 + 1 if pad == "reflect" else patch
+    if min(rows, cols) < need:
+        raise ZskError(f"{where}: the scene of {rows} x {cols} pixels is too small for model.patch={patch} "
+                       f"(data.pad={pad} needs at least {need} x {need} pixels)")
 
 
 def pad_cube(cube: Tensor, margin: int, mode: str) -> Tensor:

@@ -12,22 +12,21 @@ import numpy as np
 import torch
 
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput
+from zsk.core.io import StdinInput, output_names
 from zsk.core.task import Loaded
 from zsk.data import cubes
 from zsk.data.images import write_label
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import Config
-from zsk.tasks.hsi.evaluate import scene_probabilities, to_image_grid
+from zsk.tasks.hsi.evaluate import prepare_out, scene_probabilities, to_image_grid
 from zsk.tasks.hsi.train import grid_offset, padded_cube
 
 
-def read_input_cube(source: Path | StdinInput, key: str | None) -> tuple[np.ndarray, str]:
-    """A cube from a path (any supported format) or stdin's bytes (a .npy stream); returns (cube, name)."""
+def read_input_cube(source: Path | StdinInput, key: str | None) -> np.ndarray:
+    """A validated cube from a path (any supported format) or stdin's bytes (a .npy stream)."""
     if isinstance(source, StdinInput):
-        return cubes.read_cube_bytes(source.data, source.name), source.name
-    path = Path(source)
-    return cubes.read_cube(path, key), path.stem
+        return cubes.read_cube_bytes(source.data, source.name)
+    return cubes.read_cube(Path(source), key)
 
 
 def save_label_png(path: Path, labels: np.ndarray, palette: np.ndarray) -> None:
@@ -73,27 +72,33 @@ def save_preview(path: Path, cube: np.ndarray, labels: np.ndarray, class_names: 
 def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, key: str | None = None,
             probs: bool = False, preview: bool = True) -> Iterator[dict[str, Any]]:
     """Label maps for whole cubes: `<name>_labels.png` / `.npy`, optional `<name>_probs.npy` (`probs`),
-    `<name>_preview.png` (`preview`); `key` names the array inside .mat/.h5 inputs."""
+    `<name>_preview.png` (`preview`); `key` names the array inside .mat/.h5 inputs. `<name>` is unique per input
+    (`zsk.core.io.output_names`: x.h5 and x.mat give x_h5 and x_mat), so no input overwrites another's files.
+    A cube with NaN/inf values is refused unless `data.non_finite: zero`, which leaves those pixels 0."""
     net, extra = loaded.model, loaded.extra
     cfg: Config = loaded.cfg
     names = list(extra["class_names"])
     palette = extra["palette"].numpy().astype(np.uint8)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for source in inputs:
-        raw, name = read_input_cube(source, key)
+    out = prepare_out(out)
+    for source, name in zip(inputs, output_names(inputs), strict=True):
+        raw = read_input_cube(source, key)
         where = source.name if isinstance(source, StdinInput) else str(source)
         expected = int(extra["preprocess"]["bands_in"])
         if raw.shape[2] != expected:
             raise ZskError(f"{where}: cube has {raw.shape[2]} bands but the checkpoint {loaded.checkpoint} was trained "
                            f"on {expected} bands")
+        hsi_data.check_scene_size(raw.shape, cfg.model.patch, cfg.data.pad, where)
+        invalid = hsi_data.non_finite_pixels(raw, where, cfg.data.non_finite)
         cube = hsi_data.apply_preprocess(raw, extra["preprocess"], where)
         padded = padded_cube(torch.from_numpy(cube).permute(2, 0, 1).contiguous(), cfg).to(loaded.device)
         p = scene_probabilities(net, padded, cfg, desc=f"predict {name}")["final"]
         full = to_image_grid(p, raw.shape[:2], grid_offset(cfg), fill=0).cpu()
+        if invalid.any():
+            full[torch.from_numpy(invalid)] = 0.0
         labels = (full.argmax(-1) + 1).numpy().astype(np.uint8 if len(names) < 256 else np.int32)
         if grid_offset(cfg):
             labels[~hsi_data.border_mask(raw.shape[:2], grid_offset(cfg))] = 0
+        labels[invalid] = 0  # data.non_finite=zero: no prediction where the cube has no valid spectrum
         files = {"labels_npy": out / f"{name}_labels.npy", "labels_png": out / f"{name}_labels.png"}
         np.save(files["labels_npy"], labels)
         save_label_png(files["labels_png"], labels, palette)
@@ -102,7 +107,8 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, k
             np.save(files["probs"], full.numpy().astype(np.float32))
         if preview:
             files["preview"] = out / f"{name}_preview.png"
-            save_preview(files["preview"], raw, labels, names, palette, extra["rgb_bands"],
+            shown = np.where(invalid[..., None], 0, raw) if invalid.any() else raw
+            save_preview(files["preview"], shown, labels, names, palette, extra["rgb_bands"],
                          f"{name}: {loaded.checkpoint.parent.name}")
         counts = np.bincount(labels.ravel(), minlength=len(names) + 1)
         yield {"input": where, "shape": list(raw.shape), **{k: str(v) for k, v in files.items()},

@@ -36,17 +36,9 @@ from zsk.tasks.hsi.model import HSINet, neighbour_offsets
 
 def build_model(cfg: Config, num_bands: int, num_classes: int) -> HSINet:
     """The recipe's model for a scene with `num_bands` (after PCA) and `num_classes`."""
-    m = cfg.model
-    if m.patch < 1 or m.patch % 2 == 0:
-        raise ZskError(f"model.patch={m.patch}: the patch must be an odd size (w x w centred on the pixel)")
+    m = cfg.model  # its ranges are checked once, in config.ModelConfig; here what needs the scene
     if not 1 <= m.band_groups <= num_bands:
         raise ZskError(f"model.band_groups={m.band_groups}: must be between 1 and the band count {num_bands}")
-    if len(m.branch_channels) != len(m.branch_spectral_kernels):
-        raise ZskError("model.branch_channels and model.branch_spectral_kernels need the same length")
-    if len(m.refine_widths) != 2:
-        raise ZskError("model.refine_widths: give the two encoder widths, e.g. [64, 128]")
-    if m.crf_radius < 1:
-        raise ZskError("model.crf_radius must be >= 1")
     try:
         return HSINet(
             m.name, num_bands, num_classes, m.patch, m.band_groups, m.branch_channels, m.branch_spectral_kernels,
@@ -79,6 +71,7 @@ def split_seed(cfg: Config) -> int:
 def prepare_scene(cfg: Config, stats: dict | None = None) -> SceneData:
     """Read the scene, fit (or reuse) the preprocessing statistics and draw the split."""
     scene = hsi_data.load_scene(cfg.data)
+    hsi_data.check_scene_size(scene.image.shape, cfg.model.patch, cfg.data.pad, scene.image_path)
     if stats is None:
         stats = hsi_data.fit_preprocess(scene.image, cfg.data.normalize, cfg.data.pca, split_seed(cfg))
     cube = torch.from_numpy(hsi_data.apply_preprocess(scene.image, stats, scene.image_path)).permute(2, 0, 1).contiguous()
