@@ -32,7 +32,8 @@ def loop_loss(s: list[list[float]], margin, hardest: bool, skip=lambda i, j: Fal
 
 
 def loop_margin(v: list[list[float]], img: list[int], alpha: float, lam: float, mode: str):
-    """The spec's M[i, j] = alpha' + lambda * <v_j, v_i> / max_k <v_j, v_k>, 0 for the same picture."""
+    """M[i, j] = alpha' + lambda * <v_i, v_j> / max_k <v_i, v_k>, 0 for the same picture (row i divided by its own
+    maximum, as the official ``torch_cosine_sim`` computes it; an earlier version of this test divided by row j's)."""
     n = len(v)
     dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
 
@@ -40,8 +41,8 @@ def loop_margin(v: list[list[float]], img: list[int], alpha: float, lam: float, 
         if img[i] == img[j]:
             return 0.0
         if mode == "row_max":
-            row_max = max(dot(v[j], v[k]) for k in range(n))
-            s_hat = dot(v[j], v[i]) / (row_max if row_max != 0 else 1.0)
+            row_max = max(dot(v[i], v[k]) for k in range(n))
+            s_hat = dot(v[i], v[j]) / (row_max if row_max != 0 else 1.0)
         else:
             s_hat = dot(v[i], v[j]) / (dot(v[i], v[i]) ** 0.5 * dot(v[j], v[j]) ** 0.5)
         return alpha + lam * s_hat
@@ -83,11 +84,13 @@ def test_lseh_matches_loop(seed: int, normalize: str) -> None:
 
 def test_semantic_scores_by_hand() -> None:
     v = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    # C = V V^T = [[1,1,0],[1,2,0],[0,0,0]]; row maxima 1, 2, 0->1; S_hat = (C / rowmax)^T
-    want = torch.tensor([[1.0, 0.5, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    # C = V V^T = [[1,1,0],[1,2,0],[0,0,0]]; row maxima 1, 2, 0->1; S_hat[i, j] = C[i, j] / rowmax[i].
+    # The official torch_cosine_sim (VSEpp_LSEH/model.py, commit 0cc7468) prints exactly this matrix for v;
+    # an earlier version of this test expected its transpose.
+    want = torch.tensor([[1.0, 1.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
     assert torch.allclose(semantic_scores(v, "row_max"), want)
     margin = semantic_margin(v, torch.tensor([0, 1, 1]), 0.185, 0.025)
-    want_m = torch.tensor([[0.0, 0.185 + 0.025 * 0.5, 0.185], [0.185 + 0.025, 0.0, 0.0], [0.185, 0.0, 0.0]])
+    want_m = torch.tensor([[0.0, 0.185 + 0.025, 0.185], [0.185 + 0.025 * 0.5, 0.0, 0.0], [0.185, 0.0, 0.0]])
     assert torch.allclose(margin, want_m)
 
 

@@ -43,9 +43,9 @@ def _evaluate(checkpoint: Path, split: str | None = None) -> dict:
 
 
 def test_vocabulary_and_augmentation() -> None:
-    vocab = Vocabulary.build(["a dog runs", "a dog sits", "a cat"], threshold=2)
-    assert vocab.words == list(SPECIALS) + ["a", "dog"]
-    assert vocab.encode("A dog flies") == [1, 5, 6, 3, 2]  # <start> a dog <unk> <end>
+    vocab = Vocabulary.build(["a dog runs", "a dog sits", "a cat"], threshold=2, mask=True)
+    assert vocab.words == list(SPECIALS) + ["a", "dog", MASK]  # official ids, <mask> appended
+    assert vocab.encode("A dog flies") == [1, 4, 5, 3, 2]  # <start> a dog <unk> <end>
     rng = random.Random(0)
     ids = [1, 10, 11, 12, 13, 14, 15, 16, 17, 2]
     assert augment_tokens(ids, 0.0, 4, 30, rng) == ids

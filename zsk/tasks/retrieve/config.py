@@ -44,10 +44,12 @@ class DataConfig:
     image_root: str = ""  # format karpathy: folder the JSON's filepath/filename are relative to
     use_restval: bool = False  # format karpathy: add COCO restval images to train (VSE++ --use_restval)
     split_files: dict[str, str] = field(default_factory=dict)  # format iapr: split name -> list of image ids
-    vocab_threshold: int = 4  # words seen fewer times in the training captions map to <unk> (VSE++ vocab.py)
-    # splits whose captions build the word vocabulary: training only (intended); the original VSE++
-    # vocabulary also counted dev/test captions by mistake (vsepp #29), [train, dev, test] reproduces that
+    vocab_threshold: int = 4  # words seen fewer times in the counted captions map to <unk> (VSE++ vocab.py)
+    # splits whose captions build the word vocabulary: training only by default; the LSEH paper recipes
+    # count [train, dev] as the official vocab.py does for *_precomp (the original VSE++ also counted test, vsepp #29)
     vocab_splits: list[str] = field(default_factory=lambda: ["train"])
+    vocab_file: str | None = None  # an official vocabulary (VSE++ {name}_vocab.pkl or a word2idx/idx2word JSON)
+    tokenizer: Literal["nltk", "regex"] = "nltk"  # word tokenizer of the GRU encoders: NLTK word_tokenize (official)
     lsa_file: str | None = None  # a train_svd.txt to use instead of computing the LSA (LSEH step 1, the official code's train_svd.txt)
     lsa_rank: int = 400  # LSEH step 1: SVD rank 400 (official code)
     lsa_iter: int = 100
@@ -126,6 +128,8 @@ class TrainConfig(CoreTrainConfig):
     loss: LossConfig = field(default_factory=LossConfig)
     lr_update: int = 0  # epochs: multiply lr by train.gamma every lr_update epochs (VSE++ --lr_update); 0 = off
     best_metric: str | None = "rsum"
+    # with train.eval_every: validate at every epoch end as well (VSE++ validates every val_step and per epoch)
+    eval_epoch_end: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -140,7 +144,7 @@ class EvalConfig:
     chunk: int = 1024  # rows of the similarity matrix computed at once (bounded memory)
     split: str = ""  # split of `zsk retrieve eval` (default data.test_split)
     protocol: Literal["standard", "coco1k", "coco5k"] = "standard"
-    val_max_images: int = 0  # >0: validate on the first N images only (VSE++ loader truncates dev to 1,000 captions)
+    val_max_images: int = 0  # >0: validate on the first N images only (official loaders: dev cut to 5,000 captions = 1,000 images)
     folds: int = 5  # COCO 1K: number of folds
 
     def __post_init__(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
 import random
 import re
 from collections import Counter
@@ -25,42 +28,80 @@ from zsk.data.captions import (
 )
 
 PAD, START, END, UNK, MASK = "<pad>", "<start>", "<end>", "<unk>", "<mask>"
-SPECIALS = (PAD, START, END, UNK, MASK)
-
+SPECIALS = (PAD, START, END, UNK)  # the official vocab.py's first four ids; <mask> is appended when needed
+TOKENIZERS = ("nltk", "regex")
 
 _TOKEN = re.compile(r"[a-z0-9]+|'[a-z]+|[^\sa-z0-9]")
 
 
 def word_tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens, Penn-Treebank style: words, clitics (``'s``) and punctuation apart.
-
-    Written with one regular expression instead of NLTK's tokenizers, which need the punkt model and
-    cost seconds to import on every ``predict``/``query`` call."""
+    """Lower-cased word tokens by one regular expression (``data.tokenizer: regex``): words, clitics
+    (``'s``) and punctuation apart. Fast, but not NLTK's rules (hyphenated words and ``n't`` differ)."""
     return _TOKEN.findall(text.lower())
 
 
-class Vocabulary:
-    """Word <-> id map of the GRU text encoders, built from the *training* captions only (the original
-    VSE++ vocabulary leaked test captions, vsepp #29). Ids: <pad>=0, <start>=1, <end>=2, <unk>=3, <mask>=4."""
+_NLTK_WORDS = None
 
-    def __init__(self, words: list[str]) -> None:
+
+def nltk_word_tokenize(text: str) -> list[str]:
+    """The official tokenizer (``data.tokenizer: nltk``): ``nltk.tokenize.word_tokenize`` of the lower-cased
+    caption, as VSE++'s vocab.py and data.py call it. NLTK splits sentences with its punkt model first;
+    when punkt is not installed each caption is one sentence (``preserve_line``), which only differs on
+    captions with a full stop inside them."""
+    global _NLTK_WORDS
+    if _NLTK_WORDS is None:
+        import nltk
+
+        try:
+            nltk.data.find("tokenizers/punkt_tab/english/")
+            _NLTK_WORDS = nltk.tokenize.word_tokenize
+        except LookupError:
+            try:
+                nltk.data.find("tokenizers/punkt/english.pickle")
+                _NLTK_WORDS = nltk.tokenize.word_tokenize
+            except LookupError:
+                tok = nltk.tokenize.NLTKWordTokenizer()
+                _NLTK_WORDS = tok.tokenize
+    return list(_NLTK_WORDS(text.lower()))
+
+
+def tokenizer_fn(name: str):
+    """The word tokenizer of ``data.tokenizer``."""
+    if name == "nltk":
+        return nltk_word_tokenize
+    if name == "regex":
+        return word_tokenize
+    raise ZskError(f"data.tokenizer: unknown {name!r}; choose {' or '.join(TOKENIZERS)}")
+
+
+class Vocabulary:
+    """Word <-> id map of the GRU text encoders in the official layout: <pad>=0, <start>=1, <end>=2,
+    <unk>=3, then the words in first-seen order (VSE++ vocab.py); <mask> (caption augmentation) is appended
+    after the words, so the word ids stay the official ones."""
+
+    def __init__(self, words: list[str], tokenizer: str = "nltk") -> None:
         if list(words[: len(SPECIALS)]) != list(SPECIALS):
             raise ZskError("vocabulary must start with " + ", ".join(SPECIALS))
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
+        self.tokenizer = tokenizer
+        self._tokenize = tokenizer_fn(tokenizer)
 
     @classmethod
-    def build(cls, captions: list[str], threshold: int = 4) -> Vocabulary:
-        """Words occurring at least ``threshold`` times, in first-seen order after the specials."""
-        counts = Counter(t for c in captions for t in word_tokenize(c))
-        kept = [w for w, n in counts.items() if n >= threshold and w not in SPECIALS]
-        return cls(list(SPECIALS) + kept)
+    def build(cls, captions: list[str], threshold: int = 4, tokenizer: str = "nltk", mask: bool = False) -> Vocabulary:
+        """Words occurring at least ``threshold`` times, in first-seen order after the specials (vocab.py)."""
+        tok = tokenizer_fn(tokenizer)
+        counts = Counter(t for c in captions for t in tok(c))
+        kept = [w for w, n in counts.items() if n >= threshold and w not in SPECIALS and w != MASK]
+        return cls(list(SPECIALS) + kept + ([MASK] if mask else []), tokenizer)
 
     def __len__(self) -> int:
         return len(self.words)
 
     @property
     def mask_id(self) -> int:
+        if MASK not in self.index:
+            raise ZskError("this vocabulary has no <mask> word; caption augmentation (data.token_aug) needs one")
         return self.index[MASK]
 
     @property
@@ -70,7 +111,67 @@ class Vocabulary:
     def encode(self, text: str) -> list[int]:
         """``<start> w1 ... wn <end>`` as ids; unknown words -> <unk>."""
         unk = self.index[UNK]
-        return [self.index[START]] + [self.index.get(t, unk) for t in word_tokenize(text)] + [self.index[END]]
+        return [self.index[START]] + [self.index.get(t, unk) for t in self._tokenize(text)] + [self.index[END]]
+
+
+class _PickledVocabulary:
+    """Stand-in for the official ``vocab.Vocabulary`` class while unpickling: holds its attributes only."""
+
+
+class _VocabUnpickler(pickle.Unpickler):
+    """Unpickles the official vocabulary pickles and nothing else: the only global admitted is a class
+    named ``Vocabulary`` (mapped to an inert stand-in); everything else is builtin containers and strings."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if name == "Vocabulary":
+            return _PickledVocabulary
+        raise pickle.UnpicklingError(f"the file references {module}.{name}; a vocabulary pickle holds only a "
+                                     "Vocabulary with word2idx/idx2word dictionaries")
+
+
+def _words_from_maps(doc: dict, path: Path) -> list[str]:
+    idx2word = doc.get("idx2word")
+    word2idx = doc.get("word2idx")
+    if isinstance(idx2word, dict) and idx2word:
+        try:
+            pairs = sorted((int(k), v) for k, v in idx2word.items())
+        except (TypeError, ValueError):
+            raise ZskError(f"{path}: idx2word keys must be integers") from None
+    elif isinstance(word2idx, dict) and word2idx:
+        pairs = sorted((int(v), k) for k, v in word2idx.items())
+    else:
+        raise ZskError(f"{path}: no word2idx / idx2word dictionaries (expected an official vocabulary file)")
+    ids = [i for i, _ in pairs]
+    if ids != list(range(len(ids))):
+        raise ZskError(f"{path}: word ids are not 0..{len(ids) - 1}")
+    words = [w.decode("utf-8") if isinstance(w, bytes) else str(w) for _, w in pairs]
+    return words
+
+
+def read_vocab_file(path: str | Path, tokenizer: str = "nltk") -> Vocabulary:
+    """An official vocabulary: VSE++'s ``{name}_vocab.pkl`` (a pickled ``Vocabulary``, read with a restricted
+    unpickler that runs no code) or the JSON form ``{"word2idx", "idx2word", "idx"}`` (SGRAF, VSE infinity
+    BiGRU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"vocabulary file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:1] in (b"{", b" ", b"\n"):
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ZskError(f"{path}: not a JSON vocabulary ({e})") from None
+    else:
+        try:
+            obj = _VocabUnpickler(io.BytesIO(raw), encoding="utf-8").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, UnicodeDecodeError,
+                IndexError, KeyError) as e:
+            raise ZskError(f"{path}: not an official vocabulary pickle ({e})") from None
+        doc = obj.__dict__ if isinstance(obj, _PickledVocabulary) else obj
+        if not isinstance(doc, dict):
+            raise ZskError(f"{path}: the pickle holds a {type(doc).__name__}, not a vocabulary")
+    words = _words_from_maps(doc, path)
+    return Vocabulary(words, tokenizer)
 
 
 class BertTokens:

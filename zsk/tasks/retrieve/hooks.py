@@ -47,7 +47,7 @@ def info(cfg: Config) -> dict[str, Any]:
         tokenizer = build_tokenizer(cfg)
         vocab_size = len(tokenizer)
     elif train_caps is not None:
-        vocab_size = len(Vocabulary.build(train_caps, cfg.data.vocab_threshold))
+        vocab_size = len(Vocabulary.build(train_caps, cfg.data.vocab_threshold, cfg.data.tokenizer))
     else:
         vocab_size = 10_000  # stand-in when the training captions are absent (F30K's vocabulary is ~8.5K words)
     model = build_model(cfg, vocab_size, load_pretrained=False)

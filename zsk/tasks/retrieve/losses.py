@@ -29,8 +29,10 @@ from zsk.core.errors import ZskError
 def semantic_scores(lsa: Tensor, normalize: Literal["row_max", "cosine"] = "row_max") -> Tensor:
     """``S_hat`` from the batch captions' LSA vectors ``(B, r)``.
 
-    ``row_max`` (official code): ``C = V V^T``, each row divided by its maximum (0 -> 1), then
-    transposed, so ``S_hat[i, j] = <v_j, v_i> / max_k <v_j, v_k>``. ``cosine``: the cosine of the vectors.
+    ``row_max`` (official code, ``torch_cosine_sim`` of VSEpp_LSEH/model.py and VSEinfty_LSEH/lib/loss.py):
+    ``C = V V^T`` and ``S_hat[i, j] = <v_i, v_j> / max_k <v_i, v_k>``, each row divided by its own maximum
+    (a zero maximum counts as 1). The official ``(c / d).t()`` broadcasts ``d`` over the columns and then
+    transposes, which is exactly this row normalisation. ``cosine``: the cosine of the vectors.
     """
     lsa = lsa.float()
     if normalize == "cosine":
@@ -41,7 +43,7 @@ def semantic_scores(lsa: Tensor, normalize: Literal["row_max", "cosine"] = "row_
     c = lsa @ lsa.T
     row_max = c.amax(dim=1, keepdim=True)
     row_max = torch.where(row_max == 0, torch.ones_like(row_max), row_max)
-    return (c / row_max).T
+    return c / row_max
 
 
 def same_image_mask(img_ids: Tensor) -> Tensor:
@@ -137,8 +139,8 @@ class LossConfig:
 
     ``kind``: ``lmh`` (VSE++ max of hinges), ``lsh`` (sum of hinges), ``lseh`` (semantic hard negatives).
     ``margin`` is the fixed margin of lmh/lsh (0.2). ``warmup_sum_epochs``: during the first N epochs
-    lmh and lseh sum over all negatives instead of taking the hardest (VSE infinity trains its first
-    epoch so; 0 = hardest from the start).
+    lmh and lseh sum over all negatives instead of taking the hardest (vse_infty's
+    ``--vse_mean_warmup_epochs``; the LSEH official code takes the hardest from epoch 0, so 0).
     """
 
     kind: Literal["lmh", "lsh", "lseh"] = "lseh"
