@@ -59,6 +59,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     eval_every: int = 0
+    eval_epoch_end: bool = False  # with eval_every: evaluate at every epoch end too (VSE++ validates both ways)
     log_every: int = 10
     save_every: int = 0
     save_minutes: float = 10.0  # also write last.pt after this many minutes without one (0 = off)
@@ -677,7 +678,8 @@ class Trainer:
                     empty_epochs = 0 if produced else empty_epochs + 1
                     if empty_epochs > 1:
                         raise ZskError("the training loader yields no batches: check the training split and train.batch_size")
-                    if not self.cfg.eval_every and self.cfg.epochs is not None and self.step < self.stop_at:
+                    at_epoch_end = not self.cfg.eval_every or (self.cfg.eval_epoch_end and self.step % self.cfg.eval_every)
+                    if at_epoch_end and self.cfg.epochs is not None and self.step < self.stop_at:
                         self.evaluate()
                         self.save(self.last_path)
                     continue

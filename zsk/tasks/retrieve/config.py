@@ -128,8 +128,7 @@ class TrainConfig(CoreTrainConfig):
     loss: LossConfig = field(default_factory=LossConfig)
     lr_update: int = 0  # epochs: multiply lr by train.gamma every lr_update epochs (VSE++ --lr_update); 0 = off
     best_metric: str | None = "rsum"
-    # with train.eval_every: validate at every epoch end as well (VSE++ validates every val_step and per epoch)
-    eval_epoch_end: bool = True
+    eval_epoch_end: bool = True  # with train.eval_every: also at epoch ends (VSE++ val_step and per epoch)
 
     def __post_init__(self) -> None:
         super().__post_init__()

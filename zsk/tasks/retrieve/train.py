@@ -4,7 +4,7 @@ or VSE infinity network trained with L_MH, L_SH or L_LSEH, one stage through the
 An optional warm-up that sums over all negatives before taking the hardest (vse_infty's
 ``--vse_mean_warmup_epochs``; 0 in the LSEH official code and recipes) is a setting of the loss
 (``train.loss.warmup_sum_epochs``) inside the one stage. With ``train.eval_every`` the model is validated
-every N steps and at every epoch end (``train.eval_epoch_end``), as the official VSE++ train.py does.
+every N steps and at every epoch end (the Trainer's ``train.eval_epoch_end``), as the official VSE++ train.py does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import Callback, Trainer, batches_per_epoch, make_loader
+from zsk.core.trainer import Trainer, batches_per_epoch, make_loader
 from zsk.data.captions import PrecompSplit
 from zsk.tasks.retrieve.config import Config, TrainConfig
 from zsk.tasks.retrieve.data import (
@@ -189,20 +189,6 @@ def make_step_fn(loss_fn: RankingLoss, optim_per_epoch: int) -> Callable[[nn.Mod
     return step_fn
 
 
-class EpochEndValidation(Callback):
-    """Validate (and keep the best model) at every epoch end as well as every ``train.eval_every`` steps, as
-    the official VSE++ train.py does (``val_step`` 500 inside the epoch, then ``validate`` after it); the
-    trainer's own final evaluation covers the last epoch."""
-
-    def on_step_end(self, trainer: Trainer, out: dict[str, Tensor]) -> None:  # noqa: D102
-        cfg = trainer.cfg
-        if not cfg.eval_every or trainer.step >= trainer.stop_at:
-            return
-        if trainer.batch_in_epoch >= trainer.batches_per_epoch and trainer.step % cfg.eval_every:
-            trainer.evaluate()
-            trainer.save(trainer.last_path)
-
-
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train with the recipe's loss; keep the best validation rsum; report epochs to the best model."""
     from zsk.tasks.retrieve.evaluate import flat_metrics, score_split
@@ -239,8 +225,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                  if frozen_prefixes(cfg) else {}}
         trainer = Trainer(ctx, model, _with_lr_update(tcfg, optim_per_epoch), make_step_fn(loss_fn, optim_per_epoch),
                           loader_fn, steps_per_epoch, eval_fn, param_groups=param_groups(model, cfg), extra=extra,
-                          exclude_prefixes=frozen_prefixes(cfg),
-                          callbacks=[EpochEndValidation()] if tcfg.eval_epoch_end else [])
+                          exclude_prefixes=frozen_prefixes(cfg))
         built.append(trainer)
         return trainer
 
