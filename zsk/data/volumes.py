@@ -347,3 +347,132 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
         data = gzip.compress(data, compresslevel=6, mtime=0)
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+# ----------------------------------------------------------------------------- NRRD (raw LA data)
+
+_NRRD_TYPES = {
+    np.dtype(np.int8): ("signed char", "int8", "int8_t"),
+    np.dtype(np.uint8): ("uchar", "unsigned char", "uint8", "uint8_t"),
+    np.dtype(np.int16): ("short", "short int", "signed short", "signed short int", "int16", "int16_t"),
+    np.dtype(np.uint16): ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+    np.dtype(np.int32): ("int", "signed int", "int32", "int32_t"),
+    np.dtype(np.uint32): ("uint", "unsigned int", "uint32", "uint32_t"),
+    np.dtype(np.int64): ("longlong", "long long", "long long int", "signed long long", "signed long long int",
+                         "int64", "int64_t"),
+    np.dtype(np.uint64): ("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"),
+    np.dtype(np.float32): ("float",),
+    np.dtype(np.float64): ("double",),
+}
+NRRD_DTYPE = {name: dtype for dtype, names in _NRRD_TYPES.items() for name in names}
+
+
+def _nrrd_spacing(fields: dict[str, str], ndim: int) -> tuple[float, ...] | None:
+    if "space directions" in fields:
+        norms = []
+        for vec in fields["space directions"].split():
+            if vec.strip().lower() == "none":
+                continue
+            try:
+                norms.append(float(np.linalg.norm([float(v) for v in vec.strip("()").split(",")])))
+            except ValueError:
+                return None
+        return tuple(norms) if len(norms) == ndim else None
+    if "spacings" in fields:
+        try:
+            values = tuple(float(v) for v in fields["spacings"].split())
+        except ValueError:
+            return None
+        return values if len(values) == ndim and all(np.isfinite(values)) else None
+    return None
+
+
+def read_nrrd(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an NRRD file with its data attached or detached (raw, gzip, bzip2 or ascii encoding).
+
+    The array has shape ``sizes`` in the header's order (fastest axis first, as pynrrd's default
+    ``index_order='F'`` returns it, and as the LA challenge's ``lgemri.nrrd`` / ``laendo.nrrd`` are read
+    by DTC's ``la_heart_processing.py``). The header fields come back as strings, with ``spacing``
+    (mm per axis, from ``space directions`` or ``spacings``) when the header gives it.
+    """
+    import bz2
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        raise ZskError(f"NRRD file not found: {path}")
+    raw = path.read_bytes()
+    if not raw.startswith(b"NRRD"):
+        raise ZskError(f"{path}: not an NRRD file (it does not start with the 'NRRD000x' magic line)")
+    fields: dict[str, str] = {}
+    pos = raw.find(b"\n") + 1
+    while True:
+        end = raw.find(b"\n", pos)
+        if end < 0:  # header without a blank line: detached data, or a truncated file
+            line, pos = raw[pos:], len(raw)
+        else:
+            line, pos = raw[pos:end], end + 1
+        text = line.decode("latin-1").rstrip("\r")
+        if not text.strip():
+            break
+        if text.startswith("#") or text.find(":=") == text.find(":") >= 0:  # comment or key:=value pair
+            if end < 0:
+                break
+            continue
+        key, sep, value = text.partition(":")
+        if not sep:
+            raise ZskError(f"{path}: malformed NRRD header line {text!r}")
+        fields[key.strip().lower()] = value.strip()
+        if end < 0:
+            break
+    for key in ("type", "dimension", "sizes", "encoding"):
+        if key not in fields:
+            raise ZskError(f"{path}: NRRD header has no '{key}' field")
+    dtype = NRRD_DTYPE.get(fields["type"].lower())
+    if dtype is None:
+        raise ZskError(f"{path}: NRRD type {fields['type']!r} is not supported (integer or floating-point voxels)")
+    try:
+        sizes = tuple(int(v) for v in fields["sizes"].split())
+    except ValueError:
+        raise ZskError(f"{path}: NRRD sizes {fields['sizes']!r} are not integers") from None
+    if len(sizes) != int(fields["dimension"]) or min(sizes, default=0) < 1:
+        raise ZskError(f"{path}: NRRD sizes {list(sizes)} do not match dimension {fields['dimension']}")
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">" if fields.get("endian", "little").lower() == "big" else "<")
+    detached = fields.get("data file", fields.get("datafile"))
+    if detached is not None:
+        data_path = Path(detached) if Path(detached).is_absolute() else path.parent / detached
+        if not data_path.is_file():
+            raise ZskError(f"{path}: detached NRRD data file {data_path} not found")
+        payload = data_path.read_bytes()
+    else:
+        payload = raw[pos:]
+    encoding = fields["encoding"].lower()
+    try:
+        if encoding in ("gzip", "gz"):
+            payload = gzip.decompress(payload)
+        elif encoding in ("bzip2", "bz2"):
+            payload = bz2.decompress(payload)
+        elif encoding not in ("raw", "ascii", "text", "txt"):
+            raise ZskError(f"{path}: NRRD encoding {fields['encoding']!r} is not supported (raw, gzip, bzip2, ascii)")
+    except (OSError, EOFError, ValueError) as e:
+        raise ZskError(f"{path}: cannot decompress the NRRD data ({_first_line(e)}); is the file complete?") from None
+    count = int(np.prod(sizes))
+    if encoding in ("ascii", "text", "txt"):
+        flat = np.array(payload.decode("latin-1").split(), dtype=np.float64).astype(dtype.newbyteorder("="))
+    else:
+        skip = int(fields.get("byte skip", "0"))
+        need = count * dtype.itemsize
+        payload = payload[len(payload) - need:] if skip == -1 else payload[skip:]
+        if len(payload) < need:
+            raise ZskError(f"{path}: NRRD data holds {len(payload)} bytes, the header needs {need} "
+                           f"({'x'.join(map(str, sizes))} voxels of {fields['type']}); the file is truncated")
+        flat = np.frombuffer(payload[:need], dtype=dtype)
+    if flat.size != count:
+        raise ZskError(f"{path}: NRRD data holds {flat.size} values, the header needs {count}")
+    array = flat.reshape(sizes, order="F").astype(flat.dtype.newbyteorder("="), copy=False)
+    header: dict[str, Any] = dict(fields)
+    spacing = _nrrd_spacing(fields, len(sizes))
+    if spacing is not None:
+        header["spacing"] = spacing
+    return array, header

@@ -43,6 +43,9 @@ class DataConfig:
     labeled_num: int = 16  # the first N cases of the train list are labelled, the rest unlabelled
     patch_size: tuple[int, int, int] = (112, 112, 80)
     rot_flip: bool = True  # random in-plane rot90 + flip on axis 0 or 1 before the crop
+    # random-crop starts: "all" reaches every position (zsk fix); "official" = la_heart.py's
+    # randint(0, size - patch), which never draws the last start (the padding rule is DTC's in both)
+    crop_starts: Literal["all", "official"] = "all"
     preload: bool = False  # keep decoded training cases in memory (small sets; each worker holds a copy)
     exclude_duplicates: bool = False  # drop the cases named in ``duplicates`` from both splits
     duplicates: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -83,24 +84,50 @@ def random_rot_flip(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
+def crop_padding(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:
+    """(before, after) zero padding of DTC's ``RandomCrop`` (``dataloaders/la_heart.py``, ``pancreas.py``).
+
+    Nothing when every axis is larger than the patch; once any axis is <= its patch size, EVERY axis is
+    padded by max((patch - size) // 2 + 3, 0) on both sides, so an axis up to 5 voxels longer than the
+    patch gets a margin too.
+    """
+    if not any(s <= p for s, p in zip(shape, patch, strict=True)):
+        return [(0, 0)] * len(shape)
+    return [(max((p - s) // 2 + 3, 0),) * 2 for s, p in zip(shape, patch, strict=True)]
+
+
 def pad_for_crop(image: np.ndarray, label: np.ndarray, patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad every axis not larger than the patch by (patch − size)//2 + 3 on both sides."""
-    pads = []
-    for size, p in zip(image.shape, patch, strict=True):
-        w = max((p - size) // 2 + 3, 0) if size <= p else 0
-        pads.append((w, w))
+    """Zero-pad image and label by :func:`crop_padding` (DTC's rule)."""
+    pads = crop_padding(image.shape, patch)
     if any(w for w, _ in pads):
         image = np.pad(image, pads, mode="constant", constant_values=0)
         label = np.pad(label, pads, mode="constant", constant_values=0)
     return image, label
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, patch: Sequence[int], rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Pad if needed, then crop a patch at a uniformly random position (every position reachable)."""
+CropStarts = Literal["all", "official"]
+
+
+def crop_start_bound(size: int, patch: int, starts: CropStarts = "all") -> int:
+    """Exclusive upper bound of a random crop start along one axis of a padded volume.
+
+    ``all`` (zsk default): every start 0..size-patch is drawn, so the last patch position is reachable.
+    ``official``: DTC's ``np.random.randint(0, size - patch)``, which never draws the last start
+    size-patch (an off-by-one in ``RandomCrop``; a volume exactly one voxel longer than the patch is then
+    always cropped at 0).
+    """
+    if starts == "official":
+        return max(size - patch, 1)
+    return size - patch + 1
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
+                starts: CropStarts = "all") -> tuple[np.ndarray, np.ndarray]:
+    """Pad by DTC's rule (:func:`crop_padding`), then crop a patch at a uniformly random start drawn
+    below :func:`crop_start_bound` on every axis."""
     image, label = pad_for_crop(image, label, patch)
-    starts = [int(rng.integers(0, size - p + 1)) for size, p in zip(image.shape, patch, strict=True)]
-    sl = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
+    first = [int(rng.integers(0, crop_start_bound(size, p, starts))) for size, p in zip(image.shape, patch, strict=True)]
+    sl = tuple(slice(s, s + p) for s, p in zip(first, patch, strict=True))
     return np.ascontiguousarray(image[sl]), np.ascontiguousarray(label[sl])
 
 
@@ -244,7 +271,7 @@ class TwoStreamTrainSet(Dataset):
         image = vol.image
         if self.cfg.rot_flip:
             image, label = random_rot_flip(image, label, rng)
-        image, label = random_crop(image, label, self.cfg.patch_size, rng)
+        image, label = random_crop(image, label, self.cfg.patch_size, rng, self.cfg.crop_starts)
         n_fg = self.cfg.num_classes - 1
         sdf = level_set_targets(label, self.cfg.num_classes) if labeled else np.zeros((n_fg, *label.shape), np.float32)
         return {"image": torch.from_numpy(image[None].astype(np.float32)),
