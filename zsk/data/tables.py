@@ -62,6 +62,11 @@ class TextSamples:
         return len(self.texts)
 
 
+def format_hint(fmt: str) -> str:
+    """How to name a table format on the command line (predict's option, or the recipe key)."""
+    return f"--format {fmt} (predict) or --set data.format={fmt} (train, eval)"
+
+
 def table_format(path: str | Path, fmt: str = "auto") -> str:
     """Resolve `auto` to csv / tsv / jsonl / lines from the file suffix (`.gz` is not supported)."""
     if fmt != "auto":
@@ -72,7 +77,7 @@ def table_format(path: str | Path, fmt: str = "auto") -> str:
     if suffix not in _SUFFIX_FORMATS:
         raise ZskError(
             f"{path}: cannot tell the table format from the suffix {suffix!r}; use one of "
-            f"{', '.join(sorted(_SUFFIX_FORMATS))} or pass the format explicitly (e.g. --set data.format=csv)"
+            f"{', '.join(sorted(_SUFFIX_FORMATS))} or pass the format explicitly: {format_hint('csv')}"
         )
     return _SUFFIX_FORMATS[suffix]
 
@@ -141,7 +146,12 @@ def _read_jsonl(path: str, text: str) -> Table:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ZskError(f"{path}, line {i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            hint = "each line must be one JSON object"
+            if not rows and not line.lstrip().startswith(("{", "[")):
+                other = "tsv" if "\t" in line else "csv" if "," in line else None
+                if other:
+                    hint = f"it looks like a {other.upper()} file, not JSON lines: {format_hint(other)}"
+            raise ZskError(f"{path}, line {i}: not valid JSON ({e.msg}); {hint}") from None
         if not isinstance(obj, dict):
             raise ZskError(f"{path}, line {i}: expected a JSON object, got {type(obj).__name__}")
         row = {}
@@ -162,6 +172,14 @@ def _read_delimited(path: str, text: str, delimiter: str) -> Table:
     if header is None or not any(h.strip() for h in header):
         raise ZskError(f"{path}: the file is empty; expected a header line with column names")
     columns = [h.strip() for h in header]
+    kind = "CSV" if delimiter == "," else "TSV"
+    first = delimiter.join(header)
+    other = "jsonl" if first.lstrip().startswith(("{", "[")) else None
+    if other is None and len(columns) == 1:  # one column: a file of the other delimiter?
+        other = "tsv" if "\t" in first and delimiter != "\t" else "csv" if "," in first and delimiter != "," else None
+    if other:
+        raise ZskError(f"{path}: read as {kind} but its first line {first[:60]!r} looks like "
+                       f"{'JSON lines' if other == 'jsonl' else other.upper()}: {format_hint(other)}")
     rows: list[dict[str, str]] = []
     lines: list[int] = []
     start = reader.line_num + 1

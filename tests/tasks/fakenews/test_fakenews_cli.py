@@ -85,10 +85,14 @@ def test_predict_file_and_stdin(trained, tmp_path):
                "--out", tmp_path, "--json")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
-    assert len(rows) == 96 and rows[0]["id"] == "417"
-    assert {"id", "text", "label", "score"} == set(rows[0])
+    assert len(rows) == 96 and rows[0]["id"] == "417" and rows[0]["line"] == 2
+    assert {"input", "line", "id", "text", "label", "score", "probabilities"} == set(rows[0])
+    assert rows[0]["input"] == str(data / "english_test_with_labels.csv")
     assert all(row["label"] in ("real", "fake") and 0.5 <= row["score"] <= 1.0 for row in rows)
-    assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 96
+    assert all(row["score"] == max(row["probabilities"].values()) for row in rows)
+    assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-5 for row in rows)
+    saved = (tmp_path / "english_test_with_labels_predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in saved] == rows
     # the same texts through stdin as plain lines give the same labels
     texts = [row["text"] for row in rows[:5]]
     r = invoke("predict", "-", "--checkpoint", run / "best.pt", "--out", tmp_path / "piped", "--json",
@@ -96,11 +100,38 @@ def test_predict_file_and_stdin(trained, tmp_path):
     assert r.exit_code == 0, r.output
     piped = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [p["text"] for p in piped] == texts and "id" not in piped[0]
+    assert piped[0]["input"] == "<stdin>" and [p["line"] for p in piped] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "piped" / "stdin_predictions.jsonl").is_file()
     assert [p["label"] for p in piped] == [row["label"] for row in rows[:5]]
     assert [p["score"] for p in piped] == pytest.approx([row["score"] for row in rows[:5]], abs=1e-5)
     r = invoke("predict", "-", "--checkpoint", run / "best.pt", "--out", tmp_path / "bad", "--json",
                input=b"ok line\n\xff\xfe bad\n")
     assert r.exit_code == 2 and "<stdin>, line 2" in r.output and "not valid utf-8" in r.output
+
+
+def test_predict_inputs_sharing_a_name_keep_their_own_outputs(trained, tmp_path):
+    """Issue 12: a/test.csv and b/test.csv get their own prediction files (names from output_names), the
+    same names on a second run; rows carry their "input" with --json."""
+    data, run, _ = trained
+    lines = (data / "english_test_with_labels.csv").read_text().splitlines()
+    for folder, part in (("a", lines[1:6]), ("b", lines[20:23])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test.csv").write_text("\n".join([lines[0], *part]) + "\n")
+    args = ["predict", tmp_path / "a" / "test.csv", tmp_path / "b" / "test.csv", "--checkpoint", run / "best.pt",
+            "--json", "--quiet"]
+    r = invoke(*args, "--out", tmp_path / "p1")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [row["input"] for row in rows] == [str(tmp_path / "a" / "test.csv")] * 5 + [str(tmp_path / "b" / "test.csv")] * 3
+    files = sorted(p.name for p in (tmp_path / "p1").iterdir())
+    assert len(files) == 2 and all(f.endswith("_predictions.jsonl") for f in files)
+    a, b = ((tmp_path / "p1" / f).read_text().splitlines() for f in files)
+    assert len(a) == 5 and len(b) == 3 and a[:3] != b
+    assert [json.loads(x)["input"] for x in a + b] == [row["input"] for row in rows]
+    r = invoke(*args, "--out", tmp_path / "p2")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == files
+    assert all((tmp_path / "p1" / f).read_text() == (tmp_path / "p2" / f).read_text() for f in files)
 
 
 def test_info(trained):

@@ -29,7 +29,8 @@ app = task_app(TASK, docs={
     "train": "Fine-tune every branch (heated softmax, FGM, new tokens), then the fusion MLP; writes RUN/best.pt, "
              "RUN/eval.json.",
     "eval": "Accuracy, weighted precision / recall / F1, macro F1 and the confusion matrix on a split (default: test).",
-    "predict": "One result per text ({\"id\"?, \"text\", \"label\", \"score\"}), also written to OUT/predictions.jsonl.",
+    "predict": "One result per text ({\"input\", \"line\", \"id\"?, \"text\", \"label\", \"score\", \"probabilities\"}), "
+               "also written to OUT/<name>_predictions.jsonl per input (names unique per input).",
     "info": "Classes, splits, parameters per branch, the added tokens and GFLOPs per input.",
     "sample": "Write a small synthetic labelled corpus (Constraint_Train/Val.csv, english_test_with_labels.csv).",
 })

@@ -6,11 +6,30 @@ paper leaves open (spec: Open points), each of which is a recipe option.
 
 from __future__ import annotations
 
+import codecs
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from zsk.core.errors import ZskError
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
+
+
+def _check(ok: bool, key: str, want: str, value: object) -> None:
+    """Raise the one-line range error ``<key> must be <want>, got <value>`` unless ``ok``."""
+    if not ok:
+        raise ZskError(f"{key} must be {want}, got {value!r}")
+
+
+def _at_least(key: str, value: int | float, low: int | float) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= low, key, f">= {low}", value)
+
+
+def _probability(key: str, value: float) -> None:
+    """A dropout rate: [0, 1)."""
+    _check(math.isfinite(value) and 0.0 <= value < 1.0, key, "in [0, 1)", value)
+
 
 # The six whole-word tokens the paper adds to CT-BERT's vocabulary (spec: Token vocabulary expansion).
 PAPER_NEW_TOKENS: tuple[str, ...] = ("covid-19", "covid19", "coronavirus", "pandemic", "indiafightscorona", "lockdown")
@@ -43,6 +62,33 @@ class DataConfig:
     max_length: int = 128  # spec: Preprocessing
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     cache: bool = True  # keep tokenised corpora in the zsk cache
+
+    def __post_init__(self) -> None:
+        for key in ("train_file", "val_file", "test_file", "text_column", "label_column"):
+            _check(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
+        if self.text_column == self.label_column:
+            raise ZskError(f"data.text_column and data.label_column both name {self.text_column!r}; "
+                           f"the texts and the labels need their own columns")
+        # [CLS] and [SEP] take two of the max_length positions (BERT input format, Devlin et al. 2019, Sec. 3)
+        _at_least("data.max_length", self.max_length, 3)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ZskError(f"data.encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+        names = [c.strip().lower() for c in self.classes]
+        if any(not n for n in names):
+            raise ZskError(f"data.classes holds an empty class name: {list(self.classes)}")
+        if len(set(names)) != len(names):
+            raise ZskError(f"data.classes names a class twice: {list(self.classes)}")
+        if len(self.classes) == 1:
+            raise ZskError(f"data.classes must name at least two classes (or [] for the train file's labels), "
+                           f"got {list(self.classes)}")
+        if self.classes:
+            known = set(names)
+            for raw, name in self.label_map.items():
+                if name.strip().lower() not in known:
+                    raise ZskError(f"data.label_map.{raw} maps to {name!r}, which is not one of data.classes "
+                                   f"{list(self.classes)}")
 
 
 @dataclass
@@ -91,6 +137,37 @@ class ModelConfig:
     fusion_hidden: int = 512  # [reconstruction] 2048 -> 512 -> 2
     fusion_dropout: float = 0.1
     fusion_standardize: bool = True  # [reconstruction] scale fusion inputs by train-feature statistics
+
+    def __post_init__(self) -> None:
+        if not self.branches:
+            raise ZskError("model.branches is empty: give at least one branch, e.g. "
+                           "--set 'model.branches={ctbert: {pretrained: digitalepidemiologylab/covid-twitter-bert-v2}}'")
+        if "fusion" in self.branches and len(self.branches) > 1:
+            raise ZskError("model.branches.fusion: 'fusion' names the fusion stage; give the branch another name")
+        for name, b in self.branches.items():
+            check_branch(f"model.branches.{name}", b)
+        _at_least("model.fusion_hidden", self.fusion_hidden, 1)
+        _probability("model.fusion_dropout", self.fusion_dropout)
+
+
+def check_branch(key: str, b: BranchConfig) -> None:
+    """Ranges of one branch's settings (encoder shape, dropout, vocabulary expansion), named ``key.*``."""
+    enc = b.encoder
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+        _at_least(f"{key}.encoder.{name}", getattr(enc, name), 1)
+    if enc.hidden_size % enc.num_heads:
+        raise ZskError(f"{key}.encoder.num_heads must divide encoder.hidden_size ({enc.hidden_size}), got {enc.num_heads}")
+    _probability(f"{key}.encoder.dropout", enc.dropout)
+    _probability(f"{key}.dropout", b.dropout)
+    _at_least(f"{key}.tokenizer.build_vocab_size", b.tokenizer.build_vocab_size, 1)
+    _at_least(f"{key}.new_tokens_n", b.new_tokens_n, 1)
+    _at_least(f"{key}.new_tokens_min_count", b.new_tokens_min_count, 1)
+    if b.new_tokens == "list" and not b.new_tokens_list:
+        raise ZskError(f"{key}.new_tokens is 'list' but {key}.new_tokens_list is empty")
+    if any(not t.strip() for t in b.new_tokens_list):
+        raise ZskError(f"{key}.new_tokens_list holds an empty token: {list(b.new_tokens_list)}")
+    if b.pretrained is not None and not b.pretrained.strip():
+        raise ZskError(f"{key}.pretrained is empty; give a Hugging Face id or local folder, or null for random init")
 
 
 @dataclass
@@ -146,11 +223,41 @@ class TrainConfig(CoreTrainConfig):
     fgm: FGMConfig = field(default_factory=FGMConfig)
     hard_examples: HardExamplesConfig = field(default_factory=HardExamplesConfig)
 
+    def __post_init__(self) -> None:
+        # the task's own keys first: the core checks end by validating the merged train.stages blocks,
+        # which would report a bad top-level value under the stage's name
+        self._check_task_keys()
+        super().__post_init__()
+
+    def _check_task_keys(self) -> None:
+        """Ranges of the fakenews train keys (warm-up fraction, heated softmax, FGM, hard examples)."""
+        _check(math.isfinite(self.warmup_fraction) and 0.0 <= self.warmup_fraction <= 1.0, "train.warmup_fraction",
+               "in [0, 1]", self.warmup_fraction)
+        hs = self.heated_softmax
+        if not hs.alphas:
+            raise ZskError("train.heated_softmax.alphas is empty: give one alpha per phase, e.g. [4, 1, 0.5]")
+        for i, a in enumerate(hs.alphas):
+            _check(math.isfinite(a) and a > 0, f"train.heated_softmax.alphas[{i}]", "> 0", a)
+        if len(hs.milestones) != len(hs.alphas) - 1:
+            raise ZskError(f"train.heated_softmax.milestones: {len(hs.alphas)} alphas need {len(hs.alphas) - 1} "
+                           f"milestones (epochs where alpha changes), got {list(hs.milestones)}")
+        if any(m < 1 for m in hs.milestones) or list(hs.milestones) != sorted(set(hs.milestones)):
+            raise ZskError(f"train.heated_softmax.milestones must be increasing epochs >= 1, got {list(hs.milestones)}")
+        _check(math.isfinite(self.fgm.epsilon) and self.fgm.epsilon > 0, "train.fgm.epsilon", "> 0", self.fgm.epsilon)
+        he = self.hard_examples
+        _at_least("train.hard_examples.max_edits", he.max_edits, 1)
+        _at_least("train.hard_examples.max_pool", he.max_pool, 0)
+        if he.synonyms is not None and not he.synonyms.strip():
+            raise ZskError("train.hard_examples.synonyms is empty; give a synonym-groups file or null")
+
 
 @dataclass
 class EvalConfig:
     split: Literal["train", "val", "test"] = "test"
     batch_size: int = 128  # spec: Training (eval batch 128)
+
+    def __post_init__(self) -> None:
+        _at_least("eval.batch_size", self.batch_size, 1)
 
 
 @dataclass

@@ -17,17 +17,19 @@ from zsk.core.checkpoint import load_model_state
 from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress
+from zsk.core.recipe import config_to_dict, parse_config
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader, move_to
 from zsk.metrics.classification import accuracy, precision_recall_f1
 from zsk.metrics.confusion import ConfusionMatrix
-from zsk.tasks.fakenews.config import BranchConfig, Config
+from zsk.tasks.fakenews.config import BranchConfig, Config, ModelConfig
 from zsk.tasks.fakenews.data import FeatureSet, TokenizedTexts, load_split, tokenize_corpus
 from zsk.tasks.fakenews.model import (
     Branch,
     FakeNewsClassifier,
     TransformerBranch,
     _settings_quiet_transformers,
+    check_positions,
     config_from_dict,
     encoder_from_config,
 )
@@ -98,6 +100,7 @@ def model_from_checkpoint(ckpt: dict, cfg: Config, source: str = "checkpoint") -
     for name, info in extra["branches"].items():
         bcfg = cfg.model.branches.get(name, BranchConfig())
         encoder = encoder_from_config(config_from_dict(json.loads(info["encoder_config"])))
+        check_positions(name, encoder, cfg.data.max_length)
         tokenizer = tokenizer_from_files(info["tokenizer_files"], source)
         module = TransformerBranch(encoder, len(classes), bcfg.dropout, bcfg.pooling)
         branches[name] = Branch(name, module, tokenizer, list(info.get("added_tokens", [])), info.get("source", ""))
@@ -113,12 +116,43 @@ def model_from_checkpoint(ckpt: dict, cfg: Config, source: str = "checkpoint") -
     return model, branches, classes
 
 
+def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """Dotted keys where two nested config dicts differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _differences(a.get(k), b.get(k), f"{key}.{k}")
+        return out
+    return [] if a == b else [(key, a, b)]
+
+
+def check_same_model(ckpt: dict, cfg: Config, source: str) -> None:
+    """Refuse a ``--set``/``--recipe`` that changes the model a checkpoint holds: eval and predict
+    rebuild the encoders, tokenizers and classes from the checkpoint, so a changed ``model.*`` key
+    (dropout rates aside, which do nothing in eval mode) or ``data.classes`` would be silently
+    ignored or would not fit the weights."""
+    extra = ckpt.get("extra") or {}
+    stored = (ckpt.get("recipe") or {}).get("model")
+    if isinstance(stored, dict):
+        trained = config_to_dict(parse_config(ModelConfig, stored, prefix="model"))
+        for key, was, now in _differences(trained, config_to_dict(cfg.model), "model"):
+            if not key.endswith("dropout"):
+                raise ZskError(f"{key} is {now!r} here but {source} was trained with {was!r}; eval and predict use "
+                               f"the model the checkpoint holds: drop the --set/--recipe that changes it")
+    classes = [str(c) for c in extra.get("classes") or []]
+    if cfg.data.classes and classes and [c.strip().lower() for c in cfg.data.classes] != [c.lower() for c in classes]:
+        raise ZskError(f"data.classes is {list(cfg.data.classes)} here but {source} was trained on {classes}; "
+                       f"drop the --set data.classes (the checkpoint's classes are used)")
+
+
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
          recipe: Path | None = None) -> Loaded:
     """A trained classifier in eval mode, rebuilt from the checkpoint alone (encoder configs and
     tokenizers travel in it); ``parts`` holds ``branches`` (tokenizers) and ``classes``."""
     _settings_quiet_transformers()
     cfg, ckpt = read_trained(TASK, checkpoint, Config, sets, recipe)
+    if "branches" in (ckpt.get("extra") or {}):
+        check_same_model(ckpt, cfg, str(checkpoint))
     model, branches, classes = model_from_checkpoint(ckpt, cfg, str(checkpoint))
     return loaded_model(model, cfg, ckpt, checkpoint, device, {"branches": branches, "classes": classes})
 
@@ -128,6 +162,8 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) 
     weighted precision / recall / F1, macro F1 and the confusion matrix. Writes nothing."""
     cfg: Config = loaded.cfg
     classes: list[str] = loaded.parts["classes"]
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ZskError(f"--out {out} is a file; give a folder for the evaluation results")
     split = split or cfg.eval.split
     corpus = load_split(cfg.data, split, classes=classes)
     ds = tokenize_corpus(loaded.parts["branches"], corpus.clean, corpus.labels, cfg)

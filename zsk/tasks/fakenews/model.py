@@ -82,6 +82,15 @@ def config_from_dict(d: dict):
     return AutoConfig.for_model(model_type, **d)
 
 
+def check_positions(name: str, encoder: nn.Module, max_length: int) -> None:
+    """``data.max_length`` must fit the branch's position embeddings (RoBERTa reserves two)."""
+    config = encoder.config
+    limit = int(config.max_position_embeddings) - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
+    if max_length > limit:
+        raise ZskError(f"data.max_length={max_length} exceeds what branch {name!r} can encode ({limit} positions); "
+                       f"lower data.max_length or raise model.branches.{name}.encoder.max_position_embeddings")
+
+
 def config_to_json(config) -> str:
     """An encoder config as a JSON string (checkpoint-safe)."""
     return json.dumps(config.to_dict(), default=str)

@@ -60,6 +60,7 @@ from zsk.tasks.fakenews.model import (
     TransformerBranch,
     _settings_quiet_transformers,
     architecture_config,
+    check_positions,
     config_to_json,
     encoder_from_config,
     load_pretrained_encoder,
@@ -72,14 +73,6 @@ SUMMARY_KEYS = ("accuracy", "f1_weighted", "precision_weighted", "recall_weighte
 StepFn = Callable[[nn.Module, dict, int], dict[str, Tensor]]
 
 # ----------------------------------------------------------------------------- building the model
-
-
-def _check_positions(name: str, encoder: nn.Module, max_length: int) -> None:
-    config = encoder.config
-    limit = int(config.max_position_embeddings) - (2 if config.model_type in ("roberta", "xlm-roberta") else 0)
-    if max_length > limit:
-        raise ZskError(f"data.max_length={max_length} exceeds what branch {name!r} can encode ({limit} positions); "
-                       f"lower data.max_length or raise model.branches.{name}.encoder.max_position_embeddings")
 
 
 def new_tokens_for(bcfg: BranchConfig, tokenizer: Any, corpus_texts: list[str] | None, name: str) -> list[str]:
@@ -125,7 +118,7 @@ def build_branch(name: str, bcfg: BranchConfig, cfg: Config, num_classes: int,
     else:
         encoder = encoder_from_config(random_encoder_config(bcfg.encoder, len(tokenizer), tokenizer.pad_token_id))
         source = "random-init"
-    _check_positions(name, encoder, cfg.data.max_length)
+    check_positions(name, encoder, cfg.data.max_length)
     tokens = new_tokens_for(bcfg, tokenizer, vocab_texts if vocab_texts is not None else corpus_texts, name)
     std = float(getattr(encoder.config, "initializer_range", 0.02))
     added = expand_vocabulary(tokenizer, encoder, tokens, init=bcfg.new_tokens_init, std=std)
@@ -465,8 +458,6 @@ def train(ctx: RunContext) -> dict[str, Any]:
     num_classes = len(classes)
     torch.manual_seed(cfg.runtime.seed)
     branches = build_branches(cfg, corpora)
-    if "fusion" in branches and len(branches) > 1:
-        raise ZskError("model.branches.fusion: 'fusion' names the fusion stage; give the branch another name")
     extra = model_extra(branches, classes, cfg)
     train_ds = tokenize_corpus(branches, corpora["train"].clean, corpora["train"].labels, cfg)
     val_ds = tokenize_corpus(branches, corpora["val"].clean, corpora["val"].labels, cfg)
