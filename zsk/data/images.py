@@ -54,15 +54,21 @@ COCO_STUFF_171_CLASSES: tuple[str, ...] = (
 )
 
 # PASCAL Context, the 59 most frequent classes (ids 1..59 in SegmentationClassContext, 0 background),
-# listed after reduce_zero_label; order as in mmseg's PascalContextDataset59.
+# listed after reduce_zero_label; order as in mmseg's PascalContextDataset59, names as in the zero-shot
+# Context dataset of OTSeg on the ZegCLIP code base (cubeyoung/OTSeg, ZeroPascalContextDataset59:
+# "tv monitor", where mmseg writes "tvmonitor"); the names are what the text encoder embeds.
 PASCAL_CONTEXT_59_CLASSES: tuple[str, ...] = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
     "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
     "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
     "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform", "pottedplant",
     "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table",
-    "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+    "track", "train", "tree", "truck", "tv monitor", "wall", "water", "window", "wood",
 )
+
+# PASCAL Context with its background class (60 classes, ids 0..59 as stored, no reduce_zero_label): the
+# target of ZegCLIP's cross-dataset configs/cross_dataset/coco-to-context.py (mmseg's PascalContextDataset).
+PASCAL_CONTEXT_60_CLASSES: tuple[str, ...] = ("background",) + PASCAL_CONTEXT_59_CLASSES
 
 
 @dataclass(frozen=True)
@@ -295,5 +301,6 @@ FORMATS: dict[str, tuple] = {
     "voc": (voc_items, VOC_CLASSES, True),
     "coco_stuff": (coco_stuff_items, COCO_STUFF_171_CLASSES, False),
     "context": (context_items, PASCAL_CONTEXT_59_CLASSES, True),
+    "context60": (context_items, PASCAL_CONTEXT_60_CLASSES, False),
     "folder": (folder_items, None, False),
 }

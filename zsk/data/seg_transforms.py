@@ -43,6 +43,17 @@ def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
     return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
+def keep_ratio_test_size(h: int, w: int, scale: tuple[int, int], min_size: int | None = None) -> tuple[int, int]:
+    """mmseg's test-time keep-ratio Resize: without ``min_size`` the size of :func:`rescale_size`; with it
+    (ZegCLIP's test pipelines: ``Resize(keep_ratio=True, min_size=512)``) the short side goes to
+    max(min(scale), min_size) and the long side follows the aspect ratio, unbounded by max(scale)."""
+    if min_size is None:
+        return rescale_size(h, w, scale)
+    short = max(min(scale), min_size)
+    target = (short * h / w, short) if h > w else (short, short * w / h)
+    return rescale_size(h, w, target)
+
+
 def resize(image: Tensor, label: Tensor | None, size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
     """Bilinear image (no antialias, like cv2 INTER_LINEAR) and nearest-neighbour label resize to (h, w)."""
     if tuple(image.shape[-2:]) == tuple(size):
@@ -188,13 +199,14 @@ class SegTrainTransform:
 
 @dataclass
 class SegTestTransform:
-    """mmseg test pipeline: keep-ratio resize into img_scale (short side to min(img_scale)), normalise."""
+    """mmseg test pipeline: keep-ratio resize into img_scale (:func:`keep_ratio_test_size`), normalise."""
 
     img_scale: tuple[int, int] = (2048, 512)
     normalization: str = "imagenet"
+    min_size: int | None = None  # mmseg Resize(min_size=...): the short side is at least this
 
     def __call__(self, image: np.ndarray) -> Tensor:
         img, _ = to_tensors(image)
-        img, _ = resize(img, None, rescale_size(img.shape[-2], img.shape[-1], self.img_scale))
+        img, _ = resize(img, None, keep_ratio_test_size(img.shape[-2], img.shape[-1], self.img_scale, self.min_size))
         return normalize(img, *NORMALIZATIONS[self.normalization]).contiguous()
 

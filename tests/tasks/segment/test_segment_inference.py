@@ -95,7 +95,7 @@ def test_segment_scores_slide_equals_the_mmseg_loop_on_a_tiny_zegclip() -> None:
     text = F.normalize(torch.randn(5, 64), dim=-1)
     image = torch.randint(0, 256, (45, 70, 3), dtype=torch.uint8)
     dev = torch.device("cpu")
-    ecfg = EvalConfig(mode="slide", crop_size=32, stride=24, img_scale=(128, 48))
+    ecfg = EvalConfig(mode="slide", crop_size=32, stride=24, img_scale=(128, 48), min_size=None)
     seen, calibration = [0, 2], 0.1
     ours = segment_scores(model, image, text, ecfg, "imagenet", seen, calibration, dev)
 

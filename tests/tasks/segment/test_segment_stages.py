@@ -28,7 +28,8 @@ def test_transductive_recipes_split_the_schedule_into_two_stages(name: str, step
     assert cfg.train.setting == "transductive"
     train = cfg.train
     inductive, self_training = stage_config(train, "inductive"), stage_config(train, "self_training")
-    assert inductive.steps == self_training.steps == steps
+    # stage 1: the first half of the inductive schedule (official: iter_10000 of the 20k run)
+    assert (inductive.steps, inductive.max_steps) == (2 * steps, steps) and self_training.steps == steps
     # the inductive stage hands on the weights at the end of its schedule (official: iter_10000 / iter_40000)
     assert inductive.select == "last" and self_training.select == "best"
     # everything else inherits train.*
@@ -46,7 +47,7 @@ def test_inductive_stage_hands_on_its_last_weights_unless_its_block_says_otherwi
                                                                            "train.stages.self_training.lr=1.0e-4"])
     train = cfg.train
     assert stage_config(train, "inductive").select == "best"
-    assert stage_config(train, "inductive").steps == 10000  # the rest of the block stays
+    assert stage_config(train, "inductive").max_steps == 10000  # the rest of the block stays
     assert stage_config(train, "self_training").lr == 1e-4 and train.lr == 2e-5
 
 

@@ -36,7 +36,7 @@ def _scale(key: str, scale: tuple[int, int]) -> None:
 class DataConfig:
     """Which benchmark, where it lives, and the mmseg augmentation pipeline."""
 
-    dataset: Literal["voc", "coco_stuff", "context", "folder"] = "voc"
+    dataset: Literal["voc", "coco_stuff", "context", "context60", "folder"] = "voc"
     root: str = "data/VOCdevkit/VOC2012"
     train_split: str = "train_aug"
     val_split: str = "val"
@@ -104,7 +104,10 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     num_prompts: int = 10  # N deep prompt tokens per layer
     prompt_dropout: float = 0.1
-    drop_path_rate: float = 0.1
+    # Stochastic depth in the frozen ViT. The official configs set 0.1 and the official block builds a
+    # DropPath, but its forward never calls it (models/backbone/utils.py, ResidualAttentionBlock): the
+    # paper's models were trained without it. > 0 is a zsk option.
+    drop_path_rate: float = 0.0
     decoder_layers: int = 3
     decoder_heads: int = 8
     decoder_ffn_ratio: int = 4
@@ -113,8 +116,10 @@ class ModelConfig:
     # features the initial mask logits are ~0 and grow slowly; tiny demo models use a larger value.
     head_init_std: float = 0.02
     # The official backbone adds the class embedding to the CLS token twice (once as the token, once
-    # inside its position embedding). Off by default (the intended ViT input); on reproduces the code.
-    cls_embedding_twice: bool = False
+    # inside its position embedding; models/backbone/img_encoder.py). That is the model the paper's
+    # numbers and the released checkpoints come from, so it is the default; false gives CLIP's own
+    # single add (the CLS input CLIP was pretrained with), a zsk option.
+    cls_embedding_twice: bool = True
 
     def __post_init__(self) -> None:
         _require(self.num_prompts >= 1, "model.num_prompts", ">= 1 (ZegCLIP: 10 deep prompts, 100 on COCO-Stuff)",
@@ -166,7 +171,10 @@ class TrainConfig(CoreTrainConfig):
     effective_batch: int | None = None  # keep batch x accumulation x GPUs at this size (16 in the paper)
     backbone_lr_mult: float = 10.0
     head_lr_mult: float = 10.0
-    norm_decay_mult: float = 0.0
+    # weight-decay multiplier of norm parameters: 1 as in the official runs (their configs give 'norm'/'ln'
+    # decay_mult 0, but mmcv's custom_keys take only the first, longest key in a name: 'backbone' and
+    # 'head' shadow them); 0 is what those configs meant, a zsk option
+    norm_decay_mult: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -186,12 +194,18 @@ class EvalConfig:
     crop_size: int = 512
     stride: int = 426
     img_scale: tuple[int, int] = (2048, 512)
+    # mmseg Resize(keep_ratio=True, min_size=512) of every ZegCLIP test pipeline: the short side goes to
+    # max(min(img_scale), min_size) and the long side follows the aspect ratio, past max(img_scale).
+    # None: plain keep-ratio rescale into img_scale.
+    min_size: int | None = 512
     seen_calibration: float | None = None  # None: 0.1 for inductive models, 0 otherwise
     max_images: int | None = None  # evaluate on the first N images only (smoke runs)
 
     def __post_init__(self) -> None:
         _require(self.crop_size >= 1, "eval.crop_size", ">= 1 (ZegCLIP: 512)", self.crop_size)
         _scale("eval.img_scale", self.img_scale)
+        _require(self.min_size is None or self.min_size >= 1, "eval.min_size", ">= 1 (or unset; ZegCLIP: 512)",
+                 self.min_size)
         _require(self.seen_calibration is None or _finite(self.seen_calibration), "eval.seen_calibration",
                  "a finite number (or unset: 0.1 for inductive models)", self.seen_calibration)
         _require(self.max_images is None or self.max_images >= 1, "eval.max_images", ">= 1 (or unset: every image)",

@@ -95,7 +95,8 @@ def load_benchmark(cfg: DataConfig) -> Benchmark:
 
 
 class SegTrainDataset(Dataset):
-    """Training samples: mmseg augmentations, labels mapped through ``train_lut`` (global id -> training id)."""
+    """Training samples: mmseg augmentations on global ids, then labels mapped through ``train_lut``
+    (global id -> training id)."""
 
     def __init__(self, bench: Benchmark, split: str, train_lut: np.ndarray, transform: SegTrainTransform) -> None:
         self.bench = bench
@@ -111,8 +112,10 @@ class SegTrainDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         image, label = load_item(self.items[idx], self.bench)
-        label = self.train_lut[self.lut[label]]
-        img, lab = self.transform(image, label)
+        # augment on global ids (RandomCrop's cat_max_ratio counts unseen classes too), then map to
+        # training ids, as the official segmentor does after the mmseg pipeline (zegclip.py)
+        img, lab = self.transform(image, self.lut[label])
+        lab = torch.from_numpy(self.train_lut[lab.numpy().astype(np.uint8)].astype(np.int64))
         return {"image": img, "label": lab}
 
 

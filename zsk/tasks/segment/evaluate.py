@@ -19,7 +19,7 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data import images as img_io
-from zsk.data.seg_transforms import SegTestTransform, rescale_size
+from zsk.data.seg_transforms import SegTestTransform, keep_ratio_test_size
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.metrics.segmentation import harmonic_mean, iou_per_class, mean_iou, pixel_accuracy
 from zsk.models.inferers import sliding_window_inference
@@ -29,6 +29,7 @@ from zsk.tasks.segment.model import ZegCLIP
 from zsk.tasks.segment.train import PRETRAINED_PREFIXES, build_model, text_embeddings_for
 
 INDUCTIVE_CALIBRATION = 0.1  # subtracted from seen-class scores of inductive models at test time
+LONG_SIDE_LIMIT = 8  # with eval.min_size: the resized long side may reach 8 x max(eval.img_scale, short side)
 
 
 def calibration_for(setting: str, ecfg: EvalConfig) -> float:
@@ -38,17 +39,31 @@ def calibration_for(setting: str, ecfg: EvalConfig) -> float:
     return INDUCTIVE_CALIBRATION if setting == "inductive" else 0.0
 
 
-def check_image_size(h: int, w: int, img_scale: Sequence[int], patch: int, source: str = "the image") -> None:
-    """Refuse an image whose keep-ratio resize into ``eval.img_scale`` leaves a side shorter than one ViT
-    patch (the model would see no token row): a ``ZskError`` naming ``source``, its size and the limit.
+def check_image_size(h: int, w: int, img_scale: Sequence[int], patch: int, source: str = "the image",
+                     min_size: int | None = None) -> None:
+    """Refuse an image the test-time resize cannot segment: a ``ZskError`` naming ``source``, its size and
+    the limit.
 
-    mmcv's keep-ratio rescale bounds the long side by ``max(img_scale)``, so the short side shrinks with the
-    aspect ratio: images up to ``max(img_scale) / patch`` : 1 are segmented (32:1 for the demo's
-    (256, 96) and 8-px patches, 128:1 for the paper's (2048, 512) and 16-px patches).
+    Without ``min_size`` mmcv's keep-ratio rescale bounds the long side by ``max(img_scale)``, so the short
+    side shrinks with the aspect ratio: images up to ``max(img_scale) / patch`` : 1 are segmented (32:1
+    for the demo's (256, 96) and 8-px patches, 128:1 for (2048, 512) and 16-px patches). With mmseg's
+    ``min_size`` rule (the paper recipes: 512) the short side is fixed and the long side grows with the
+    aspect ratio; it may reach ``LONG_SIDE_LIMIT`` x the larger of max(img_scale) and that short side
+    (16,384 px, 32:1, for the paper).
     """
     if min(h, w) < 1:
         raise ZskError(f"{source} is empty ({w}x{h} px)")
-    rh, rw = rescale_size(h, w, tuple(img_scale))
+    rh, rw = keep_ratio_test_size(h, w, tuple(img_scale), min_size)
+    if min_size is not None:
+        short = max(min(img_scale), min_size)
+        longest = LONG_SIDE_LIMIT * max(max(img_scale), short)
+        if max(rh, rw) > longest:
+            limit = longest / short
+            raise ZskError(f"{source} is {w}x{h} px (aspect ratio {max(h, w) / min(h, w):.0f}:1): the test-time "
+                           f"resize (short side {short}, eval.min_size={min_size}) makes it "
+                           f"{rw}x{rh}, longer than {longest} px; segment takes images up to {limit:.0f}:1 (crop "
+                           "it into pieces)")
+        return
     if min(rh, rw) < patch:
         limit = max(img_scale) / patch
         raise ZskError(f"{source} is {w}x{h} px (aspect ratio {max(h, w) / min(h, w):.0f}:1): the keep-ratio resize "
@@ -62,15 +77,15 @@ def segment_scores(model: ZegCLIP, image: Tensor, text: Tensor, ecfg: EvalConfig
                    amp: torch.dtype | None = None, window_batch: int = 8, source: str = "the image") -> Tensor:
     """Calibrated sigmoid scores (C, H, W) at the image's original size.
 
-    The image (H, W, 3 uint8) is resized into ``img_scale`` (short side 512), scored by sliding
-    windows (crop, stride; mmseg ``slide_inference``: no padding, the last window shifted to end at
+    The image (H, W, 3 uint8) is resized by mmseg's keep-ratio rule with ``min_size`` (short side 512),
+    scored by sliding windows (crop, stride; mmseg ``slide_inference``: no padding, the last window shifted to end at
     the border, a window clipped to a shorter image) whose scores are averaged, or whole; seen classes
     get ``-calibration``; the averaged map is resized back to (H, W). An image too thin for the model
     (:func:`check_image_size`) is a ``ZskError`` naming ``source``.
     """
     h0, w0 = image.shape[:2]
-    check_image_size(h0, w0, ecfg.img_scale, model.image_encoder.patch_size, source)
-    x = SegTestTransform(tuple(ecfg.img_scale), normalization)(image.cpu().numpy()).to(device)
+    check_image_size(h0, w0, ecfg.img_scale, model.image_encoder.patch_size, source, ecfg.min_size)
+    x = SegTestTransform(tuple(ecfg.img_scale), normalization, ecfg.min_size)(image.cpu().numpy()).to(device)
     h, w = x.shape[-2:]
     c = text.shape[0]
     offset = torch.zeros(c, 1, 1, device=device)

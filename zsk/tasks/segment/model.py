@@ -47,10 +47,14 @@ class PromptedVisionTransformer(nn.Module):
     block its own prompt set replaces the N prompt slots. All prompts pass through one shared
     ``prompt_proj`` and dropout. After the last block: ``prompt_norm`` (new), CLIP's ``ln_post`` and
     ``proj``; patch tokens and the CLS token are L2-normalised.
+
+    As in the official encoder, the CLS token gets the class embedding twice (as the token and inside
+    its position embedding; ``cls_embedding_twice=False`` adds it once) and the frozen blocks run without
+    stochastic depth (``drop_path_rate`` > 0 is an option the official forward never applies).
     """
 
-    def __init__(self, visual: nn.Module, num_prompts: int, grid: tuple[int, int], drop_path_rate: float = 0.1,
-                 prompt_dropout: float = 0.1, cls_embedding_twice: bool = False) -> None:
+    def __init__(self, visual: nn.Module, num_prompts: int, grid: tuple[int, int], drop_path_rate: float = 0.0,
+                 prompt_dropout: float = 0.1, cls_embedding_twice: bool = True) -> None:
         super().__init__()
         self._check(visual)
         self.visual = visual
