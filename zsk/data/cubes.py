@@ -7,7 +7,8 @@ Formats (chosen by extension):
 - HDF5 `.h5` / `.hdf5` / `.he5`: dataset `image` (rows x cols x bands) and optional `gt` (rows x cols)
   by default; other keys on request. An optional `wavelengths` attribute is kept by the writer.
 - ENVI: a `.hdr` header plus its data file (bip, bil or bsq), through `spectral`. The data file's
-  path may be given instead of the header.
+  path may be given instead of the header. Its size must match the header (offset + lines x samples x
+  bands x item size); values equal to `data ignore value` are no data: NaN in a cube, 0 in a label map.
 - NumPy `.npy`.
 - Label maps only: `.tif` / `.tiff` / `.png` through Pillow (DFC2018 ground truth).
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from zsk.core.errors import ZskError
+from zsk.core.progress import warn
 
 MAT_EXT = (".mat",)
 H5_EXT = (".h5", ".hdf5", ".he5")
@@ -135,7 +137,7 @@ def read_array(path: str | Path, key: str | None = None, ndim: int = 3, default_
     path = Path(path)
     fmt = cube_format(path)
     if fmt == "envi":
-        return _read_envi(path)
+        return _read_envi(path, np.nan if ndim == 3 else 0.0)
     _require_file(path)
     if fmt == "npy":
         try:
@@ -171,7 +173,35 @@ def _envi_header(path: Path) -> Path:
     raise ZskError(f"{path}: ENVI data file without a .hdr header next to it")
 
 
-def _read_envi(path: Path) -> np.ndarray:
+def _envi_check_size(img, hdr: Path) -> None:
+    """ZskError unless the data file holds exactly `header offset` + lines x samples x bands x item size bytes
+    (a wrong `lines`, `samples`, `bands` or `data type` would otherwise read a cropped or scrambled cube)."""
+    data = Path(img.filename)
+    rows, cols, bands = img.shape
+    item = np.dtype(img.dtype).itemsize
+    expected = int(img.offset) + rows * cols * bands * item
+    actual = data.stat().st_size
+    if actual != expected:
+        raise ZskError(
+            f"{hdr}: the data file {data.name} holds {actual} bytes, but the header describes {expected} "
+            f"(header offset {img.offset} + lines {rows} x samples {cols} x bands {bands} x {item} bytes of "
+            f"data type {img.metadata.get('data type', '?')}); fix lines/samples/bands/data type in the header"
+        )
+
+
+def _envi_ignore_value(img, hdr: Path) -> float | None:
+    raw = img.metadata.get("data ignore value")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        raise ZskError(f"{hdr}: 'data ignore value = {raw}' is not a number") from None
+
+
+def _read_envi(path: Path, nodata: float = np.nan) -> np.ndarray:
+    """An ENVI image, checked against its header; values equal to the header's `data ignore value` become
+    `nodata` (NaN for cubes, as float; 0 = unlabelled for label maps), with a warning."""
     import spectral.io.envi as envi
 
     hdr = _envi_header(path)
@@ -179,12 +209,25 @@ def _read_envi(path: Path) -> np.ndarray:
     image = None if path.suffix.lower() == ".hdr" else str(path)
     try:
         img = envi.open(str(hdr), image)
-        arr = np.asarray(img.load())
     except Exception as e:  # spectral raises its own exception types for bad headers/missing data files
         raise ZskError(
             f"{hdr}: cannot read ENVI image ({type(e).__name__}: {e}); the header needs samples, lines, "
             f"bands, data type and interleave, and a data file named like it ({', '.join(ENVI_DATA_EXT[1:])})"
         ) from e
+    _envi_check_size(img, hdr)
+    try:
+        arr = np.asarray(img.load())
+    except Exception as e:
+        raise ZskError(f"{hdr}: cannot read the ENVI data file {img.filename} ({type(e).__name__}: {e})") from e
+    ignore = _envi_ignore_value(img, hdr)
+    if ignore is not None:
+        hits = arr == ignore
+        if hits.any():
+            if np.isnan(nodata) and not np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float32 if arr.dtype.itemsize <= 2 else np.float64)
+            arr = np.where(hits, np.asarray(nodata, dtype=arr.dtype), arr)
+            what = "read as NaN (no data)" if np.isnan(nodata) else f"read as {nodata:g} (unlabelled)"
+            warn(f"{hdr}: {int(hits.sum())} values equal the header's data ignore value ({ignore:g}): {what}")
     return arr
 
 

@@ -347,6 +347,13 @@ def test_no_training_pairs_skips_the_pairwise_term(trained, tmp_path):
     assert "pairwise term is skipped" in r.output
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("pairwise" not in rec for rec in records if rec["kind"] == "train")
+    # issue 11: the untrained pairwise head is not used at inference: the CRF map is the unary map
+    stages = _json_lines(r.stdout)[-1]["stages"]
+    assert stages["crf"] == stages["cnn"], stages
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "pairwise head was never trained" in r.output
+    assert json.loads(r.stdout)["stages"]["crf"] == stages["cnn"]
 
 
 def test_info_of_a_paper_recipe_without_its_files(tmp_path):

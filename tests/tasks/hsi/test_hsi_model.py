@@ -107,7 +107,9 @@ def test_mean_field_matches_naive_loops(radius):
     head = PairwiseHead(d, k, hidden=7)
     features = torch.randn(h, w, d)
     unary = torch.randn(h, w, k)
-    grid = CRFGrid(head, features, radius, chunk_pixels=w * 2)  # 2 rows per chunk: exercises chunking
+    # these loops carry V_pq Q_q only (model.mean_field_update: outgoing); the default "full" update, which adds
+    # V_qp^T Q_q, is checked against its own loops in test_hsi_fidelity.py
+    grid = CRFGrid(head, features, radius, chunk_pixels=w * 2, update="outgoing")  # 2 rows per chunk: exercises chunking
 
     def pair_energy(y, x, ny, nx):
         return head(features[y, x][None], features[ny, nx][None])[0]

@@ -117,6 +117,8 @@ class ModelConfig:
     pairwise_hidden: int = 256
     crf_radius: int = 1  # Chebyshev radius of the neighbourhood N (1: 8-connected)
     mean_field_iters: int = 5
+    # full: the mean-field update of the energy over ordered pairs (V_pq Q_q and V_qp^T Q_q); outgoing: V_pq Q_q only
+    mean_field_update: Literal["full", "outgoing"] = "full"
     refine: bool = True
     refine_reduced_dim: int = 64  # node features reduced by a 1x1 conv before refinement (0: Q only)
     refine_widths: list[int] = field(default_factory=lambda: [64, 128])
@@ -168,6 +170,8 @@ class TrainConfig(CoreTrainConfig):
     unary_weight: float = 1.0
     pairwise_weight: float = 1.0
     class_weights: Literal["none", "inverse_median"] = "none"
+    # sum: the piecewise objective Σ CE(unary) + Σ CE(pairwise) over a batch's nodes and pairs; mean: each averaged
+    loss_reduction: Literal["sum", "mean"] = "sum"
     refine_crop: int | None = None  # train the refinement on random crops of this size (None: whole scene)
 
     def __post_init__(self) -> None:

@@ -183,8 +183,9 @@ def non_finite_pixels(image: np.ndarray, where: Path | str, mode: str) -> np.nda
         return mask
     counts = f"{n_nan} NaN and {n_inf} inf values in {int(mask.sum())} of {mask.size} pixels"
     if mode == "error":
-        raise ZskError(f"{where}: the cube holds {counts}; fix the file, or pass --set data.non_finite=zero to "
-                       "set those pixels to 0 in every band and leave them unlabelled (and unpredicted)")
+        raise ZskError(f"{where}: the cube holds {counts} (ENVI `data ignore value` pixels are read as NaN); fix "
+                       "the file, or pass --set data.non_finite=zero to set those pixels to 0 in every band and "
+                       "leave them unlabelled (and unpredicted)")
     warn(f"{where}: {counts} set to 0 in every band (data.non_finite=zero); those pixels are unlabelled "
          "and get no prediction")
     return mask

@@ -21,7 +21,7 @@ from torch import Tensor
 from zsk.core import dist
 from zsk.core.checkpoint import load_model_state
 from zsk.core.errors import ZskError
-from zsk.core.progress import progress
+from zsk.core.progress import progress, warn
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.metrics.classification import accuracy as overall_accuracy
 from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
@@ -99,13 +99,24 @@ def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str =
 
 
 @torch.no_grad()
-def crf_marginals(net: HSINet, features: Tensor, radius: int, iters: int, chunk_pixels: int) -> dict[str, Tensor]:
-    """Node features (H, W, D) -> {"cnn": softmax(-U), "crf": mean-field Q (when the model has a CRF)}."""
+def crf_marginals(net: HSINet, features: Tensor, radius: int, iters: int, chunk_pixels: int,
+                  update: str = "full") -> dict[str, Tensor]:
+    """Node features (H, W, D) -> {"cnn": softmax(-U), "crf": mean-field Q (when the model has a CRF)}.
+
+    A pairwise head that piecewise training never trained (no neighbouring training pixels) is left out:
+    "crf" is then the unary marginals softmax(-U), with a warning (a random head would wreck the map).
+    """
     unary = net.potentials.unary(features)
     out = {"cnn": torch.softmax(-unary, dim=-1)}
     if net.potentials.pairwise is not None and iters > 0:
-        grid = CRFGrid(net.potentials.pairwise, features, radius, chunk_pixels)
-        out["crf"] = mean_field(unary, grid.message, iters)
+        if not net.potentials.is_pairwise_trained:
+            warn("the pairwise head was never trained (no two training pixels were neighbours): mean field runs "
+                 "without the pairwise term, so the CRF output is the unary map; raise data.split.fraction/count "
+                 "or model.crf_radius to train it")
+            out["crf"] = out["cnn"]
+        else:
+            grid = CRFGrid(net.potentials.pairwise, features, radius, chunk_pixels, update)
+            out["crf"] = mean_field(unary, grid.message, iters)
     return out
 
 
@@ -134,7 +145,8 @@ def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "f
     """Class probabilities (Ho, Wo, K) of every stage the model has: cnn, crf, refined; `final` is the last."""
     net.eval()
     features = node_features(net, padded, cfg.eval, desc)
-    out = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels)
+    out = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels,
+                        cfg.model.mean_field_update)
     q = out.get("crf", out["cnn"])
     if net.refine is not None:
         logits = refine_logits(net.refine, q, features, cfg.eval.tile_pixels,

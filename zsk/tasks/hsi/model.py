@@ -185,9 +185,11 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
 
 
 def mean_field(unary: Tensor, message: Callable[[Tensor], Tensor], iters: int) -> Tensor:
-    """Mean-field marginals Q_p(k) ∝ exp(-U_p(k) - Σ_q Σ_l V_pq(k, l) Q_q(l)), started at softmax(-U) (spec "Inference").
+    """Mean-field marginals Q_p(k) ∝ exp(-U_p(k) - m_p(k)), started at Q = softmax(-U) (Alam et al. 2019, "Inference").
 
-    `unary` is (..., K); `message(Q)` returns Σ_q Σ_l V_pq(k, l) Q_q(l) with the same shape.
+    `unary` is (..., K); `message(Q)` returns m with the same shape. For the energy
+    E = Σ_p U_p(y_p) + Σ_(p,q) V_pq(y_p, y_q) over ordered pairs, the mean-field update is
+    m_p(k) = Σ_q Σ_l V_pq(k, l) Q_q(l) + Σ_q Σ_l V_qp(l, k) Q_q(l) (`CRFGrid(update="full")`).
     """
     q = torch.softmax(-unary, dim=-1)
     for _ in range(iters):
@@ -195,22 +197,33 @@ def mean_field(unary: Tensor, message: Callable[[Tensor], Tensor], iters: int) -
     return q
 
 
+MEAN_FIELD_UPDATES = ("full", "outgoing")
+
+
 class CRFGrid:
     """Pairwise messages of a whole scene on the pixel grid, with V_pq computed on the fly in row chunks.
 
     Holds the projected node terms (H, W, hidden) of every pixel; never stores all (H, W, |N|, K, K)
     energies, so scenes of any size fit in memory.
+
+    `update="full"` (default) is the mean-field update of the energy over ordered pairs: node p receives
+    V_pq Q_q from each pair (p, q) it starts and V_qp^T Q_q from each pair (q, p) it ends, since y_p appears
+    in both. `update="outgoing"` keeps only V_pq Q_q (zsk before issue 11; `model.mean_field_update`).
     """
 
-    def __init__(self, head: PairwiseHead, features: Tensor, radius: int, chunk_pixels: int = 65536) -> None:
+    def __init__(self, head: PairwiseHead, features: Tensor, radius: int, chunk_pixels: int = 65536,
+                 update: str = "full") -> None:
+        if update not in MEAN_FIELD_UPDATES:
+            raise ValueError(f"unknown mean-field update {update!r}; choose {' or '.join(MEAN_FIELD_UPDATES)}")
         self.head = head
         self.a, self.b = head.project(features)  # (H, W, hidden) each
         self.height, self.width = features.shape[:2]
         self.offsets = neighbour_offsets(radius)
         self.chunk_rows = max(1, chunk_pixels // max(1, self.width))
+        self.incoming = update == "full"
 
     def message(self, q: Tensor) -> Tensor:
-        """(H, W, K) marginals -> (H, W, K) messages Σ_{q ∈ N(p)} V_pq Q_q (neighbours outside the scene omitted)."""
+        """(H, W, K) marginals -> (H, W, K) messages (neighbours outside the scene omitted)."""
         h, w = self.height, self.width
         out = torch.zeros_like(q)
         for dy, dx in self.offsets:
@@ -224,6 +237,8 @@ class CRFGrid:
                 v = self.head.combine(self.a[r0:r1, x0:x1], self.b[r0 + dy : r1 + dy, x0 + dx : x1 + dx])
                 q_nb = q[r0 + dy : r1 + dy, x0 + dx : x1 + dx]
                 out[r0:r1, x0:x1] += torch.einsum("...kl,...l->...k", v, q_nb)
+                if self.incoming:  # the same pair seen from its second node q: V_pq(l, k) Q_p(l)
+                    out[r0 + dy : r1 + dy, x0 + dx : x1 + dx] += torch.einsum("...kl,...k->...l", v, q[r0:r1, x0:x1])
         return out
 
 
@@ -313,6 +328,28 @@ class CRFPotentials(nn.Module):
         self.features = features
         self.unary = UnaryHead(features.feature_dim, num_classes)
         self.pairwise = PairwiseHead(features.feature_dim, num_classes, pairwise_hidden) if pairwise_hidden else None
+        if self.pairwise is not None:
+            # False when piecewise training had no pair to train the pairwise head on (saved with the weights,
+            # so inference never runs mean field with a random pairwise head)
+            self.register_buffer("pairwise_trained", torch.tensor(True))
+
+    @property
+    def is_pairwise_trained(self) -> bool:
+        if self.pairwise is None:
+            return False
+        flag = self.pairwise_trained
+        return flag.device.type == "meta" or bool(flag)  # meta: shapes only (FLOP counting)
+
+    def mark_pairwise_untrained(self) -> None:
+        """Record that the pairwise head got no training signal (no neighbouring training pixels)."""
+        if self.pairwise is not None:
+            self.pairwise_trained.fill_(False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # checkpoints written before the flag existed trained their pairwise head whenever it was used
+        if self.pairwise is not None and prefix + "pairwise_trained" not in state_dict:
+            state_dict[prefix + "pairwise_trained"] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, patches: Tensor, nodes: Tensor | None = None, pair_p: Tensor | None = None, pair_q: Tensor | None = None

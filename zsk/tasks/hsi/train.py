@@ -124,13 +124,17 @@ def _label_index_map(labels: np.ndarray, device: torch.device) -> Tensor:
 class PiecewiseStep:
     """One batch of training nodes -> unary and pairwise piecewise losses (Alam et al. 2019, "Piecewise training").
 
+    `reduction="sum"` (default) is the piecewise objective Σ_p CE(unary) + Σ_(p,q) CE(pairwise) over the
+    batch's nodes and pairs; `"mean"` averages each term (`train.loss_reduction`).
+
     A batch holds indices of training pixels; its pairs are every (p, q) with p in the batch and q a
     neighbour of p within `crf_radius` that is also a training pixel. Each unique pixel's patch is cut
     once from the padded cube (a single gather) and its feature computed once.
     """
 
     def __init__(self, padded: Tensor, train_map: Tensor, patch: int, offset: int, radius: int,
-                 unary_weight: float = 1.0, pairwise_weight: float = 1.0, class_weight: Tensor | None = None) -> None:
+                 unary_weight: float = 1.0, pairwise_weight: float = 1.0, class_weight: Tensor | None = None,
+                 reduction: str = "sum") -> None:
         self.padded = padded
         self.train_map = train_map  # (H, W) class index 0..K-1 of training pixels, -1 elsewhere
         self.height, self.width = train_map.shape
@@ -142,6 +146,7 @@ class PiecewiseStep:
         self.unary_weight = unary_weight
         self.pairwise_weight = pairwise_weight
         self.class_weight = class_weight
+        self.reduction = reduction
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -178,11 +183,11 @@ class PiecewiseStep:
             unary, pairwise = model(patches, nodes, nodes[n_idx], inverse[n:])
         else:
             unary, pairwise = model(patches, nodes)
-        out = {"unary": unary_loss(unary, y_p, self.class_weight)}
+        out = {"unary": unary_loss(unary, y_p, self.class_weight, self.reduction)}
         loss = self.unary_weight * out["unary"]
         if pairwise is not None:
             y_q = self.train_map[q[:, 0], q[:, 1]]
-            out["pairwise"] = pairwise_loss(pairwise, y_p[n_idx], y_q)
+            out["pairwise"] = pairwise_loss(pairwise, y_p[n_idx], y_q, self.reduction)
             loss = loss + self.pairwise_weight * out["pairwise"]
         elif want_pairs:
             # no pair in this batch: keep the term in the logs (0) and the graph connected for DDP
@@ -210,7 +215,8 @@ def piecewise_step(cfg: Config, tcfg: TrainConfig, data: SceneData, device: torc
     train_map = _label_index_map(data.split.train, device)
     weight = class_weights(data.split.train, data.scene.num_classes, tcfg.class_weights)
     return PiecewiseStep(padded, train_map, cfg.model.patch, grid_offset(cfg), cfg.model.crf_radius,
-                         tcfg.unary_weight, tcfg.pairwise_weight, None if weight is None else weight.to(device))
+                         tcfg.unary_weight, tcfg.pairwise_weight, None if weight is None else weight.to(device),
+                         tcfg.loss_reduction)
 
 
 def _val_unary_fn(step: PiecewiseStep, val_map: Tensor, chunk: int):
@@ -234,12 +240,17 @@ def piecewise_trainer(ctx: RunContext, tcfg: TrainConfig, net: HSINet, data: Sce
     cfg: Config = ctx.cfg
     device = ctx.device
     step = piecewise_step(cfg, tcfg, data, device)
-    if net.potentials.pairwise is not None and tcfg.pairwise_weight > 0:
+    if net.potentials.pairwise is not None and tcfg.pairwise_weight == 0:
+        warn("train.pairwise_weight=0: the pairwise head is not trained and inference leaves it out")
+        net.potentials.mark_pairwise_untrained()
+    elif net.potentials.pairwise is not None:
         n_pairs = step.count_pairs()
         if n_pairs == 0:
             warn("no two training pixels are neighbours under this split: the pairwise term is skipped "
-                 "(the pairwise head stays untrained; raise data.split.fraction or model.crf_radius)")
+                 "(the pairwise head stays untrained and inference leaves it out; raise data.split.fraction or "
+                 "model.crf_radius)")
             step.pairwise_weight = 0.0
+            net.potentials.mark_pairwise_untrained()
         else:
             log(f"piecewise training: {len(step)} training nodes, {n_pairs} training pairs")
     seed = cfg.runtime.seed
@@ -274,7 +285,8 @@ def refine_trainer(ctx: RunContext, tcfg: TrainConfig, net: HSINet, data: SceneD
     padded = padded_cube(data.cube, cfg).to(device)
     net.potentials.eval()
     features = node_features(net, padded, cfg.eval, desc="refine inputs")
-    marg = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels)
+    marg = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels,
+                         cfg.model.mean_field_update)
     q = marg.get("crf", marg["cnn"]).permute(2, 0, 1)[None].contiguous()
     f = features.permute(2, 0, 1)[None].contiguous()
     ho, wo = q.shape[-2:]
