@@ -137,6 +137,11 @@ class ModelConfig:
     fusion_hidden: int = 512  # [reconstruction] 2048 -> 512 -> 2
     fusion_dropout: float = 0.1
     fusion_standardize: bool = True  # [reconstruction] scale fusion inputs by train-feature statistics
+    # Form of each branch's classifier under the heated-up softmax (Zhang et al. 2018):
+    # `normalized` z_m = alpha cos(f, w_m) + b_m (Zhang et al.'s form, the paper's method);
+    # `linear` z = alpha (W f + b) (an unnormalised temperature-scaled softmax, zsk's form before issue 11).
+    # With train.heated_softmax.enabled false a branch keeps the ordinary linear classifier.
+    heated_softmax: Literal["normalized", "linear"] = "normalized"
 
     def __post_init__(self) -> None:
         if not self.branches:
@@ -172,7 +177,8 @@ def check_branch(key: str, b: BranchConfig) -> None:
 
 @dataclass
 class HeatedSoftmaxConfig:
-    """Heated-up softmax (Zhang et al. 2018): logits scaled by alpha, alpha lowered over epochs."""
+    """Heated-up softmax (Zhang et al. 2018): alpha times the cosine logits (model.heated_softmax), alpha
+    lowered over epochs."""
 
     enabled: bool = True
     alphas: list[float] = field(default_factory=lambda: [4.0, 1.0, 0.5])  # spec: schedule table

@@ -73,6 +73,16 @@ def load_split(cfg: DataConfig, split: str, classes: list[str] | None = None) ->
                          fmt=cfg.format, encoding=cfg.encoding)
     if len(samples.classes) < 2:
         raise ZskError(f"{path}: found only the label(s) {samples.classes}; a classifier needs at least two classes")
+    if split == "train" and samples.labels is not None:
+        # A classifier that sees one class cannot learn the task (it predicts that class everywhere);
+        # no fakenews workflow trains on one class (the fusion MLP trains on the same file), so refuse.
+        # Validation and test files of one class are only scored and stay allowed.
+        seen = sorted(set(samples.labels))
+        if len(seen) < 2:
+            only = ", ".join(repr(samples.classes[i]) for i in seen) or "none"
+            missing = ", ".join(repr(c) for i, c in enumerate(samples.classes) if i not in seen)
+            raise ZskError(f"{path}: every training row has the label {only} (no {missing}); a classifier "
+                           f"trained on one class cannot learn the task: give a training file with every class")
     return corpus_from_samples(samples, cfg)
 
 

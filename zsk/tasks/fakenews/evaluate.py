@@ -102,7 +102,8 @@ def model_from_checkpoint(ckpt: dict, cfg: Config, source: str = "checkpoint") -
         encoder = encoder_from_config(config_from_dict(json.loads(info["encoder_config"])))
         check_positions(name, encoder, cfg.data.max_length)
         tokenizer = tokenizer_from_files(info["tokenizer_files"], source)
-        module = TransformerBranch(encoder, len(classes), bcfg.dropout, bcfg.pooling)
+        # checkpoints written before issue 11 hold linear heads and no "head" key
+        module = TransformerBranch(encoder, len(classes), bcfg.dropout, bcfg.pooling, info.get("head", "linear"))
         branches[name] = Branch(name, module, tokenizer, list(info.get("added_tokens", [])), info.get("source", ""))
     model = FakeNewsClassifier({n: b.module for n, b in branches.items()}, len(classes), extra.get("fusion", "features"),
                                cfg.model.fusion_hidden, cfg.model.fusion_dropout, cfg.model.fusion_standardize)

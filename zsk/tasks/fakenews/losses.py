@@ -1,4 +1,12 @@
-"""Heated-up softmax loss (Zhang et al. 2018) and its alpha schedule, as the paper uses them (Eq. 1)."""
+"""Heated-up softmax loss (Zhang et al. 2018) and its alpha schedule, as the paper uses them (Eq. 1).
+
+Two forms (`model.heated_softmax`):
+- `normalized` (default, Zhang et al.'s heated-up softmax): features and class weights are
+  L2-normalised and z_m = alpha cos(f, w_m) + b_m; alpha lives in the classifier
+  (`CosineClassifier`), the loss is the plain cross-entropy of z.
+- `linear`: z = alpha (W f + b), the cross-entropy of an unnormalised linear classifier's logits
+  scaled by alpha (`heated_softmax_cross_entropy`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,13 @@ def heated_softmax_cross_entropy(logits: Tensor, target: Tensor, alpha: float) -
     small one (0.5) "heats" it up, pulling easy samples' features closer to their class boundary.
     """
     return F.cross_entropy(alpha * logits.float(), target)
+
+
+def cosine_logits(features: Tensor, weight: Tensor, bias: Tensor | None, alpha: float | Tensor) -> Tensor:
+    """z_m = alpha <f / |f|, w_m / |w_m|> + b_m (Zhang et al. 2018, Sec. 3: normalised features and
+    weights, the bias outside alpha); features (B, D), weight (C, D), bias (C,)."""
+    z = alpha * (F.normalize(features.float(), dim=-1) @ F.normalize(weight.float(), dim=-1).T)
+    return z + bias.float() if bias is not None else z
 
 
 def heated_alpha(epoch: int, alphas: Sequence[float], milestones: Sequence[int]) -> float:

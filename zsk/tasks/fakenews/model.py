@@ -9,6 +9,7 @@ MLP classifier of Figure 1 (2048 -> 512, ReLU, dropout -> classes for two 1024-d
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ from torch import Tensor, nn
 
 from zsk.core.errors import ZskError
 from zsk.tasks.fakenews.config import BranchConfig, EncoderConfig
+from zsk.tasks.fakenews.losses import cosine_logits
+
+HEADS = ("normalized", "linear")
 
 # Architectures of the paper's two pretrained encoders (from their published config.json files), so
 # that `zsk bench` / `info` can build a random-init model of the right size without the weights.
@@ -136,10 +140,49 @@ class Branch:
     source: str
 
 
-class TransformerBranch(nn.Module):
-    """A fine-tuned encoder with a linear classifier on its [CLS] (or pooler) vector."""
+class CosineClassifier(nn.Module):
+    """The heated-up softmax classifier of Zhang et al. 2018: z_m = alpha cos(f, w_m) + b_m.
 
-    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "cls") -> None:
+    alpha is a buffer (saved with the weights) that the training step sets to the schedule's value
+    (`set_alpha`); evaluation and prediction use the value the weights were last trained with. The
+    weight is initialised as `nn.Linear`'s (Kaiming uniform; only its direction matters), the bias at
+    zero as in Zhang et al.'s code.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+
+    @torch.no_grad()
+    def set_alpha(self, alpha: float) -> None:
+        """Set the inverse temperature alpha of the heated-up softmax."""
+        self.alpha.fill_(float(alpha))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits alpha cos(f, w_m) + b_m (B, C)."""
+        return cosine_logits(x, self.weight, self.bias, self.alpha)
+
+
+def set_heated_alpha(module: nn.Module, alpha: float) -> bool:
+    """Set alpha on every `CosineClassifier` inside `module`; True if there was one (normalised form)."""
+    found = False
+    for m in module.modules():
+        if isinstance(m, CosineClassifier):
+            m.set_alpha(alpha)
+            found = True
+    return found
+
+
+class TransformerBranch(nn.Module):
+    """A fine-tuned encoder with a classifier on its [CLS] (or pooler) vector: the heated-up softmax's
+    normalised `CosineClassifier` (``head="normalized"``) or a linear layer (``head="linear"``)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "cls",
+                 head: str = "linear") -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -149,7 +192,11 @@ class TransformerBranch(nn.Module):
             raise ZskError("pooling 'pooler' needs an encoder with a pooler layer; use pooling: cls")
         self.feature_dim = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        if head not in HEADS:
+            raise ZskError(f"classifier head {head!r}: choose one of {', '.join(HEADS)} (model.heated_softmax)")
+        self.head = head
+        self.classifier: nn.Module = (CosineClassifier(self.feature_dim, num_classes) if head == "normalized"
+                                      else nn.Linear(self.feature_dim, num_classes))
 
     @property
     def word_embeddings(self) -> nn.Embedding:

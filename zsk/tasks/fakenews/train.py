@@ -65,6 +65,7 @@ from zsk.tasks.fakenews.model import (
     encoder_from_config,
     load_pretrained_encoder,
     random_encoder_config,
+    set_heated_alpha,
 )
 from zsk.tasks.fakenews.tokenization import build_wordpiece_tokenizer, load_tokenizer, tokenizer_files
 from zsk.tasks.fakenews.vocab import expand_vocabulary, frequent_multipiece_terms
@@ -88,6 +89,12 @@ def new_tokens_for(bcfg: BranchConfig, tokenizer: Any, corpus_texts: list[str] |
     if corpus_texts is None:
         raise ZskError(f"model.branches.{name}.new_tokens 'frequent' needs the training corpus (data.root)")
     return frequent_multipiece_terms(tokenizer, corpus_texts, bcfg.new_tokens_n, bcfg.new_tokens_min_count)
+
+
+def head_form(cfg: Config, name: str) -> str:
+    """Classifier of branch `name`: `model.heated_softmax` (normalised: alpha cos(f, w) + b; or linear)
+    when its stage trains with the heated-up softmax, else the ordinary linear classifier."""
+    return cfg.model.heated_softmax if stage_config(cfg.train, name).heated_softmax.enabled else "linear"
 
 
 def build_branch(name: str, bcfg: BranchConfig, cfg: Config, num_classes: int,
@@ -122,7 +129,7 @@ def build_branch(name: str, bcfg: BranchConfig, cfg: Config, num_classes: int,
     tokens = new_tokens_for(bcfg, tokenizer, vocab_texts if vocab_texts is not None else corpus_texts, name)
     std = float(getattr(encoder.config, "initializer_range", 0.02))
     added = expand_vocabulary(tokenizer, encoder, tokens, init=bcfg.new_tokens_init, std=std)
-    module = TransformerBranch(encoder, num_classes, bcfg.dropout, bcfg.pooling)
+    module = TransformerBranch(encoder, num_classes, bcfg.dropout, bcfg.pooling, head_form(cfg, name))
     return Branch(name, module, tokenizer, added, source)
 
 
@@ -141,7 +148,8 @@ def architecture_branch(cfg: Config, name: str, bcfg: BranchConfig, num_classes:
         encoder.resize_token_embeddings(encoder.get_input_embeddings().num_embeddings + len(tokens), mean_resizing=False)
     added = tokens if tokens else ([f"<top-{bcfg.new_tokens_n} frequent terms, chosen at train time>"]
                                    if bcfg.new_tokens == "frequent" else [])
-    return Branch(name, TransformerBranch(encoder, num_classes, bcfg.dropout, bcfg.pooling), None, added, source)
+    return Branch(name, TransformerBranch(encoder, num_classes, bcfg.dropout, bcfg.pooling, head_form(cfg, name)),
+                  None, added, source)
 
 
 def load_corpora(cfg: Config) -> dict[str, Corpus]:
@@ -186,7 +194,7 @@ def model_extra(branches: dict[str, Branch], classes: list[str], cfg: Config) ->
         "fusion": cfg.model.fusion,
         "branches": {
             n: {"encoder_config": config_to_json(b.module.encoder.config), "tokenizer_files": tokenizer_files(b.tokenizer),
-                "added_tokens": list(b.added_tokens), "source": b.source}
+                "added_tokens": list(b.added_tokens), "source": b.source, "head": b.module.head}
             for n, b in branches.items()
         },
     }
@@ -220,7 +228,9 @@ def with_warmup(tcfg: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, i
 def make_branch_step_fn(tcfg: TrainConfig, optim_per_epoch: int, embedding_fn: Callable[[nn.Module], nn.Embedding],
                         logits_fn: Callable[[nn.Module, dict], Tensor]) -> StepFn:
     """step_fn(model, batch, step) of a branch stage: the heated-up softmax cross-entropy (Eq. 1, alpha
-    by epoch) with FGM on the word embeddings (clean + adversarial loss)."""
+    by epoch) with FGM on the word embeddings (clean + adversarial loss). With a normalised head
+    (`CosineClassifier`) alpha is set in the head, z = alpha cos(f, w) + b, and the loss is CE(z);
+    with a linear head the loss is CE(alpha z)."""
     heated, fgm = tcfg.heated_softmax, tcfg.fgm
     if heated.enabled:
         heated_alpha(0, heated.alphas, heated.milestones)  # validate the schedule before training
@@ -228,9 +238,11 @@ def make_branch_step_fn(tcfg: TrainConfig, optim_per_epoch: int, embedding_fn: C
     def step_fn(model: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
         alpha = heated_alpha(step // optim_per_epoch, heated.alphas, heated.milestones) if heated.enabled else 1.0
         y = batch["label"]
+        in_head = set_heated_alpha(dist.unwrap(model), alpha)
 
         def loss_fn(m: nn.Module) -> Tensor:
-            return heated_softmax_cross_entropy(logits_fn(m, batch), y, alpha)
+            logits = logits_fn(m, batch)
+            return F.cross_entropy(logits.float(), y) if in_head else heated_softmax_cross_entropy(logits, y, alpha)
 
         out = {"alpha": torch.tensor(alpha)}
         if fgm.enabled:
