@@ -128,6 +128,19 @@ def expand_inputs(items: Sequence[str | Path], *, suffixes: Sequence[str] = (),
     return out
 
 
+def output_folder(out: str | Path, what: str = "--out") -> Path:
+    """``out`` as a folder that exists (created if needed), or a ``ZskError`` naming it (as ``what``) when
+    it is a file or cannot be created: predict, eval and sample write only there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ZskError(f"{what} {out} is a file; give a folder for the outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZskError(f"{what} {out}: cannot create the folder ({e.strerror or e}); choose another folder") from None
+    return out
+
+
 def output_names(inputs: Sequence[Path | StdinInput | str]) -> list[str]:
     """A unique, stable output name per ``predict`` input, to prefix its result files.
 

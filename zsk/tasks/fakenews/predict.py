@@ -13,7 +13,7 @@ import torch
 
 from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, atomic_open, output_names
+from zsk.core.io import StdinInput, atomic_open, output_folder, output_names
 from zsk.core.progress import log, to_json
 from zsk.core.task import Loaded
 from zsk.core.trainer import move_to
@@ -78,18 +78,6 @@ def _chunks(items: Iterable[Text], size: int) -> Iterator[list[Text]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def output_folder(out: Path) -> Path:
-    """``--out`` as a folder that exists (created), or a ``ZskError`` naming it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"--out {out} is a file; give a folder for the predictions")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZskError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-    return out
 
 
 def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, fmt: str = "auto",

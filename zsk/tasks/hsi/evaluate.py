@@ -21,6 +21,7 @@ from torch import Tensor
 from zsk.core import dist
 from zsk.core.checkpoint import load_model_state
 from zsk.core.errors import ZskError
+from zsk.core.io import output_folder
 from zsk.core.progress import progress, warn
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.metrics.classification import accuracy as overall_accuracy
@@ -214,19 +215,6 @@ def evaluate_scene(net: HSINet, data: SceneData, cfg: Config, device: torch.devi
     return {"split": split, **metrics, "stages": stages}
 
 
-def prepare_out(out: Path, what: str = "--out") -> Path:
-    """`out` as a folder that exists (created if needed); ZskError naming it (as `what`) when it is a file or
-    cannot be created."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"{what} {out}: exists and is not a folder; give a folder for the output files")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZskError(f"{what} {out}: cannot create the folder ({e.strerror or e}); give a writable folder") from None
-    return out
-
-
 def write_confusion(directory: Path, metrics: dict, class_names: list[str], split: str) -> Path:
     """Confusion matrix as CSV (rows true, columns predicted): `directory/confusion_<split>.csv`."""
     path = Path(directory) / f"confusion_{split}.csv"
@@ -268,7 +256,7 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) 
     if split not in SPLITS:
         raise ZskError(f"--split {split!r}: use test, val, train or all")
     if out is not None and dist.is_main():
-        prepare_out(Path(out))  # a file or read-only --out fails now, not after the evaluation
+        output_folder(Path(out))  # a file or read-only --out fails now, not after the evaluation
     data = prepare_scene(cfg, stats=extra["preprocess"])
     if data.scene.class_names != list(extra["class_names"]):
         raise ZskError(f"{data.scene.labels_path}: classes {data.scene.class_names} differ from the checkpoint's "

@@ -107,9 +107,9 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
 
 def sample(out: Path, seed: int = 0, *, size: int = 64, bands: int = 48) -> dict[str, Any]:
     """Write a small synthetic scene (HDF5, MATLAB, ENVI, NumPy, with labels) for demo.yaml and tests."""
-    from zsk.tasks.hsi.evaluate import prepare_out
+    from zsk.core.io import output_folder
 
-    paths = hsi_data.write_sample(prepare_out(Path(out), "sample folder"), size, size, bands, seed=seed)
+    paths = hsi_data.write_sample(output_folder(Path(out), "sample folder"), size, size, bands, seed=seed)
     return {"directory": str(out), **paths}
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, output_names
+from zsk.core.io import StdinInput, output_folder, output_names
 from zsk.core.task import Loaded
 from zsk.data import cubes
 from zsk.data.images import write_label
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import Config
-from zsk.tasks.hsi.evaluate import prepare_out, scene_probabilities, to_image_grid
+from zsk.tasks.hsi.evaluate import scene_probabilities, to_image_grid
 from zsk.tasks.hsi.train import grid_offset, padded_cube
 
 
@@ -79,7 +79,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, k
     cfg: Config = loaded.cfg
     names = list(extra["class_names"])
     palette = extra["palette"].numpy().astype(np.uint8)
-    out = prepare_out(out)
+    out = output_folder(out)
     for source, name in zip(inputs, output_names(inputs), strict=True):
         raw = read_input_cube(source, key)
         where = source.name if isinstance(source, StdinInput) else str(source)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, atomic_path, output_names
+from zsk.core.io import StdinInput, atomic_path, output_folder, output_names
 from zsk.core.progress import progress
 from zsk.core.task import Loaded
 from zsk.data.volumes import (
@@ -127,17 +127,6 @@ def output_stems(inputs: Sequence[Path]) -> list[str]:
     return output_names([p.parent / f"{p.parent.name}.h5" if p.name == "mri_norm2.h5" else p for p in inputs])
 
 
-def _out_folder(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"--out {out} is a file; give a folder for the predictions")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZskError(f"--out {out}: cannot create the folder ({e.strerror}); choose another --out") from None
-    return out
-
-
 def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path) -> Iterator[dict[str, Any]]:
     """Segment each volume. Per input, named by :func:`output_stems` (unique and stable, so inputs sharing a
     stem, e.g. ``case.nii.gz`` and ``case.h5``, never overwrite each other), it writes under ``out``:
@@ -153,7 +142,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path) -> I
             raise ZskError("medseg predict reads volume files; '-' gives their paths on stdin")
     paths = [Path(p) for p in items]  # type: ignore[arg-type]
     names = output_stems(paths)
-    out = _out_folder(out)
+    out = output_folder(out)
     for path, name in progress(list(zip(paths, names, strict=True)), desc="predicting"):
         vol = read_input(path, cfg)
         check_window_fits(vol.shape, cfg.eval_patch, path, cfg.eval_window_key)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from zsk.core.device import autocast_dtype
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, output_names
+from zsk.core.io import StdinInput, output_folder, output_names
 from zsk.core.progress import progress
 from zsk.core.task import Loaded
 from zsk.data import images as img_io
@@ -103,17 +103,6 @@ def with_legend(blend: np.ndarray, entries: Sequence[tuple[str, np.ndarray]]) ->
     return canvas
 
 
-def _out_folder(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"--out {out} is a file; give a folder for the predictions")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZskError(f"--out {out}: cannot create the folder ({e.strerror}); choose another --out") from None
-    return out
-
-
 def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, classes: str | None = None,
             classes_file: Path | None = None) -> Iterator[dict[str, Any]]:
     """Segment each image with the checkpoint's classes, or with ``classes`` ("a,b,c") / ``classes_file``
@@ -148,7 +137,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, c
             raise ZskError("segment predict reads image files; '-' gives their paths on stdin")
         paths.append(Path(path))
     stems = output_names(paths)
-    out = _out_folder(out)
+    out = output_folder(out)
     text = text.to(dev)
     id_rule = (f"mask value = class index + {coding.offset} (the dataset's own ids; 0 = background, never "
                "predicted)" if coding.offset else "mask value = class index")
