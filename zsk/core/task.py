@@ -430,11 +430,16 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         [_p("recipe", RecipeOpt), _p("set_", SetOpt, None), *flags], ()))
 
     def sample(**kw: Any) -> None:
+        from zsk.core.io import output_folder
         from zsk.core.progress import emit_result
 
         seed = kw["seed"] if kw["seed"] is not None else 0
-        emit_result(task.sample(kw["out_dir"], seed, **_pick(kw, task.sample_options)), kw["json_out"],
-                    title=f"{task.name} sample")
+        out = output_folder(kw["out_dir"], "sample folder")  # a file or an unwritable place: exit 2
+        try:
+            result = task.sample(out, seed, **_pick(kw, task.sample_options))
+        except OSError as e:
+            raise ZskError(f"sample folder {out}: cannot write the sample there ({e.strerror or e})") from None
+        emit_result(result, kw["json_out"], title=f"{task.name} sample")
 
     app.command("sample")(_command(
         sample, "sample", docs.get("sample", "Write the synthetic sample set in the benchmark's on-disk layout."),
