@@ -120,3 +120,21 @@ def test_eval_transform_and_vector_normalisation() -> None:
     assert diff(normalize_inputs(FIG["reader/raw_vectors"], "l2"),
                 FIG["reader: graph vectors, F.normalize on load (train_gcn_*.py)"]) <= TOL
     assert json.loads((HERE / "gzsl" / "gzsl.json").read_text())["task"] == "gzsl"
+
+
+def test_glove_lookup_follows_materials_glove(tmp_path: Path) -> None:
+    from zsk.data.embeddings import read_glove
+    from zsk.tasks.gzsl.word_vectors import embed_lemmas
+
+    path = tmp_path / "glove.synthetic.txt"
+    path.write_text(str(FIG["glove/text"]))
+    lemmas = [str(s).split("|") for s in FIG["glove/lemmas"]]
+    ours = embed_lemmas(read_glove(path), lemmas, normalize=False)
+    assert diff(ours, FIG["GloVe lookup of lemma lists (materials/glove.py, case kept)"]) <= TOL
+
+
+def test_bf16_rows_are_measurements() -> None:
+    rows = {r["component"]: r for r in META["rows"]}
+    for part in ("forward", "loss l2", "grads"):
+        row = rows[f"DGP {part}, bf16 autocast vs fp32 (CPU)"]
+        assert row["verdict"].startswith("measured:") and 0 < row["max_abs_diff"] < 0.05

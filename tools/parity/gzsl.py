@@ -6,7 +6,8 @@ Imports the official modules from the checkout (models/, utils.py, evaluate_*.py
 both sides with the same weights and seeded inputs, and prints component | max abs diff | verdict. With
 WordNet 3.0 installed (Debian: wordnet-base + wordnet-sense-index) it also runs the official graph induction
 on DGP's own imagenet-split.json / imagenet-xml-wnids.json and compares zsk's make-graph node for node and
-edge for edge.
+edge for edge. It also runs materials/glove.py's GloVe lookup on a synthetic GloVe file and measures
+bf16 autocast against fp32 on DGP (CPU).
 """
 
 from __future__ import annotations
@@ -336,6 +337,8 @@ def main() -> None:
     metrics(rep, args.seed)
     readers(rep, root, args.seed)
     transforms(rep, args.seed)
+    glove_lookup(rep, root)
+    bf16_autocast(rep, args.seed)
     rep.note("finetune augmentation (RandomResizedCrop 224, flip)", "not compared: random; zsk draws its own crops "
              "(same distribution, different RNG stream)")
     rep.note("--keep-ratio subset", "not compared: the official random.shuffle stream; the count max(1, round(n r)) "
@@ -344,6 +347,93 @@ def main() -> None:
     rep.print()
     rep.save(args.save, extra={"n_in": N_IN, "n_hidden": N_HID, "n_out": N_OUT, **extra})
     sys.exit(0 if rep.ok else 1)
+
+
+GLOVE_TEXT = """the 0.1 0.2 0.3 0.4
+dog 1 0 0 0.5
+Dog -1 2 0 0
+cat 0 1 0 0
+persian 0.3 0.3 0.3 0
+hot 1 1 0 0
+hot_dog 0 0 1 0
+ice 0 0.5 0 2
+cream 2 0 1 0
+sea 0 0 0 1
+Lion -0.5 0.5 1 1
+tiger 0.25 -1 0 3
+"""
+GLOVE_LEMMAS = [["dog"], ["Dog", "domestic_dog"], ["Persian_cat"], ["hot_dog", "red_hot"], ["ice-cream"],
+                ["sea-lion", "Lion"], ["tiger_cat", "Bengal-tiger"], ["missing", "Unknown_word"],
+                ["hot__dog"], ["cat", "cat-"]]
+
+
+def glove_lookup(rep: common.Report, official: Path) -> None:
+    """materials/glove.py (its GloVe class, imported from the checkout) against zsk's node vectors on a
+    synthetic GloVe file: mixed-case words, whole multi-word lemmas, '-' sub-words, missing words."""
+    import importlib.util
+
+    from zsk.data.embeddings import embed_synsets, read_glove
+    from zsk.tasks.gzsl.word_vectors import embed_lemmas
+
+    spec = importlib.util.spec_from_file_location("dgp_official_glove", official / "materials" / "glove.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "glove.synthetic.4d.txt"
+        path.write_text(GLOVE_TEXT)
+        glove = mod.GloVe(str(path))
+        wv = read_glove(path)
+    off = torch.stack([glove[lemmas] for lemmas in GLOVE_LEMMAS])
+    rep.keep("glove/text", np.asarray(GLOVE_TEXT))
+    rep.keep("glove/lemmas", np.asarray(["|".join(lemmas) for lemmas in GLOVE_LEMMAS]))
+    rep.compare("GloVe lookup of lemma lists (materials/glove.py, case kept)",
+                embed_lemmas(wv, GLOVE_LEMMAS, normalize=False), off)
+    lower = common.max_abs_diff(embed_lemmas(wv, GLOVE_LEMMAS, case="lower", normalize=False), off)
+    old = common.max_abs_diff(embed_synsets(wv, GLOVE_LEMMAS, normalize=False), off)
+    rep.rows.append(("GloVe lookup, model.lemma_case: lower (zsk option)", lower,
+                     f"measured: differs on mixed-case lemmas (before issue 11 the default: {old:.3g})"))
+
+
+def bf16_autocast(rep: common.Report, seed: int) -> None:
+    """DGP (zsk's model, train mode without dropout) under CPU bf16 autocast against fp32: the forward, the
+    l2 loss (utils.l2_loss's formula) and the gradients; relative = max abs diff / max abs fp32 value."""
+    from zsk.data.graphs import ancestor_groups
+    from zsk.tasks.gzsl.config import Config, ModelConfig
+    from zsk.tasks.gzsl.losses import classifier_l2_loss
+    from zsk.tasks.gzsl.train import build_gnn, operators_for
+
+    n, edges, seen = small_graph(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = F.normalize(torch.randn(n, N_IN, generator=gen))
+    target = F.normalize(torch.randn(seen, N_OUT, generator=gen))
+    cfg = Config(model=ModelConfig(name="dgp", hidden=[N_HID], dropout=0.0))
+    torch.manual_seed(seed)
+    model = build_gnn(cfg, N_IN, N_OUT)
+    ops = operators_for(cfg, n, edges, ancestor_groups(n, edges))
+    model.train()
+
+    def run(dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = model(x, ops)
+            loss = classifier_l2_loss(out[:seen], target)
+        loss.backward()
+        return out.float().detach(), loss.float().detach(), [p.grad.clone() for p in model.parameters()]
+
+    out32, loss32, g32 = run(None)
+    out16, loss16, g16 = run(torch.bfloat16)
+
+    def row(name: str, a, b) -> None:
+        d = common.max_abs_diff(a, b)
+        scale = float(np.max(np.abs(np.asarray(b.detach().numpy() if isinstance(b, torch.Tensor) else b))))
+        rep.rows.append((name, d, f"measured: relative {d / max(scale, 1e-30):.2g} (bf16 unit roundoff 2^-8 = 3.9e-3)"))
+
+    row("DGP forward, bf16 autocast vs fp32 (CPU)", out16, out32)
+    row("DGP loss l2, bf16 autocast vs fp32 (CPU)", loss16, loss32)
+    rel = max(common.max_abs_diff(a, b) / max(float(b.abs().max()), 1e-30) for a, b in zip(g16, g32, strict=True))
+    d = max(common.max_abs_diff(a, b) for a, b in zip(g16, g32, strict=True))
+    rep.rows.append(("DGP grads, bf16 autocast vs fp32 (CPU)", d,
+                     f"measured: relative {rel:.2g} (worst parameter)"))
 
 
 def transforms(rep: common.Report, seed: int) -> None:

@@ -146,3 +146,39 @@ def test_dgp_on_a_shallow_graph_softmaxes_over_the_groups_present() -> None:
     support = layer.linear(x)
     want = sum(torch.sparse.mm(op, support) / 3 for op in ops.descendants)
     torch.testing.assert_close(layer(x, ops.descendants), torch.nn.functional.leaky_relu(want, 0.2))
+
+
+def test_node_vectors_follow_the_official_glove_lookup(tmp_path) -> None:
+    """materials/glove.py keeps case and tries the whole lemma before its words; zsk lower-cased."""
+    import json
+
+    import numpy as np
+
+    from zsk.tasks.gzsl.graph_build import build_graph_files
+
+    glove = tmp_path / "glove.txt"
+    glove.write_text("persian 1 0 0\ncat 0 1 0\nhot_dog 0 0 1\nhot 1 1 0\ndog 0 1 1\n")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["n1"], "test": ["n2"]}))
+    edges = tmp_path / "edges.txt"
+    edges.write_text("n1 n0\nn2 n0\n")
+    names = tmp_path / "words.txt"
+    names.write_text("n1\tPersian cat\nn2\thot dog\n")
+    out = tmp_path / "out"
+    build_graph_files(split, out, edges=edges, glove=glove, names=names)
+    vec = np.asarray(json.loads((out / "imagenet-induced-graph.json").read_text())["vectors"], dtype=np.float32)
+    # "Persian" (capitalised) is not in a lower-case GloVe: only "cat"; "hot_dog" is found whole
+    np.testing.assert_allclose(vec[:2], [[0, 1, 0], [0, 0, 1]], atol=1e-6)
+
+
+def test_lemma_case_lower_is_an_option() -> None:
+    import numpy as np
+
+    from zsk.data.embeddings import WordVectors
+    from zsk.tasks.gzsl.word_vectors import embed_lemmas
+
+    wv = WordVectors(["persian", "cat", "hot", "dog"], np.eye(4, dtype=np.float32))
+    keep = embed_lemmas(wv, [["Persian_cat"], ["Hot_dog", "missing"]], normalize=False)
+    low = embed_lemmas(wv, [["Persian_cat"], ["Hot_dog", "missing"]], case="lower", normalize=False)
+    np.testing.assert_allclose(keep, [[0, 1, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(low, [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])

@@ -77,11 +77,13 @@ def make_graph(split: Annotated[Path, typer.Option("--split", help="imagenet-spl
                names: Annotated[Path | None, typer.Option("--names", help="words.txt (wnid<TAB>names) for the lemma "
                                                           "names (default: WordNet's lemmas, or the node ids).")] = None,
                nltk_data: Annotated[Path | None, typer.Option("--nltk-data", help="Folder holding corpora/wordnet.")] = None,
+               lower_case: Annotated[bool, typer.Option("--lower-case", help="Look lemma words up lower-cased "
+                                                        "(default: as written, as DGP's materials/glove.py).")] = False,
                json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Build imagenet-induced-graph.json and imagenet-dense-grouped-graph.json (DGP's materials scripts)."""
     from zsk.core.progress import emit_result
     from zsk.tasks.gzsl.graph_build import build_graph_files
 
     summary = build_graph_files(split, out or Path("."), edges=edges, xml_wnids=xml_wnids, glove=glove, names=names,
-                                nltk_data=nltk_data)
+                                nltk_data=nltk_data, lemma_case="lower" if lower_case else "keep")
     emit_result(summary, json_out, title="gzsl make-graph")

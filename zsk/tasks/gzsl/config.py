@@ -69,6 +69,7 @@ class ModelConfig:
     dropout_layers: list[int] | None = None  # GCN layers (1-based) with dropout on their input; null: every layer
     adjacency: Literal["row", "sym"] = "row"  # sgcn/gcnz: D^-1 (A+I) (DGP's normt_spm) or D^-1/2 (A+I) D^-1/2 (GCNZ)
     target_bias: bool = True  # regress [fc weight | fc bias] (2049-d); GCNZ regresses the weights only
+    lemma_case: Literal["keep", "lower"] = "keep"  # GloVe lookup of lemma names: as written (materials/glove.py) or lower-cased
     word_vectors: str | None = None  # GloVe text file: recompute node vectors from lemma names
     nltk_data: str | None = None  # extra folder holding corpora/wordnet, for lemma names
     cnn: str = "resnet50"  # torchvision backbone: targets (fc) and image features (pooled)

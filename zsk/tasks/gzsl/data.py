@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from zsk.core.errors import ZskError
 from zsk.core.io import read_json
-from zsk.data.embeddings import embed_synsets, l2_normalize_rows, load_glove
+from zsk.data.embeddings import l2_normalize_rows, load_glove
 from zsk.data.graphs import (
     KnowledgeGraph,
     ancestor_groups,
@@ -39,6 +39,7 @@ from zsk.data.graphs import (
     write_dense_grouped_graph,
     write_induced_graph,
 )
+from zsk.tasks.gzsl.word_vectors import embed_lemmas
 
 if TYPE_CHECKING:
     from zsk.tasks.gzsl.config import Config
@@ -537,7 +538,7 @@ def load_graph_data(cfg: Config) -> GraphData:
         groups = ancestor_groups(graph.num_nodes, graph.edges)
     if cfg.model.word_vectors:
         glove = load_glove(resolve(root, cfg.model.word_vectors))
-        graph.vectors = embed_synsets(glove, node_lemmas(cfg, graph.wnids))
+        graph.vectors = embed_lemmas(glove, node_lemmas(cfg, graph.wnids), case=cfg.model.lemma_case)
     if graph.vectors is None or graph.vectors.shape[0] == 0:
         raise ZskError(f"{graph_file} carries no 'vectors': rebuild it with word vectors (zsk gzsl make-graph "
                        f"--glove FILE) or set model.word_vectors to a GloVe file")

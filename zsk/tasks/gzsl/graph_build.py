@@ -10,7 +10,7 @@ import numpy as np
 from zsk.core.errors import ZskError
 from zsk.core.io import atomic_path
 from zsk.core.progress import log, warn
-from zsk.data.embeddings import embed_synsets, load_glove
+from zsk.data.embeddings import load_glove
 from zsk.data.graphs import (
     KnowledgeGraph,
     ancestor_groups,
@@ -21,6 +21,7 @@ from zsk.data.graphs import (
     write_induced_graph,
 )
 from zsk.tasks.gzsl.data import check_out_dir, read_split
+from zsk.tasks.gzsl.word_vectors import embed_lemmas
 
 
 def order_nodes(ids: list[str], edges: np.ndarray, first: list[str]) -> KnowledgeGraph:
@@ -36,8 +37,9 @@ def order_nodes(ids: list[str], edges: np.ndarray, first: list[str]) -> Knowledg
 
 def build_graph_files(split: Path, out: Path, edges: Path | None = None, xml_wnids: Path | None = None,
                       glove: Path | None = None, names: Path | None = None,
-                      nltk_data: Path | None = None) -> dict[str, Any]:
-    """Write ``imagenet-induced-graph.json`` and ``imagenet-dense-grouped-graph.json`` under ``out``."""
+                      nltk_data: Path | None = None, lemma_case: str = "keep") -> dict[str, Any]:
+    """Write ``imagenet-induced-graph.json`` and ``imagenet-dense-grouped-graph.json`` under ``out``
+    (node vectors looked up as ``materials/glove.py`` does; ``lemma_case="lower"`` folds case)."""
     check_out_dir(out)
     sp = read_split(split)
     first = sp.train + sp.test
@@ -70,7 +72,7 @@ def build_graph_files(split: Path, out: Path, edges: Path | None = None, xml_wni
                   for w, lem in zip(graph.wnids, lemmas, strict=True)]
     if glove is not None:
         wv = load_glove(glove)
-        graph.vectors = embed_synsets(wv, lemmas)
+        graph.vectors = embed_lemmas(wv, lemmas, case=lemma_case)
         zero = int((np.abs(graph.vectors).sum(1) == 0).sum())
         if zero:
             warn(f"{zero} of {graph.num_nodes} nodes have no word in {glove}: their vector is zero")
