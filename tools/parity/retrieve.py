@@ -7,10 +7,13 @@ Both sides get the same weights (every parameter and BatchNorm statistic filled 
 then the state dict copied across with the names mapped) and the same seeded inputs. Compared: parameter
 counts and the forward of the VSE++ precomp image encoder and GRU text encoder, VSE infinity's image encoder
 (fc + MLP + GPO, train and eval mode) and BERT + GPO text encoder; the L_LSEH caption/image terms and total
-of both forks, L_MH and L_SH; one Adam step of VSE++ (gradients and updated weights, grad clip 2); the LR
+of both forks, L_MH and L_SH; the IAPRTC12 copy's loss (one caption per image) against
+``train.loss.lseh.mask_ids: caption_index_div5``; one Adam step of VSE++ (gradients and updated weights, grad
+clip 2); one AdamW step of VSE infinity's VSEModel optimizer on the same seeded gradients; the LR
 schedules over the whole run; i2t/t2i R@1/5/10, medr, meanr of the official evaluation functions (5
 captions per image, COCO 1K folds, IAPR 1:1); vocab.py's vocabulary and the loader's token ids on the same
-captions; the precomp reader (features, LSA rows, the dev cut) on files in the official layout.
+captions; the precomp reader (features, LSA rows, the dev cut) on files in the official layout. Measured
+(zsk alone): the VSE++ L_LSEH loss and gradients under CPU bf16 autocast against fp32.
 
 :func:`zsk_side` needs no official code: tests/parity/test_retrieve_parity.py replays it against the figures.
 """
@@ -33,7 +36,7 @@ from zsk.core.trainer import build_optimizer, lr_factor  # noqa: E402
 from zsk.metrics.retrieval import coco_1k, evaluate_embeddings  # noqa: E402
 from zsk.tasks.retrieve.config import TrainConfig  # noqa: E402
 from zsk.tasks.retrieve.data import Vocabulary, collate_pairs  # noqa: E402
-from zsk.tasks.retrieve.losses import LossConfig, hinge_costs, semantic_margin  # noqa: E402
+from zsk.tasks.retrieve.losses import LossConfig, caption_div5_mask, hinge_costs, semantic_margin  # noqa: E402
 from zsk.tasks.retrieve.model import (  # noqa: E402
     AggrGPOImageEncoder,
     BertGPOTextEncoder,
@@ -152,6 +155,12 @@ def zsk_side(seed: int = 0, grads: list[torch.Tensor] | None = None) -> dict[str
     out["vsepp/lmh"] = loss_terms(scores, 0.2)[0].detach().numpy()
     cost_c, cost_i = hinge_costs(scores, 0.2)
     out["vsepp/lsh"] = (cost_c.sum() + cost_i.sum()).detach().numpy()
+    # IAPR TC-12 (one caption per image: image index = caption index), train.loss.lseh.mask_ids: caption_index_div5
+    ids = torch.tensor(IDS)
+    iapr_margin = semantic_margin(x["lsa"], ids, same=caption_div5_mask(ids, ids))
+    for name, value in zip(("total", "caption", "image"), loss_terms(scores, iapr_margin), strict=True):
+        out[f"iapr/lseh_div5_{name}"] = value.detach().numpy()
+    out["iapr/lseh_image_mask_total"] = loss_terms(scores, semantic_margin(x["lsa"], ids))[0].detach().numpy()
     # one optimizer step: Adam lr 2e-3, grad clip 2 (VSEpp_LSEH train.py defaults)
     tcfg = TrainConfig(optimizer="adam", lr=2e-3, clip_grad_norm=2.0)
     params = [*txt.parameters(), *img.parameters()]
@@ -175,6 +184,8 @@ def zsk_side(seed: int = 0, grads: list[torch.Tensor] | None = None) -> dict[str
     itxt.eval()
     tokens = x["tokens"].clone()
     out["vseinf/cap_emb"] = itxt(tokens, x["cap_lens"]).detach().numpy()
+    step = vseinf_adamw_step(seed)
+    out["vseinf/adamw_step_weights"] = torch.cat([step[k].flatten() for k in sorted(step)]).numpy()
     iimg.eval()
     scores = iimg(x["inf_images"], x["img_lens"]) @ itxt(tokens, x["cap_lens"]).T
     for name, value in zip(("total", "caption", "image"), loss_terms(scores, semantic_margin(x["lsa"], x["img_ids"])),
@@ -196,6 +207,61 @@ def zsk_side(seed: int = 0, grads: list[torch.Tensor] | None = None) -> dict[str
     ids = [vocab.encode(c) for c in CAPTIONS["train"][:10]]
     out["vocab/token_ids"] = np.array([t + [-1] * (20 - len(t)) for t in ids])
     return out
+
+
+def inf_name(name: str) -> str:
+    """A zsk VSE infinity parameter name as the official encoders spell it."""
+    return name.replace("mlp.norms.", "mlp.bns.").replace("gpo.score.", "gpool.linear.").replace("gpo.", "gpool.")
+
+
+def vseinf_adamw_step(seed: int = 0) -> dict[str, torch.Tensor]:
+    """One AdamW step of VSE infinity with zsk's optimizer (recipe settings: lr 8e-4, BERT at x 0.1, weight
+    decay 1e-4, clip 2) on seeded gradients; the updated weights by official parameter name."""
+    import types
+
+    from zsk.tasks.retrieve.train import param_groups
+
+    iimg, itxt = vseinf_pair(seed)
+    model = torch.nn.Module()
+    model.image_encoder, model.text_encoder = iimg, itxt
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(bert_lr_mult=0.1))
+    tcfg = TrainConfig(optimizer="adamw", lr=8e-4, weight_decay=1e-4, clip_grad_norm=2.0)
+    opt = build_optimizer(param_groups(model, cfg), tcfg)  # type: ignore[arg-type]
+    named = {**{f"txt.{inf_name(k)}": v for k, v in itxt.named_parameters()},
+             **{f"img.{inf_name(k)}": v for k, v in iimg.named_parameters()}}
+    grads = adamw_grads(named, seed)
+    for k, p in named.items():
+        p.grad = grads[k].clone()
+    torch.nn.utils.clip_grad_norm_(list(named.values()), tcfg.clip_grad_norm)
+    opt.step()
+    return {k: p.detach().clone() for k, p in named.items()}
+
+
+def adamw_grads(named: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 11)
+    return {k: torch.randn(p.shape, generator=g) * 0.01 for k, p in sorted(named.items())}
+
+
+def bf16_effect(seed: int = 0) -> dict[str, float]:
+    """The VSE++ L_LSEH loss and its gradients under CPU bf16 autocast against fp32 (zsk alone, same weights
+    and inputs as the table): |loss difference|, max |gradient difference| and the gradients' cosine."""
+    x = inputs(seed)
+    loss_fn = RankingLoss(LossConfig(kind="lseh"))
+    out = []
+    for amp in (False, True):
+        img, txt = vsepp_pair(seed)
+        params = [*txt.parameters(), *img.parameters()]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(img(x["images"]), txt(x["tokens"], x["cap_lens"]), x["img_ids"], x["lsa"])
+        loss.backward()
+        out.append((loss.detach().double(), torch.cat([p.grad.flatten() for p in params]).double()))
+    (l32, g32), (l16, g16) = out
+    return {"loss_abs_diff": float((l16 - l32).abs()), "loss_fp32": float(l32),
+            "grad_max_abs_diff": float((g16 - g32).abs().max()), "grad_max_abs_fp32": float(g32.abs().max()),
+            "grad_cosine": float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))}
+
+
+BF16_ROW = "VSE++ L_LSEH under CPU bf16 autocast vs fp32 (loss; gradients)"
 
 
 def run_official(root: Path, seed: int, rep: Report, ours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,6 +305,12 @@ def run_official(root: Path, seed: int, rep: Report, ours: dict[str, np.ndarray]
     torch.nn.utils.clip_grad_norm_(params, 2.0)
     optimizer.step()
     off["vsepp/step_weights"] = torch.cat([p.detach().flatten() for p in params]).numpy()
+    # ---- the IAPRTC12 copy's loss, one caption per image (img_ids = caption indices)
+    iapr_model = sh.load_file("iapr_model", pp / "IAPRTC12" / "model.py")
+    with sh.cuda_branch():
+        res = iapr_model.ContrastiveLossLSEH(margin=0.185, max_violation=True)(ie, ce, IDS, IDS, x["lsa"])
+    for name, value in zip(("total", "caption", "image"), res, strict=True):
+        off[f"iapr/lseh_div5_{name}"] = value.detach().numpy()
     # ---- VSE infinity encoders and loss
     inf = root / "VSEinfty_LSEH"
     sys.path.insert(0, str(inf))
@@ -273,6 +345,27 @@ def run_official(root: Path, seed: int, rep: Report, ours: dict[str, np.ndarray]
             x["img_ids"].tolist(), x["lsa"])
     for name, value in zip(("total", "caption", "image"), res, strict=True):
         off[f"vseinf/lseh_{name}"] = value.detach().numpy()
+    # ---- one AdamW step of the official VSEModel (its optimizer and clip) on the same seeded gradients
+    import types
+
+    vse_mod = sh.load_file("vseinf_vse", inf / "lib" / "vse.py")
+    vopt = types.SimpleNamespace(grad_clip=2.0, data_name="f30k_precomp", img_dim=INF_DIM, embed_size=EMB,
+                                 precomp_enc_type="basic", backbone_source=None, backbone_path=None, no_imgnorm=False,
+                                 no_txtnorm=False, margin=0.2, max_violation=True, optim="adam", learning_rate=8e-4)
+    vse = vse_mod.VSEModel(vopt)
+    vse.img_enc.load_state_dict(state)
+    vse.txt_enc.load_state_dict(tstate)
+    named = {**{f"txt.{k}": v for k, v in vse.txt_enc.named_parameters()},
+             **{f"img.{k}": v for k, v in vse.img_enc.named_parameters()}}
+    ours_names = set(vseinf_adamw_step(seed))
+    extra = sorted(set(named) - ours_names)  # the never-applied BatchNorm: no gradient, as in training
+    grads = adamw_grads({k: v for k, v in named.items() if k in ours_names}, seed)
+    for k, p in named.items():
+        p.grad = grads[k].clone() if k in grads else None
+    torch.nn.utils.clip_grad_norm_(vse.params, vse.grad_clip)
+    vse.optimizer.step()
+    off["vseinf/adamw_step_weights"] = torch.cat([named[k].detach().flatten() for k in sorted(ours_names)]).numpy()
+    off["_adamw_extra"] = extra  # type: ignore[assignment]
     # ---- LR schedules: VSE++ adjust_learning_rate (every lr_update epochs), VSE infinity (at lr_update, lr_update2)
     train_pp = sh.load_file("vsepp_train", pp / "train.py")
     inf_train = sh.load_file("vseinf_train", inf / "train.py")
@@ -383,8 +476,12 @@ ROW_NAMES = {
     "vsepp/lseh_total": "VSE++ L_LSEH total",
     "vsepp/lmh": "L_MH (ContrastiveLoss, max_violation)",
     "vsepp/lsh": "L_SH (ContrastiveLoss, sum)",
+    "iapr/lseh_div5_caption": "IAPR L_LSEH caption side, mask_ids=caption_index_div5 (IAPRTC12/model.py)",
+    "iapr/lseh_div5_image": "IAPR L_LSEH image side, mask_ids=caption_index_div5",
+    "iapr/lseh_div5_total": "IAPR L_LSEH total, mask_ids=caption_index_div5",
     "vsepp/step_grad": "VSE++ one Adam step: gradients",
     "vsepp/step_weights": "VSE++ one Adam step: weights (clip 2)",
+    "vseinf/adamw_step_weights": "VSE inf one AdamW step (lr 8e-4, BERT x0.1, wd 1e-4, clip 2): weights",
     "vseinf/img_emb_eval": "VSE inf image encoder fc+MLP+GPO (eval)",
     "vseinf/img_emb_train": "VSE inf image encoder fc+MLP+GPO (train BN)",
     "vseinf/cap_emb": "VSE inf BERT + GPO text encoder",
@@ -426,13 +523,25 @@ def main() -> None:
             rep.rows[-1] = (label, *rep.rows[-1][1:])
         if key.startswith("vsepp/step_"):
             rep.figures[key] = rep.figures[key][idx]
+        if key == "vseinf/adamw_step_weights":
+            rep.figures[key] = rep.figures[key][kept(ours[key].size, args.seed)]
+    gap = float(abs(ours["iapr/lseh_image_mask_total"] - off["iapr/lseh_div5_total"]))
+    rep.rows.append(("IAPR L_LSEH total, zsk default mask_ids=image vs official", gap,
+                     "differs by design: the official mask zeroes unrelated pairs (i == j // 5)"))
+    bf = bf16_effect(args.seed)
+    rep.rows.append((BF16_ROW, bf["loss_abs_diff"],
+                     f"measured: loss {bf['loss_fp32']:.4f} off by {bf['loss_abs_diff']:.2g}; gradients max abs diff "
+                     f"{bf['grad_max_abs_diff']:.2g} (max |g| {bf['grad_max_abs_fp32']:.2g}), cosine {bf['grad_cosine']:.6f}"))
     diff = int(off["vseinf/param_count"]) - int(ours["vseinf/param_count"])
     rep.note("VSE inf parameter count",
              f"official +{diff}: its MLP builds a BatchNorm for the output layer that forward never applies")
-    rep.note("VSE inf AdamW step / VSE inf token augmentation / raw-image paths",
+    extra = off.pop("_adamw_extra")
+    rep.note("VSE inf AdamW step: official-only parameters",
+             f"{len(extra)} tensors ({', '.join(extra)}): the unused BatchNorm, no gradient, not updated")
+    rep.note("VSE inf token augmentation / raw-image paths",
              "not compared (see docs/fidelity.md)")
     rep.print()
-    rep.save(args.save, {"seed": args.seed})
+    rep.save(args.save, {"seed": args.seed, "bf16": bf})
     sys.exit(0 if rep.ok else 1)
 
 

@@ -99,7 +99,8 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     loss_fn = RankingLoss(cfg.train.loss)
     images, img_len, tokens, tok_len = synthetic_batch(cfg, bs, vocab_size, device=device)
     batch = {"image": images, "img_lengths": img_len, "tokens": tokens, "cap_lengths": tok_len,
-             "img_index": torch.arange(bs, device=device) // 2}  # pairs of captions of the same picture, as in real batches
+             "img_index": torch.arange(bs, device=device) // 2,  # pairs of captions of the same picture, as in real batches
+             "index": torch.arange(bs, device=device)}  # caption indices (train.loss.lseh.mask_ids: caption_index_div5)
     if loss_fn.needs_lsa:
         batch["lsa"] = torch.randn(bs, cfg.data.lsa_rank, device=device)
 

@@ -51,17 +51,27 @@ def same_image_mask(img_ids: Tensor) -> Tensor:
     return img_ids[:, None] == img_ids[None, :]
 
 
+def caption_div5_mask(img_ids: Tensor, cap_index: Tensor) -> Tensor:
+    """The official code's mask, ``mask[i, j] = img_ids[i] == cap_index[j] // 5`` (every fork, also the
+    IAPRTC12 copy). With five captions per image it equals :func:`same_image_mask`; with one caption per
+    image (IAPR TC-12, ``img_ids`` = caption index) it zeroes the margin of unrelated pairs whose indices
+    satisfy i == j // 5 and is not symmetric (``train.loss.lseh.mask_ids: caption_index_div5``)."""
+    return img_ids[:, None] == torch.div(cap_index, 5, rounding_mode="floor")[None, :]
+
+
 def semantic_margin(
     lsa: Tensor,
     img_ids: Tensor,
     alpha: float = 0.185,
     lam: float = 0.025,
     normalize: Literal["row_max", "cosine"] = "row_max",
+    same: Tensor | None = None,
 ) -> Tensor:
     """LSEH margin matrix ``M = alpha' + lambda * S_hat``, zero on the diagonal and on pairs of the same
-    picture (other captions of the positive image), built by broadcasting (no loop over the batch)."""
+    picture (other captions of the positive image), built by broadcasting (no loop over the batch).
+    ``same``: the pairs to zero instead of ``same_image_mask(img_ids)`` (e.g. :func:`caption_div5_mask`)."""
     margin = alpha + lam * semantic_scores(lsa, normalize)
-    return margin.masked_fill(same_image_mask(img_ids), 0.0)
+    return margin.masked_fill(same_image_mask(img_ids) if same is None else same, 0.0)
 
 
 def hinge_costs(scores: Tensor, margin: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -101,16 +111,19 @@ def lseh_loss(
     normalize: Literal["row_max", "cosine"] = "row_max",
     same_image: Literal["zero_margin", "exclude"] = "zero_margin",
     hardest: bool = True,
+    same: Tensor | None = None,
 ) -> Tensor:
     """L_LSEH: hinge with the semantic margin ``M`` (LSEH step 2, Gong & Cosma 2023).
 
     ``same_image="zero_margin"`` (official code) keeps the other captions of the positive picture as
-    negatives with margin 0; ``"exclude"`` removes them from the max.
+    negatives with margin 0; ``"exclude"`` removes them from the max. ``same``: the same-picture pairs
+    (default ``same_image_mask(img_ids)``).
     """
-    margin = semantic_margin(lsa, img_ids, alpha, lam, normalize)
+    if same is None:
+        same = same_image_mask(img_ids)
+    margin = semantic_margin(lsa, img_ids, alpha, lam, normalize, same)
     cost_c, cost_i = hinge_costs(scores, margin)
     if same_image == "exclude":
-        same = same_image_mask(img_ids)
         cost_c, cost_i = cost_c.masked_fill(same, 0.0), cost_i.masked_fill(same, 0.0)
     elif same_image != "zero_margin":
         raise ValueError(f"unknown same_image {same_image!r}; choose zero_margin or exclude")
@@ -125,8 +138,14 @@ class LsehConfig:
     lam: float = 0.025
     normalize: Literal["row_max", "cosine"] = "row_max"
     same_image: Literal["zero_margin", "exclude"] = "zero_margin"
+    # which pairs count as the same picture: ``image`` compares the batch's image ids (right for any number of
+    # captions per image); ``caption_index_div5`` is the official code's ``img_ids[i] == ids[j] // 5``, which
+    # on IAPR TC-12 (one caption per image) zeroes the margin of unrelated pairs (reproduces the official run)
+    mask_ids: Literal["image", "caption_index_div5"] = "image"
 
     def __post_init__(self) -> None:
+        if self.mask_ids not in ("image", "caption_index_div5"):
+            raise ZskError(f"train.loss.lseh.mask_ids must be image or caption_index_div5, got {self.mask_ids!r}")
         # LSEH's margin alpha' + lambda * S_hat is a hinge margin: both parts are non-negative (official: 0.185, 0.025)
         for key in ("alpha", "lam"):
             if getattr(self, key) < 0:

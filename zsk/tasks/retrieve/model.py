@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from zsk.tasks.retrieve.losses import LossConfig, hinge_costs, lseh_loss, lsh_loss, reduce_costs
+from zsk.tasks.retrieve.losses import (
+    LossConfig,
+    caption_div5_mask,
+    hinge_costs,
+    lseh_loss,
+    lsh_loss,
+    reduce_costs,
+)
 
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
@@ -323,9 +330,11 @@ class RankingLoss(nn.Module):
         return self.cfg.kind == "lseh"
 
     def forward(
-        self, img_emb: Tensor, cap_emb: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0
+        self, img_emb: Tensor, cap_emb: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0,
+        cap_index: Tensor | None = None,
     ) -> Tensor:
-        """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows."""
+        """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows,
+        ``cap_index`` the captions' dataset indices (needed by ``lseh.mask_ids: caption_index_div5``)."""
         scores = img_emb.float() @ cap_emb.float().T
         hardest = epoch >= self.cfg.warmup_sum_epochs
         if self.cfg.kind == "lsh":
@@ -335,4 +344,9 @@ class RankingLoss(nn.Module):
         if lsa is None:
             raise ValueError("the LSEH loss needs the batch captions' LSA vectors")
         c = self.cfg.lseh
-        return lseh_loss(scores, lsa, img_ids, c.alpha, c.lam, c.normalize, c.same_image, hardest=hardest)
+        same = None
+        if c.mask_ids == "caption_index_div5":
+            if cap_index is None:
+                raise ValueError("train.loss.lseh.mask_ids: caption_index_div5 needs the captions' dataset indices")
+            same = caption_div5_mask(img_ids, cap_index.to(img_ids.device))
+        return lseh_loss(scores, lsa, img_ids, c.alpha, c.lam, c.normalize, c.same_image, hardest=hardest, same=same)

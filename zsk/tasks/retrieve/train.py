@@ -183,7 +183,7 @@ def make_step_fn(loss_fn: RankingLoss, optim_per_epoch: int) -> Callable[[nn.Mod
     def step_fn(m: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
         img, cap = m(batch["image"], batch["img_lengths"], batch["tokens"], batch["cap_lengths"])
         epoch = step // optim_per_epoch
-        loss = loss_fn(img, cap, batch["img_index"], batch.get("lsa"), epoch)
+        loss = loss_fn(img, cap, batch["img_index"], batch.get("lsa"), epoch, batch.get("index"))
         return {"loss": loss}
 
     return step_fn
