@@ -129,3 +129,40 @@ def test_test_output_sliding_window_and_metrics_match_official(figures, model) -
     ours = segmentation_metrics(cm.matrix, [str(i) for i in range(text.shape[0])], seen, unseen)
     for k in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc"):
         close(ours[k], f[f"metric/{k}"])
+
+
+def test_measured_rows_bf16_effect_and_crop_order_share(figures, model) -> None:
+    """The harness's 'measured' rows: bf16 autocast on the compared training step (CPU) keeps the prompt
+    gradients' direction (cosine > 0.999) and moves the losses by < 0.1 %; the seen-pixel share of crops
+    under both label orders (tools/parity/segment_crops.py, zsk's resize + crop) is a share in (0, 1)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "parity"))
+    import segment_crops
+
+    f, meta = figures
+    rows = {r["component"]: r for r in meta["rows"]}
+    assert rows["precision: bf16 autocast, prompt gradients"]["verdict"].startswith("measured: cosine 0.99")
+    assert rows["crops/seen-pixel share, remap-then-crop -> crop-then-remap"]["verdict"].startswith("measured: ")
+    crop_rows = [r for c, r in rows.items() if c.startswith("transforms/RandomCrop")]  # --mmseg (the 0.24.1 wheel)
+    assert len(crop_rows) == 1 and crop_rows[0]["verdict"] == "equal" and crop_rows[0]["max_abs_diff"] == 0
+    seen = meta["seen"]
+    lut = torch.from_numpy(splits.inductive_label_lut(6, seen).astype(np.int64))
+    labels = lut[torch.from_numpy(f["input/labels"].astype(np.int64))]
+    text = torch.from_numpy(f["input/text"])[seen]
+    images = torch.from_numpy(f["input/images"])
+    crit = NonMutuallyExclusiveLoss(100.0, 1.0, 0.25, 2.0, "negative")
+    runs = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images, text)
+        loss = crit(logits.float(), labels)["loss"]
+        loss.backward()
+        runs.append((float(loss), model.image_encoder.deep_prompt_embeddings.grad.flatten().clone()))
+    model.zero_grad()
+    assert abs(runs[1][0] - runs[0][0]) < 1e-3 * abs(runs[0][0])
+    assert float(torch.nn.functional.cosine_similarity(runs[0][1], runs[1][1], dim=0)) > 0.999
+    shares = segment_crops.measure(images=8, seed=0)
+    for res in shares.values():
+        assert all(0.0 < v < 1.0 for v in res.values())

@@ -1,6 +1,7 @@
 """ZegCLIP (segment) against the official code, ZiqinZhou66/ZegCLIP (CVPR 2023), fp32 on the CPU.
 
     python tools/parity/segment.py --official /path/to/ZegCLIP [--save tests/parity/segment]
+        [--mmseg mmsegmentation-0.24.1-py3-none-any.whl]   # pip download --no-deps mmsegmentation==0.24.1
 
 The official modules (VPTCLIPVisionTransformer, CLIPTextEncoder, ATMSingleHeadSeg, SegLossPlus and the
 ZegCLIP segmentor's label maps and slide_inference) are imported from the checkout with mmcv/mmseg stubbed
@@ -27,8 +28,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import segment_crops  # noqa: E402
 import segment_shims  # noqa: E402
-from common import Report, official_commit, parser  # noqa: E402
+from common import Report, max_abs_diff, official_commit, parser  # noqa: E402
 
 from zsk.core.trainer import lr_factor  # noqa: E402
 from zsk.models.clip import CLIPTextEncoder  # noqa: E402
@@ -145,7 +147,10 @@ def official_train_losses(head, feat, labels: torch.Tensor, setting: str) -> dic
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--mmseg", type=Path, default=None,
+                   help="The PyPI wheel mmsegmentation==0.24.1 (or its unpacked folder), for the RandomCrop row.")
+    args = p.parse_args()
     root = segment_shims.setup(args.official)
     rep = Report("segment", official_commit(root))
     torch.set_grad_enabled(True)
@@ -304,9 +309,25 @@ def main() -> None:
     for k in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc"):
         rep.compare(f"metric/{k}", ours_m[k], off_m[k])
 
-    rep.note("transforms (resize, crop, flip, photometric)",
-             "not compared: mmseg 0.24's pipeline is not in the official repository (tests/tasks/segment check "
-             "the order: crop on global ids, remap after; and the min_size test resize)")
+    bf16_effect(rep, model, images, text_seen, lut[labels], crit)
+    crops = segment_crops.measure()
+    before, after = crops["remap then crop (zsk before)"], crops["crop then remap (official, zsk now)"]
+    rep.note("crops/seen-pixel share, remap-then-crop -> crop-then-remap",
+             f"measured: {before['seen / crop pixels']:.3f} -> {after['seen / crop pixels']:.3f} of crop pixels, "
+             f"{before['seen / labelled pixels']:.3f} -> {after['seen / labelled pixels']:.3f} of labelled "
+             "(synthetic VOC-like labels, zsk's resize + crop; tools/parity/segment_crops.py)")
+    if args.mmseg is not None:
+        worst, n, redrawn = segment_crops.compare_with_mmseg(segment_shims.mmseg_random_crop(args.mmseg))
+        rep.compare(f"transforms/RandomCrop cat_max_ratio 0.75, same offsets ({n} crops, {redrawn} redrawn)",
+                    worst, 0.0, keep=False)
+    if args.mmseg is not None:
+        rep.note("transforms (resize, flip, photometric)",
+                 "not compared: they run on mmcv's image ops (imrescale, imflip, uint8 rounding), not installed "
+                 "(tests/tasks/segment check the order: crop on global ids, remap after; and the min_size test resize)")
+    else:
+        rep.note("transforms (resize, crop, flip, photometric)",
+                 "not compared: mmseg 0.24's pipeline is not in the official repository (tests/tasks/segment check "
+                 "the order: crop on global ids, remap after; and the min_size test resize); --mmseg compares the crop")
     rep.note("readers (VOC / COCO-Stuff / Context layouts)",
              "not compared: mmseg's CustomDataset is not in the official repository; file lists follow the "
              "official configs' img_dir / ann_dir / split")
@@ -314,6 +335,39 @@ def main() -> None:
     rep.save(args.save, {"seed": args.seed, "seen": SEEN, "unseen": UNSEEN, "clip_cfg": tiny_clip_cfg(),
                          "prompts": PROMPTS, "decoder_layers": DEC_LAYERS, "decoder_heads": DEC_HEADS})
     sys.exit(0 if rep.ok else 1)
+
+
+def bf16_effect(rep: Report, model: ZegCLIP, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
+                crit) -> None:
+    """The training step of the compared model in fp32 and under CPU bf16 autocast (emulating a bf16 run):
+    max abs diff of the mask logits (train mode) and the losses, cosine of the prompt gradients."""
+    model.train()
+    runs = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images, text)
+        losses = crit(logits.float(), labels)
+        losses["loss"].backward()
+        enc = model.image_encoder
+        runs.append({"logits": logits.detach().float(), "losses": {k: float(v) for k, v in losses.items()},
+                     "grad": torch.cat([enc.prompt_embeddings.grad.flatten(),
+                                        enc.deep_prompt_embeddings.grad.flatten()]).clone()})
+    model.zero_grad()
+    fp32, bf16 = runs
+    d = max_abs_diff(bf16["logits"], fp32["logits"])
+    scale = float(fp32["logits"].abs().max())
+    rep.rows.append(("precision: bf16 autocast, mask logits", d,
+                     f"measured: {d / scale:.1%} of fp32's max |logit| {scale:.3g}; paper recipes are fp32"))
+    for k, name in (("loss_focal", "focal (before x 100)"), ("loss_dice", "dice"), ("loss", "total")):
+        d = abs(bf16["losses"][k] - fp32["losses"][k])
+        rep.rows.append((f"precision: bf16 autocast, loss {name}", d,
+                         f"measured: {d / abs(fp32['losses'][k]):.2g} of fp32's {fp32['losses'][k]:.4g} (relative)"))
+    cos = float(torch.nn.functional.cosine_similarity(bf16["grad"], fp32["grad"], dim=0))
+    d = max_abs_diff(bf16["grad"], fp32["grad"])
+    rep.rows.append(("precision: bf16 autocast, prompt gradients", d,
+                     f"measured: cosine {cos:.6f} with fp32, norm ratio "
+                     f"{float(bf16['grad'].norm() / fp32['grad'].norm()):.4f} (prompt_embeddings, deep_prompt_embeddings)"))
 
 
 def _paper_train_cfg():

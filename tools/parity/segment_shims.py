@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import add_official, cpu_shims, stub_module
+from torch import nn
 
 
 class Registry(dict):
@@ -131,3 +130,35 @@ def mmcv_poly_lr(it: int, max_iters: int, base_lr: float, power: float, min_lr: 
         return regular
     k = (1 - it / warmup_iters) * (1 - warmup_ratio)
     return regular * (1 - k)
+
+
+def mmseg_random_crop(source: Path) -> type:
+    """mmseg 0.24.1's ``RandomCrop`` (mmseg/datasets/pipelines/transforms.py) from the PyPI wheel
+    ``mmsegmentation==0.24.1`` (a .whl or its unpacked folder), imported without mmcv: the module is loaded
+    under a private package name, its ``..builder.PIPELINES`` is a bare Registry and ``mmcv`` /
+    ``mmcv.utils`` are stubs (RandomCrop itself uses only NumPy; the stubs serve the other classes'
+    decorators at import time)."""
+    import importlib.util
+    import zipfile
+
+    rel = "mmseg/datasets/pipelines/transforms.py"
+    if source.is_file():
+        with zipfile.ZipFile(source) as z:
+            code = z.read(rel).decode()
+        origin = f"{source}!{rel}"
+    else:
+        code = (source / rel).read_text()
+        origin = str(source / rel)
+    stub_module("mmcv")
+    stub_module("mmcv.utils", deprecated_api_warning=_identity_decorator, is_tuple_of=lambda *a, **k: True)
+    pkg = "_zsk_mmseg0241"
+    stub_module(f"{pkg}.datasets.pipelines")
+    stub_module(f"{pkg}.datasets.builder", PIPELINES=Registry())
+    for name in (pkg, f"{pkg}.datasets", f"{pkg}.datasets.pipelines"):
+        sys.modules[name].__path__ = []
+    spec = importlib.util.spec_from_loader(f"{pkg}.datasets.pipelines.transforms", loader=None, origin=origin)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = f"{pkg}.datasets.pipelines"
+    sys.modules[spec.name] = module
+    exec(compile(code, origin, "exec"), module.__dict__)
+    return module.RandomCrop
