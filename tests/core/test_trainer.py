@@ -86,6 +86,22 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path, accum: 
     assert untimed[0] == untimed[1]
 
 
+def test_sigusr1_from_a_batch_scheduler_checkpoints_and_resume_auto_continues(tmp_path: Path) -> None:
+    """SLURM's `--signal=USR1@90` warning: finish the step, write last.pt, exit 138 (128 + SIGUSR1); the
+    requeued job's resume (`zsk <task> train ... --resume auto`) continues to the weights of an uninterrupted run."""
+    interrupted = toy_run(tmp_path / "run", "--kill-at", "5", "--signal", "SIGUSR1")
+    reference_run(tmp_path / "ref")
+    code, err = finish(interrupted)
+    assert code == 138, err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 6
+    code, err = finish(toy_run(tmp_path / "run", "--resume"))
+    assert code == 0, err
+    ref = load_checkpoint(tmp_path / "ref" / "last.pt")
+    res = load_checkpoint(tmp_path / "run" / "last.pt")
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], res["model"][k]), k
+
+
 def test_rows_a_killed_run_wrote_after_its_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
     """kill -9 after the checkpoint at step 6 but after rows for steps 7-8 were written: the resumed run's
     metrics.jsonl equals an uninterrupted run's."""

@@ -345,7 +345,8 @@ class Callback:
 
 
 class _SignalWatch:
-    """Remember SIGTERM/SIGINT so the loop can finish its step, write ``last.pt`` and exit 143/130."""
+    """Remember SIGTERM/SIGINT (and SIGUSR1, what SLURM's ``--signal`` sends before a time limit or a
+    preemption) so the loop can finish its step, write ``last.pt`` and exit 143/130/138."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -353,8 +354,9 @@ class _SignalWatch:
 
     def __enter__(self) -> _SignalWatch:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

@@ -64,6 +64,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--kill-at", type=int, default=None)
+    p.add_argument("--signal", default="SIGTERM", help="The signal --kill-at sends (SIGTERM, SIGUSR1).")
     p.add_argument("--ranks-dir", default=None)
     p.add_argument("--set", dest="sets", action="append", default=[])
     args = p.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> None:
 
     def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         if args.kill_at is not None and step == args.kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, args.signal))
         x, y = batch
         loss = loss_fn(m(x), y)
         return {"loss": loss, "ce": loss.detach()}
