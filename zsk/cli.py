@@ -1,4 +1,4 @@
-"""The ``zsk`` command: one sub-app per task plus ``recipes``, ``cache``, ``doctor``, ``demo`` and ``bench``."""
+"""The ``zsk`` command: one sub-app per task plus ``recipes``, ``cache``, ``doctor``, ``demo``, ``bench`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -310,6 +310,29 @@ def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task'
     spec = definition.bench_spec(cfg, dev, batch_size)
     result = {"task": task, "recipe": str(recipe), **run_bench(spec, steps, dev, dtype, cfg)}
     emit_result(result, json_out, title=f"zsk bench {recipe}")
+
+
+@app.command()
+@guarded
+def plot(runs: Annotated[list[Path], typer.Argument(help="Run folders, or `train --runs N` folders (their run-<i>/ seeds).")],
+         out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the PNGs here (default: <first run>/plots/).")] = None,
+         force: Annotated[bool, typer.Option("--force", help="Overwrite PNGs that already exist.")] = False,
+         json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """PNG curves of every logged metric against step (runs overlaid, seeds as mean and min-max band, best
+    step marked) and a confusion-matrix PNG for an eval.json that has one."""
+    from zsk.core.plot import plot_runs
+
+    rows = plot_runs(runs, out, force=force)
+    if json_out:
+        for r in rows:
+            emit_result(r, True)
+        return
+    from rich.table import Table
+
+    table = Table("file", "kind", "metric", "runs", title="zsk plot")
+    for r in rows:
+        table.add_row(r["file"], r["kind"], r["key"], str(r["runs"]))
+    result_console().print(table)
 
 
 def run(argv: list[str] | None = None) -> int:
