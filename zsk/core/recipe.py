@@ -47,8 +47,13 @@ class RuntimeConfig:
     # transform layer loses its gradient direction in bf16); auto: bf16 (or fp16) on CUDA, fp32 on CPU
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    # experiment trackers next to metrics.jsonl (always on): jsonl, tensorboard, wandb, mlflow
+    loggers: list[str] = dataclasses.field(default_factory=lambda: ["jsonl"])
 
     def __post_init__(self) -> None:
+        from zsk.core.loggers import validate
+
+        self.loggers = validate(list(self.loggers))
         if self.workers < 0:
             raise ZskError(f"runtime.workers must be >= 0, got {self.workers}")
         if self.seed < 0:

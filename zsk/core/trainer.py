@@ -428,9 +428,17 @@ class Trainer:
         self._count = 0
         self._bad_terms: list[str] = []
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr the latest optimizer step used
+        self._step_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.callbacks = list(callbacks)
         self._micro = 0
         self._last_save = time.monotonic()
+        # experiment trackers (runtime.loggers): a missing package fails here, before any training
+        self.logger_names = [n for n in getattr(runtime, "loggers", ["jsonl"]) if n != "jsonl"]
+        if self.logger_names and dist.is_main():
+            from zsk.core.loggers import check_available
+
+            check_available(self.logger_names)
+        self._loggers: list[Any] | None = None
 
     # ----------------------------------------------------------------- files
     def _name(self, base: str) -> str:
@@ -521,10 +529,33 @@ class Trainer:
             with atomic_open(path, "w") as f:
                 f.write("".join(line + "\n" for line in keep))
 
-    def _log_jsonl(self, record: dict) -> None:
+    def _log_jsonl(self, record: dict, tracked: dict | None = None) -> None:
+        """Append ``record`` to metrics.jsonl and send it, with ``tracked`` (tracker-only keys), to the
+        ``runtime.loggers`` backends (rank 0)."""
         if dist.is_main():
             with open(self.ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self._log_trackers({**record, **(tracked or {})})
+
+    def _open_loggers(self, resume_step: int | None = None) -> None:
+        """Open the ``runtime.loggers`` backends (rank 0; once per Trainer); ``resume_step``: continue there."""
+        if self._loggers is None and self.logger_names and dist.is_main():
+            from zsk.core.loggers import open_loggers
+
+            self._loggers = open_loggers(self.logger_names, self.ctx.run_dir, stage=self.stage, resume_step=resume_step)
+
+    def _log_trackers(self, record: dict) -> None:
+        if not self.logger_names:
+            return
+        self._open_loggers()
+        for logger in self._loggers or []:
+            logger.log(record, int(record.get("step", self.step)))
+
+    def close_loggers(self) -> None:
+        """Flush and close the experiment trackers (the end of :meth:`fit`, or an interrupted one)."""
+        for logger in self._loggers or []:
+            logger.close()
+        self._loggers = None
 
     # ----------------------------------------------------------------- loop pieces
     def _check_finite(self) -> None:
@@ -552,13 +583,17 @@ class Trainer:
             return
         record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": self.epoch,
                                   "lr": self._step_lr}
+        for i, lr in enumerate(self._step_lrs):  # every parameter group's lr ("lr" stays group 0)
+            record[f"lr/{i}"] = lr
         if self.stage:
             record["stage"] = self.stage
         for k, v in self._sums.items():
             record[k] = float(v.item()) / self._count
         elapsed = max(time.perf_counter() - t0, 1e-9)
         record["steps_per_s"] = self._count / self.cfg.grad_accum / elapsed
-        self._log_jsonl(record)
+        # samples of every rank per second: for the trackers only (metrics.jsonl keeps its one timing key)
+        tracked = {"samples_per_s": samples * dist.get_dist().world_size / elapsed} if samples > 0 else {}
+        self._log_jsonl(record, tracked)
         terms = " ".join(f"{k}={record[k]:.4g}" for k in self._sums)
         log(f"{self.stage + ' ' if self.stage else ''}step {self.step}/{self.stop_at} {terms} lr={record['lr']:.3g}")
         self._sums, self._count = {}, 0
@@ -623,6 +658,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._step_lr = self.optimizer.param_groups[0]["lr"]
+        self._step_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
         self.step += 1
         return out
@@ -630,12 +666,20 @@ class Trainer:
     # ----------------------------------------------------------------- main loop
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``/``train.epochs`` (or ``train.max_steps``) and return the final metrics."""
+        try:
+            return self._fit()
+        finally:
+            self.close_loggers()
+
+    def _fit(self) -> dict[str, float]:
         if self.ctx.resume and self.last_path.is_file():
             self.load(self.last_path)
             log(f"resumed {self.last_path} at step {self.step}")
             self.ctx.commit_recipe()  # the run is known to continue: now its recipe.yaml may change
             if self.step >= self.stop_at:
                 return self.last_metrics
+        # trackers continue a resumed run: TensorBoard drops its events after the checkpoint's step
+        self._open_loggers(resume_step=self.step + 1 if self.step > 0 else None)
         self.model.train()
         t0, samples = time.perf_counter(), 0
         empty_epochs = 0
@@ -646,6 +690,7 @@ class Trainer:
                     produced = True
                     batch = move_to(batch, self.device)
                     self.batch_in_epoch += 1
+                    samples += _batch_len(batch)
                     before = self.step
                     out = self.train_step(batch)
                     if self.step == before:
@@ -658,7 +703,7 @@ class Trainer:
                     done = self.step >= self.stop_at
                     if self.step % max(1, self.cfg.log_every) == 0 or done:
                         self._flush_log(t0, samples)
-                        t0 = time.perf_counter()
+                        t0, samples = time.perf_counter(), 0
                     if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not done:
                         self.evaluate()
                         self.save(self.last_path)
@@ -700,6 +745,18 @@ class Trainer:
             (self.ctx.run_dir / name).write_text(json.dumps(summary, indent=2, default=float))
         dist.barrier()
         return metrics
+
+
+def _batch_len(batch: Any) -> int:
+    """Samples in a batch: the first dimension of its first tensor (0 when there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        n = _batch_len(v)
+        if n:
+            return n
+    return 0
 
 
 def export_checkpoint(ctx: RunContext, model: nn.Module, path: Path, extra: dict | None = None,
