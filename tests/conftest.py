@@ -21,3 +21,21 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
     settings.quiet = False
     settings.debug = False
+
+
+def check_one_error_line(result, fragments) -> None:  # noqa: ANN001 - a click/typer Result
+    """A refused command: exit 2, one ``error:`` line holding every fragment (the file or key it names), no
+    traceback and no "unexpected" failure. Shared by every task's bad-input table."""
+    out = result.output
+    assert result.exit_code == 2, f"exit {result.exit_code}\n{out}"
+    assert "Traceback" not in out and "unexpected" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    for fragment in [fragments] if isinstance(fragments, str) else fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture
+def one_error_line():  # noqa: ANN201
+    """:func:`check_one_error_line`, for the bad-input tables of tests/tasks/<task>."""
+    return check_one_error_line

@@ -90,5 +90,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], exclude_p
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not _excluded(k, prefixes)]
     if missing or result.unexpected_keys:
-        raise ZskError(f"{source} does not match the model built from its recipe: "
-                       f"missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
+        parts = [f"the model has weights the file lacks {missing[:5]}" if missing else "",
+                 f"the file has weights the model lacks {list(result.unexpected_keys)[:5]}" if result.unexpected_keys else ""]
+        raise ZskError(f"{source} does not match the model built from its recipe and --set: "
+                       f"{'; '.join(p for p in parts if p)}")

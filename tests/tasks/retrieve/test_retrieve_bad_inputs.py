@@ -320,19 +320,14 @@ def table(tmp_path_factory):
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input_exits_2_naming_it(table, row):
+def test_bad_input_exits_2_naming_it(table, row, one_error_line):
     runner, app, paths = table
     row_id, argv, stdin, fragments = row
     args = fill(argv, row_id, **paths)
     if argv[0] in ("train", "eval", "predict", "index", "query"):
         args.append("--device=cpu")
     r = runner.invoke(app, args, input=stdin)
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and "unexpected" not in r.output, r.output
-    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.output
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
+    one_error_line(r, fragments)
 
 
 def test_table_is_large_enough():
