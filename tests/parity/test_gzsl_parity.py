@@ -7,7 +7,6 @@ and the official outputs; this test rebuilds zsk's side from them (no official c
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tools" / "parity"))
 
 from common import load_figures  # noqa: E402
 

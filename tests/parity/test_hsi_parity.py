@@ -4,13 +4,14 @@ seeded inputs through zsk alone, every output within 1e-5 of DeepHyperX's."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
+from common import assert_close as close  # noqa: E402  (tools/parity, see conftest.py)
+from common import load_figures  # noqa: E402
 
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import DataConfig, EvalConfig, SplitConfig
@@ -25,14 +26,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def figures():
-    with np.load(FIG / "hsi.npz") as z:
-        arrays = {k.replace("__", "/"): z[k] for k in z.files}
-    return arrays, json.loads((FIG / "hsi.json").read_text())
-
-
-def close(ours, official) -> None:
-    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
-    np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(official, np.float64), rtol=0, atol=TOL)
+    return load_figures(FIG, "hsi")
 
 
 def test_figures_name_the_official_commit(figures):

@@ -3,12 +3,13 @@ the same seeded inputs and weights through zsk alone; every output within 1e-5 o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from common import assert_close as close  # noqa: E402  (tools/parity, see conftest.py)
+from common import load_figures  # noqa: E402
 
 from zsk.core.trainer import build_optimizer, lr_factor
 from zsk.metrics.medical import binary_case_metrics
@@ -25,9 +26,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def figures():
-    with np.load(FIG / "medseg.npz") as z:
-        arrays = {k.replace("__", "/"): z[k] for k in z.files}
-    return arrays, json.loads((FIG / "medseg.json").read_text())
+    return load_figures(FIG, "medseg")
 
 
 def model_from(weights: np.ndarray, width: int) -> DualTaskVNet:
@@ -40,11 +39,6 @@ def model_from(weights: np.ndarray, width: int) -> DualTaskVNet:
     assert offset == weights.size
     model.load_state_dict(state)
     return model
-
-
-def close(ours, official) -> None:
-    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
-    np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(official, np.float64), rtol=0, atol=TOL)
 
 
 def test_figures_name_the_official_commit(figures):

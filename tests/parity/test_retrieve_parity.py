@@ -5,7 +5,6 @@ every output within 1e-5 of the official code's."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 OFFICIAL_COMMIT = "0cc74685ee9d84eadc5a02422072d270fa9b329a"  # yangong23/VSEnetworksLSEH
+from common import load_figures  # noqa: E402  (tools/parity, see conftest.py)
+
 FIG = Path(__file__).parent / "retrieve"
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "parity" / "retrieve.py"
 TOL = 1e-5
@@ -28,9 +29,7 @@ def _script():
 
 @pytest.fixture(scope="module")
 def replay():
-    with np.load(FIG / "retrieve.npz") as z:
-        official = {k.replace("__", "/"): z[k] for k in z.files}
-    meta = json.loads((FIG / "retrieve.json").read_text())
+    official, meta = load_figures(FIG, "retrieve")
     script = _script()
     return official, meta, script.zsk_side(int(meta["seed"])), script
 

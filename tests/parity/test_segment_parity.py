@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from common import assert_close as close  # noqa: E402  (tools/parity, see conftest.py)
+from common import load_figures  # noqa: E402
 
 from zsk.models.inferers import sliding_window_inference
 from zsk.tasks.segment import splits
@@ -24,14 +25,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def figures():
-    with np.load(FIG / "segment.npz") as z:
-        arrays = {k.replace("__", "/"): z[k] for k in z.files}
-    return arrays, json.loads((FIG / "segment.json").read_text())
-
-
-def close(ours, official) -> None:
-    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
-    np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(official, np.float64), rtol=0, atol=TOL)
+    return load_figures(FIG, "segment")
 
 
 @pytest.fixture(scope="module")

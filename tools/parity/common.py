@@ -149,3 +149,9 @@ def seeded(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
 
 def names(items: Iterable[Any]) -> list[str]:
     return [str(i) for i in items]
+
+
+def assert_close(ours: Any, official: Any, tol: float = TOL) -> None:
+    """zsk's value against an official figure: max abs diff <= ``tol`` (tests/parity)."""
+    x = ours.detach().cpu().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(official, np.float64), rtol=0, atol=tol)
