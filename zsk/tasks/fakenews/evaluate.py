@@ -163,8 +163,6 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) 
     weighted precision / recall / F1, macro F1 and the confusion matrix. Writes nothing."""
     cfg: Config = loaded.cfg
     classes: list[str] = loaded.parts["classes"]
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ZskError(f"--out {out} is a file; give a folder for the evaluation results")
     split = split or cfg.eval.split
     corpus = load_split(cfg.data, split, classes=classes)
     ds = tokenize_corpus(loaded.parts["branches"], corpus.clean, corpus.labels, cfg)

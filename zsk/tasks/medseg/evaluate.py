@@ -142,8 +142,6 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, 
     """Evaluate on a split (default: the recipe's ``eval.split``); ``spacing_mm``: HD95/ASD in mm from
     the volume spacing instead of voxels; ``symmetric``: the symmetric ASSD instead of medpy's directed
     ASD of the official code. Writes nothing (``zsk medseg eval --out DIR`` saves the result)."""
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ZskError(f"--out {out} is a file; give a folder for eval.json")  # before minutes of inference
     cfg: Config = loaded.cfg
     ecfg = dataclasses.replace(cfg.eval, spacing="header" if spacing_mm else cfg.eval.spacing,
                                asd="symmetric" if symmetric else cfg.eval.asd)

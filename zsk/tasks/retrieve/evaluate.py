@@ -131,8 +131,6 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, 
     """Metrics on a split: ``{"i2t": {...}, "t2i": {...}, "rsum": ...}`` plus the split, protocol and
     gallery sizes; ``protocol`` (default ``eval.protocol``): standard, coco1k (five 1K folds averaged,
     with ``folds``) or coco5k. Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ZskError(f"--out {out} is an existing file; give a folder for eval.json")
     cfg: Config = loaded.cfg
     protocol = protocol or cfg.eval.protocol
     if protocol not in PROTOCOLS:

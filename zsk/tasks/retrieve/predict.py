@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, atomic_open, atomic_path, expand_inputs, read_json
+from zsk.core.io import StdinInput, atomic_open, atomic_path, expand_inputs, output_folder, read_json
 from zsk.core.progress import to_json
 from zsk.core.task import Loaded
 from zsk.data.captions import PrecompSplit, check_finite, read_caption_lines, read_features
@@ -181,13 +181,6 @@ def top_k(queries: Tensor, gallery: Tensor, k: int, chunk: int = 1024) -> tuple[
     return torch.cat(scores), torch.cat(idx)
 
 
-def _out_folder(out: Path, option: str = "--out") -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"{option} {out} is an existing file; give a folder")
-    return out
-
-
 def predict(loaded: Loaded, inputs: Sequence[Query], out: Path, *, split: str | None = None,
             k: int = 5) -> Iterator[dict[str, Any]]:
     """Retrieve from a dataset split (default ``eval.split`` or ``data.test_split``): caption queries
@@ -195,7 +188,7 @@ def predict(loaded: Loaded, inputs: Sequence[Query], out: Path, *, split: str | 
     captions (i2t). One row ``{"input", ["row"], "query", "direction", "split", "matches"}`` per query with
     its ``k`` best matches, also written to ``out/predictions.jsonl``."""
     check_positive("--top-k", k)
-    out = _out_folder(out)
+    out = output_folder(out)
     cfg: Config = loaded.cfg
     i2t = is_image_query(inputs)
     name = split or cfg.eval.split or cfg.data.test_split
@@ -236,7 +229,7 @@ def build_index(checkpoint: Path, out: Path, images: Path | None = None, caption
         raise ZskError(f"--nlist must be >= 0 (0: 4 sqrt(N) lists), got {nlist}")
     if faiss_threshold < 0:
         raise ZskError(f"--faiss-threshold must be >= 0, got {faiss_threshold}")
-    out = _out_folder(out)
+    out = output_folder(out)
     loaded = load(checkpoint, device=device)
     cfg, model, dev = loaded.cfg, loaded.model, loaded.device
     if images is not None:
