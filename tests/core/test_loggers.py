@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -39,7 +41,7 @@ class TwoGroups(nn.Module):
         return self.head(torch.relu(self.body(x)))
 
 
-def build(out: Path, sets: list[str], resume: Any = None) -> Trainer:
+def build(out: Path, sets: list[str], resume: Any = None, preview_fn: Any = None) -> Trainer:
     ctx = start_run("toy", Config, None, [f"train.batch_size={BATCH}", "train.log_every=1", "train.lr=0.1",
                                           "runtime.loggers=[tensorboard]", *sets],
                     out=out, device="cpu", resume=resume)
@@ -55,7 +57,8 @@ def build(out: Path, sets: list[str], resume: Any = None) -> Trainer:
     groups = [{"params": list(model.body.parameters())}, {"params": list(model.head.parameters()), "lr_mult": 0.1}]
     return Trainer(ctx, model, ctx.cfg.train, step_fn,
                    lambda epoch, start: make_loader(data, BATCH, epoch=epoch, seed=0, start_batch=start),
-                   batches_per_epoch(N, BATCH), eval_fn=lambda m: {"acc": 0.5}, param_groups=groups)
+                   batches_per_epoch(N, BATCH), eval_fn=lambda m: {"acc": 0.5}, param_groups=groups,
+                   preview_fn=preview_fn)
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -147,7 +150,6 @@ def test_wandb_and_mlflow_resume_the_run_whose_id_is_kept_in_the_run_dir(
     logged: list[tuple] = []
     run = types.SimpleNamespace(log=lambda row, step: logged.append(("wandb", step, row)), finish=lambda: None)
     wandb = types.ModuleType("wandb")
-    wandb.util = types.SimpleNamespace(generate_id=lambda: "abc123")  # type: ignore[attr-defined]
     wandb.init = lambda **kw: inits.append(kw) or run  # type: ignore[attr-defined]
 
     created: list[str] = []
@@ -192,7 +194,71 @@ def test_wandb_and_mlflow_resume_the_run_whose_id_is_kept_in_the_run_dir(
     import os
 
     assert os.environ["WANDB_MODE"] == "offline"
-    assert [kw["id"] for kw in inits] == ["abc123", "abc123"] and all(kw["resume"] == "allow" for kw in inits)
+    run_id = (run_dir / "wandb_run_id").read_text()
+    assert len(run_id) == 8 and [kw["id"] for kw in inits] == [run_id, run_id]
+    assert all(kw["resume"] == "allow" for kw in inits)
     assert all(kw["dir"] == str(run_dir) for kw in inits) and (run_dir / "wandb").is_dir()
     assert created == ["run"] and (run_dir / "mlflow_run_id").read_text() == "run1"
-    assert ("mlflow", "run1", "train/loss", 3) in logged and ("wandb", 3, {"train/loss": 0.5, "train/lr/0": 0.1}) in logged
+    assert ("mlflow", "run1", "train.loss", 3) in logged and ("wandb", 3, {"train/loss": 0.5, "train/lr/0": 0.1}) in logged
+
+
+def _panel(m: nn.Module) -> dict[str, Any]:
+    """A 6 x 10 picture whose red channel encodes the model's first weight (so steps differ)."""
+    import numpy as np
+
+    img = np.zeros((6, 10, 3), dtype=np.uint8)
+    img[..., 0] = int(abs(float(m.body.weight[0, 0])) * 100) % 256
+    img[:, :5, 1] = 200
+    return {"first": img}
+
+
+def test_preview_images_reach_tensorboard_at_each_evaluation(tmp_path: Path) -> None:
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    build(out, ["train.steps=4", "train.eval_every=2"], preview_fn=_panel).fit()
+    acc = ea.EventAccumulator(str(out / "tensorboard"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["preview/first"]
+    shots = acc.Images("preview/first")
+    assert [(s.step, s.width, s.height) for s in shots] == [(2, 10, 6), (4, 10, 6)]
+    import io
+
+    from PIL import Image
+
+    decoded = np.asarray(Image.open(io.BytesIO(shots[0].encoded_image_string)).convert("RGB"))
+    assert decoded.shape == (6, 10, 3) and (decoded[:, :5, 1] == 200).all() and (decoded[:, 5:, 1] == 0).all()
+
+
+def test_no_tracker_means_no_preview_work(tmp_path: Path) -> None:
+    calls: list[int] = []
+    build(tmp_path / "run", ["train.steps=2", "runtime.loggers=[jsonl]"],
+          preview_fn=lambda m: calls.append(1) or {}).fit()
+    assert calls == []
+
+
+def test_real_mlflow_and_wandb_log_scalars_and_images_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the real packages (``pip install zsk[mlflow,wandb]``; skipped when absent): MLflow's local file store
+    holds the metric history and the preview PNG; W&B writes an offline run under RUN/wandb."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # recorded, so the teardown restores the real value
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    build(out, ["train.steps=4", "train.eval_every=2", "runtime.loggers=[mlflow, wandb]"], preview_fn=_panel).fit()
+    assert os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true"  # set by the logger for its local store
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    assert [m.step for m in client.get_metric_history(run_id, "train.loss")] == [1, 2, 3, 4]
+    assert [m.value for m in client.get_metric_history(run_id, "eval.acc")] == [0.5, 0.5]
+    assert client.get_metric_history(run_id, "train.lr")[0].value == client.get_metric_history(run_id, "train.lr.0")[0].value
+    arts = [a.path for a in client.list_artifacts(run_id, "previews/step-0000002")]
+    assert arts == ["previews/step-0000002/preview_first.png"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith((out / "wandb_run_id").read_text().strip())

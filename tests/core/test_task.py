@@ -63,6 +63,7 @@ class ToyTask:
     eval_options = (Option("scale", Annotated[float, typer.Option("--scale", help="Multiply the score.")], 1.0),)
     predict_options = (Option("upper", Annotated[bool, typer.Option("--upper")], False),)
     sample_options = (Option("count", Annotated[int, typer.Option("--count")], 2),)
+    train_options = (Option("offset", Annotated[float | None, typer.Option("--offset")], None, recipe_key="data.offset"),)
     sample_version = "1"
     Config = Config
 
@@ -153,6 +154,22 @@ def test_generated_verbs_train_eval_predict_info_sample(tmp_path: Path) -> None:
         assert r.exit_code == 2 and "is a file" in r.output, r.output
     # a task option the command does not know is a usage error (exit 2)
     assert invoke(app, "eval", "-c", tmp_path / "run" / "best.pt", "--upper").exit_code == 2
+
+
+def test_train_options_become_recipe_overrides(tmp_path: Path) -> None:
+    """``--offset 1.5`` is ``--set data.offset=1.5``: recorded in the run's recipe.yaml; absent, the default stays."""
+    import yaml
+
+    app = task_app(ToyTask())
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text("task: toy\ndata:\n  offset: 0.25\n")
+    r = invoke(app, "train", "--recipe", recipe, "--offset", "1.5", "--out", tmp_path / "a", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())["data"]["offset"] == 1.5
+    r = invoke(app, "train", "--recipe", recipe, "--out", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "b" / "recipe.yaml").read_text())["data"]["offset"] == 0.25
+    assert invoke(app, "train", "--recipe", recipe, "--offset", "x", "--out", tmp_path / "c").exit_code == 2
 
 
 def test_eval_of_several_checkpoints_reports_mean_and_std(tmp_path: Path) -> None:

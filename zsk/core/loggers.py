@@ -3,15 +3,20 @@
 Each backend is an optional extra (``pip install zsk[tensorboard]`` ...); :func:`check_available` fails
 with exit 2 naming the extra when one asked for is not installed. Only rank 0 opens a backend; a
 resumed run continues the same run (TensorBoard: the same log dir with ``purge_step``; MLflow and W&B:
-the run id kept in a file in the run directory). ``jsonl`` is written by the Trainer itself.
+the run id kept in a file in the run directory). ``jsonl`` is written by the Trainer itself. Besides
+scalars, each backend takes images (``log_images``): the segmentation-like tasks send a few
+``image | ground truth | prediction`` panels after every evaluation (``Trainer(preview_fn=...)``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from zsk.core.errors import ZskError
 
@@ -67,17 +72,28 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, global_step=step)
         self.writer.flush()
 
+    def log_images(self, images: dict[str, np.ndarray], step: int) -> None:
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, global_step=step, dataformats="HWC")
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
 
 class MLflowLogger:
-    """Metrics into a local file store ``RUN/mlruns``; the run id is kept in ``RUN/mlflow_run_id[-<stage>]``."""
+    """Metrics into ``$MLFLOW_TRACKING_URI`` when set (a tracking server), else a local file store
+    ``RUN/mlruns`` (offline; MLflow 3 keeps that store behind ``MLFLOW_ALLOW_FILE_STORE``, which is set
+    for it); the run id is kept in ``RUN/mlflow_run_id[-<stage>]``."""
 
     def __init__(self, run_dir: Path, stage: str = "") -> None:
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (run_dir / "mlruns").resolve().as_uri()
+        self.client = MlflowClient(tracking_uri=uri)
         id_file = run_dir / (f"mlflow_run_id-{stage}" if stage else "mlflow_run_id")
         run_id = id_file.read_text().strip() if id_file.is_file() else ""
         if not run_id:
@@ -88,8 +104,22 @@ class MLflowLogger:
         self.run_id = run_id
 
     def log(self, row: dict, step: int) -> None:
+        # dots, not slashes: MLflow's file store makes each "/" a folder, so "train/lr" (a file) and
+        # "train/lr/0" (below a folder of that name) could not both exist
         for tag, value in scalars(row).items():
-            self.client.log_metric(self.run_id, tag, value, step=step)
+            self.client.log_metric(self.run_id, tag.replace("/", "."), value, step=step)
+
+    def log_images(self, images: dict[str, np.ndarray], step: int) -> None:
+        """PNG artifacts ``previews/step-<step>/<tag>.png`` of the run."""
+        import tempfile
+
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for tag, image in images.items():
+                path = Path(tmp) / (tag.replace("/", "_") + ".png")
+                Image.fromarray(image).save(path)
+                self.client.log_artifact(self.run_id, str(path), artifact_path=f"previews/step-{step:07d}")
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
@@ -104,7 +134,8 @@ class WandbLogger:
         if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
             os.environ["WANDB_MODE"] = "offline"
         id_file = run_dir / (f"wandb_run_id-{stage}" if stage else "wandb_run_id")
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        # our own id (W&B's id helper moved between releases): 8 lowercase hex characters
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         (run_dir / "wandb").mkdir(exist_ok=True)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "zsk"), dir=str(run_dir), id=run_id,
@@ -112,6 +143,11 @@ class WandbLogger:
 
     def log(self, row: dict, step: int) -> None:
         self.run.log(scalars(row), step=step)
+
+    def log_images(self, images: dict[str, np.ndarray], step: int) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Image(image) for tag, image in images.items()}, step=step)
 
     def close(self) -> None:
         self.run.finish()

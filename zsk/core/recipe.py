@@ -49,6 +49,8 @@ class RuntimeConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     # experiment trackers next to metrics.jsonl (always on): jsonl, tensorboard, wandb, mlflow
     loggers: list[str] = dataclasses.field(default_factory=lambda: ["jsonl"])
+    # segmentation-like tasks: image | ground truth | prediction panels sent to those trackers per evaluation
+    preview_images: int = 4
 
     def __post_init__(self) -> None:
         from zsk.core.loggers import validate
@@ -58,6 +60,8 @@ class RuntimeConfig:
             raise ZskError(f"runtime.workers must be >= 0, got {self.workers}")
         if self.seed < 0:
             raise ZskError(f"runtime.seed must be >= 0, got {self.seed}")
+        if self.preview_images < 0:
+            raise ZskError(f"runtime.preview_images must be >= 0 (0: none), got {self.preview_images}")
 
 
 def recipes_dir() -> Path:

@@ -69,6 +69,7 @@ class Option:
     name: str
     annotation: Any
     default: Any = None
+    recipe_key: str | None = None  # train options: the recipe key a given value overrides (--set KEY=VALUE)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Task(Protocol):
     eval_options: tuple[Option, ...]
     predict_options: tuple[Option, ...]
     sample_options: tuple[Option, ...]
+    train_options: tuple[Option, ...]
     sample_version: str
 
     @property
@@ -147,6 +149,7 @@ class TaskModules:
     eval_options: tuple[Option, ...] = ()
     predict_options: tuple[Option, ...] = ()
     sample_options: tuple[Option, ...] = ()
+    train_options: tuple[Option, ...] = ()  # each with a recipe_key: given values become --set overrides
     sample_version: str = "1"
 
     @property
@@ -328,6 +331,19 @@ def _pick(kwargs: dict[str, Any], options: Sequence[Option]) -> dict[str, Any]:
     return {o.name: kwargs[o.name] for o in options}
 
 
+def _option_sets(kw: dict[str, Any], options: tuple[Option, ...]) -> list[str]:
+    """``--set key=value`` overrides for the train options given on the command line (``None`` = not given)."""
+    import json
+
+    sets = []
+    for opt in options:
+        if opt.recipe_key is None:
+            raise TypeError(f"train option {opt.name!r} needs a recipe_key")
+        if kw.get(opt.name) is not None:
+            sets.append(f"{opt.recipe_key}={json.dumps(kw[opt.name])}")
+    return sets
+
+
 def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
     """The Typer app of a task with the common verbs generated from its :class:`Task`; ``docs`` may
     give a verb's one-line help in the task's words. The task's ``cli.py`` adds its own verbs to it."""
@@ -341,6 +357,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.core.run import release_run, start_run, train_seeds
         from zsk.metrics.summary import summarize_runs
 
+        kw["set_"] = [*(kw["set_"] or []), *_option_sets(kw, task.train_options)] or None
         if kw["runs"] == 1:
             ctx = start_run(task.name, task.Config, kw["recipe"], kw["set_"], out=kw["out"], resume=kw["resume"],
                             device=kw["device"], seed=kw["seed"], sample=task, overwrite=kw["overwrite"])
@@ -359,7 +376,8 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
     app.command("train", cls=_ResumeCommand)(_command(
         train, "train", docs.get("train", "Train with a recipe; writes RUN/best.pt, RUN/last.pt, RUN/eval.json."),
         [_p("recipe", RecipeOpt), _p("set_", SetOpt, None), _p("out", OutOpt, None), _p("resume", ResumeOpt, None),
-         _p("overwrite", OverwriteOpt, False), _p("device", DeviceOpt, None), _p("seed", SeedOpt, None), _p("runs", RunsOpt, 1), *flags], ()))
+         _p("overwrite", OverwriteOpt, False), _p("device", DeviceOpt, None), _p("seed", SeedOpt, None), _p("runs", RunsOpt, 1), *flags],
+        task.train_options))
 
     def eval_(**kw: Any) -> None:
         from zsk.core import dist

@@ -382,7 +382,8 @@ class Trainer:
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  param_groups: list[dict] | None = None, extra: dict | None = None,
                  exclude_prefixes: tuple[str, ...] = (), stage: str = "",
-                 find_unused_parameters: bool = False, callbacks: Sequence[Callback] = ()) -> None:
+                 find_unused_parameters: bool = False, callbacks: Sequence[Callback] = (),
+                 preview_fn: Callable[[nn.Module], dict[str, np.ndarray]] | None = None) -> None:
         self.ctx = ctx
         self.cfg = cfg
         self.device = ctx.device
@@ -390,6 +391,7 @@ class Trainer:
         self.step_fn = step_fn
         self.loader_fn = loader_fn
         self.eval_fn = eval_fn
+        self.preview_fn = preview_fn
         self.extra = dict(extra or {})
         self.exclude_prefixes = tuple(exclude_prefixes)
         self.stage = stage
@@ -551,6 +553,21 @@ class Trainer:
         for logger in self._loggers or []:
             logger.log(record, int(record.get("step", self.step)))
 
+    def _log_previews(self) -> None:
+        """Send ``preview_fn``'s pictures (a few predictions beside their images and ground truth) to the
+        experiment trackers, tagged ``[<stage>/]preview/<name>`` (rank 0, only when a tracker is on)."""
+        if self.preview_fn is None or not self.logger_names or not dist.is_main():
+            return
+        self.model.eval()
+        with torch.no_grad():
+            images = self.preview_fn(self.model)
+        self.model.train()
+        prefix = f"{self.stage}/preview" if self.stage else "preview"
+        tagged = {f"{prefix}/{name}": img for name, img in images.items()}
+        self._open_loggers()
+        for logger in self._loggers or []:
+            logger.log_images(tagged, self.step)
+
     def close_loggers(self) -> None:
         """Flush and close the experiment trackers (the end of :meth:`fit`, or an interrupted one)."""
         for logger in self._loggers or []:
@@ -623,6 +640,7 @@ class Trainer:
                 self.best = {"metric": key, "value": value, "step": self.step}
                 self.save(self.best_path)
         log("eval " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        self._log_previews()
         for cb in self.callbacks:
             cb.on_eval_end(self, metrics)
         return metrics

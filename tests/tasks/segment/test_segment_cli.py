@@ -319,8 +319,19 @@ def test_transductive_two_stages_and_fully_supervised(trained: dict, tmp_path: P
     out = tmp_path / "st"
     r = _run(["train", "--recipe", "segment/demo", "--set", "train.setting=transductive",
               "--set", "train.stages.inductive.steps=2", "--set", "train.stages.self_training.steps=2",
+              "--set", "runtime.loggers=[tensorboard]", "--set", "runtime.preview_images=2",
               *common, "--out", str(out)])
     assert r.exit_code == 0, r.output
+    # each evaluation sends image | ground truth | prediction panels of two images to TensorBoard
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(out / "tensorboard" / "self_training"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    tags = acc.Tags()["images"]
+    assert len(tags) == 2 and all(t.startswith("self_training/preview/") for t in tags), tags
+    tag = tags[0]
+    w, h = Image.open(Path(trained["data"]) / "JPEGImages" / f"{tag.split('/preview/')[1].split('_', 1)[1]}.jpg").size
+    shot = acc.Images(tag)[-1]
+    assert (shot.height, shot.width, shot.step) == (h, 3 * w + 8, 2)
     for name in ("last-inductive.pt", "last-self_training.pt", "best.pt", "eval.json"):
         assert (out / name).is_file(), name
     from zsk.core.checkpoint import load_checkpoint

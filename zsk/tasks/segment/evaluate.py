@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,6 +20,7 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data import images as img_io
+from zsk.data.overlay import preview_panel
 from zsk.data.seg_transforms import SegTestTransform, keep_ratio_test_size
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.metrics.segmentation import harmonic_mean, iou_per_class, mean_iou, pixel_accuracy
@@ -140,6 +142,23 @@ def evaluate_model(model: ZegCLIP, dataset: SegEvalDataset, text: Tensor, bench:
     cm.reduce()
     model.train(was_training)
     return segmentation_metrics(cm.matrix.cpu(), bench.class_names, bench.seen, bench.unseen)
+
+
+@torch.no_grad()
+def preview_images(model: ZegCLIP, dataset: SegEvalDataset, text: Tensor, bench: Benchmark, cfg: Config,
+                   calibration: float, device: torch.device) -> dict[str, np.ndarray]:
+    """``image | ground truth | prediction`` panels of the first ``runtime.preview_images`` evaluation
+    images, in VOC palette colours by class index (what training sends to TensorBoard, MLflow or W&B)."""
+    amp = autocast_dtype(device, cfg.runtime.precision)
+    palette = img_io.voc_palette(256)
+    out = {}
+    for i in range(min(cfg.runtime.preview_images, len(dataset))):
+        sample = dataset[i]
+        scores = segment_scores(model, sample["image"], text.to(device), cfg.eval, cfg.data.normalize, bench.seen,
+                                calibration, device, amp, source=f"image {sample['path']}")
+        out[f"{i}_{sample['name']}"] = preview_panel(sample["image"].numpy(), sample["label"].numpy(),
+                                                     scores.argmax(0).cpu().numpy(), palette, img_io.IGNORE_INDEX)
+    return out
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,

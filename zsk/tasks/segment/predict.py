@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from zsk.core.device import autocast_dtype
 from zsk.core.errors import ZskError
@@ -20,6 +19,7 @@ from zsk.core.io import StdinInput, output_folder, output_names
 from zsk.core.progress import progress
 from zsk.core.task import Loaded
 from zsk.data import images as img_io
+from zsk.data.overlay import overlay, with_legend
 from zsk.tasks.segment.config import Config
 from zsk.tasks.segment.evaluate import calibration_for, segment_scores
 from zsk.tasks.segment.train import text_embeddings_for
@@ -68,39 +68,6 @@ def mask_coding(names: Sequence[str], offset: int, source: str) -> MaskCoding:
     palette = voc[:256].copy()
     palette[offset : offset + len(names)] = colours
     return MaskCoding(offset, colours, palette)
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The image blended with the palette colours of a prediction."""
-    colours = palette[pred].astype(np.float32)
-    return (image.astype(np.float32) * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8)
-
-
-def with_legend(blend: np.ndarray, entries: Sequence[tuple[str, np.ndarray]]) -> Image.Image:
-    """The blended image with a legend panel on its right: a colour swatch and a label per entry
-    (``(label, rgb)``), on white; the image keeps its size and position (top left)."""
-    from PIL import ImageDraw, ImageFont
-
-    h, w = blend.shape[:2]
-    size = int(min(max(h // 24, 11), 28))
-    try:
-        font: Any = ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font
-        font = ImageFont.load_default()
-    pad, row = max(size // 2, 4), int(size * 1.5)
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max((int(scratch.textlength(label, font=font)) for label, _ in entries), default=0)
-    panel_w = pad * 3 + size + text_w
-    panel_h = pad * 2 + row * len(entries)
-    canvas = Image.new("RGB", (w + panel_w, max(h, panel_h)), (255, 255, 255))
-    canvas.paste(Image.fromarray(blend), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, (label, rgb) in enumerate(entries):
-        y = pad + k * row + (row - size) // 2
-        x = w + pad
-        draw.rectangle([x, y, x + size - 1, y + size - 1], fill=tuple(int(c) for c in rgb), outline=(64, 64, 64))
-        draw.text((x + size + pad, y + size // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
-    return canvas
 
 
 def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, classes: str | None = None,

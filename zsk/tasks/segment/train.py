@@ -148,7 +148,7 @@ def stage_settings(cfg: Config) -> list[tuple[str, str]]:
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train ZegCLIP in the recipe's setting (inductive, transductive in two stages, or fully supervised)."""
-    from zsk.tasks.segment.evaluate import calibration_for, evaluate_model
+    from zsk.tasks.segment.evaluate import calibration_for, evaluate_model, preview_images
 
     stage_list = stage_settings(ctx.cfg)
     cfg: Config = ctx.cfg
@@ -186,13 +186,16 @@ def train(ctx: RunContext) -> dict[str, Any]:
             def eval_fn(m: nn.Module) -> dict[str, Any]:
                 return evaluate_model(m, eval_ds, all_text, bench, cfg, calibration, device, cfg.runtime.workers)
 
+            def preview_fn(m: nn.Module) -> dict[str, Any]:
+                return preview_images(m, eval_ds, all_text, bench, cfg, calibration, device)
+
             extra = {"class_names": list(bench.class_names), "seen": seen, "unseen": list(bench.unseen),
                      "setting": setting, "text_embeddings": all_text.cpu(), "clip": loaded.source,
                      "clip_random_init": loaded.random_init}
             trainer = Trainer(ctx, model, tcfg, make_step_fn(cfg, text, pseudo), loader_fn,
                               batches_per_epoch(len(train_ds), tcfg.batch_size), eval_fn=eval_fn,
                               param_groups=param_groups(model, tcfg), extra=extra, exclude_prefixes=exclude,
-                              stage=stage, find_unused_parameters=True)
+                              stage=stage, find_unused_parameters=True, preview_fn=preview_fn)
             if stage:
                 log(f"stage {stage}: {setting} setting, {trainer.total_steps} steps")
             return trainer
