@@ -44,6 +44,13 @@ def with_legend(blend: np.ndarray, entries: Sequence[tuple[str, np.ndarray]]) ->
     return canvas
 
 
+def to_uint8_image(x: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised (3, H, W) tensor or array back to H x W x 3 uint8 RGB (x * std + mean on 0..255)."""
+    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    arr = arr * np.asarray(std, dtype=np.float32)[:, None, None] + np.asarray(mean, dtype=np.float32)[:, None, None]
+    return arr.transpose(1, 2, 0).clip(0, 255).round().astype(np.uint8)
+
+
 def preview_panel(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray, palette: np.ndarray,
                   ignore_index: int | None = 255, alpha: float = 0.5) -> np.ndarray:
     """``image | ground truth | prediction`` side by side (uint8 H x W' x 3) for a tracker's image panel;

@@ -70,8 +70,16 @@ def test_training_beats_the_untrained_model(trained: Path) -> None:
 def test_from_step_restarts_the_sequence_midway(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "from2"
     _run("css", "train", "--recipe", "css/demo", "--out", str(run), "--from-step", "2", "--quiet",
-         "--set", f"train.init_checkpoint={trained / 'last-step1.pt'}")
+         "--set", f"train.init_checkpoint={trained / 'last-step1.pt'}",
+         "--set", "runtime.loggers=[tensorboard]", "--set", "runtime.preview_images=1")
     assert not (run / "last-step0.pt").exists() and (run / "last-step2.pt").is_file()
+    # the step's evaluation sends one image | ground truth | prediction panel to TensorBoard
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(run / "tensorboard" / "step2"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    (tag,) = acc.Tags()["images"]
+    shot = acc.Images(tag)[-1]
+    assert tag.startswith("step2/preview/0_") and shot.width == 3 * shot.height + 8  # square eval crops
     a = json.loads((trained / "eval-step2.json").read_text())["all"]
     b = json.loads((run / "eval-step2.json").read_text())["all"]
     assert abs(a - b) < 1e-6  # the same step-2 training from the same step-1 weights

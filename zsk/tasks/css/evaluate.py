@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,6 +19,9 @@ from zsk.core.device import autocast, autocast_dtype
 from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.core.trainer import make_eval_loader
+from zsk.data import images as img_io
+from zsk.data.overlay import preview_panel, to_uint8_image
+from zsk.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.metrics.segmentation import iou_per_class, mean_iou
 from zsk.models.inferers import sliding_window_inference
@@ -73,6 +77,32 @@ def evaluate_step(model: nn.Module, dataset: StepTestDataset, cfg: Config, step:
     model.train(was)
     num_base = model.classes_per_step[0]
     return continual_metrics(cm.matrix.cpu(), list(names)[:n], num_base)
+
+
+@torch.no_grad()
+def preview_step(model: nn.Module, dataset: StepTestDataset, cfg: Config, step: int,
+                 device: torch.device) -> dict[str, np.ndarray]:
+    """``image | ground truth | prediction`` panels of the first ``runtime.preview_images`` test images of
+    ``step`` (VOC palette by output index; classes not learned yet are unlabelled), for the trackers."""
+    was = model.training
+    model.eval()
+    model.active_step = step
+    amp = autocast_dtype(device, cfg.runtime.precision)
+    palette = img_io.voc_palette()
+    out = {}
+    for i in range(min(cfg.runtime.preview_images, len(dataset))):
+        sample = dataset[i]
+        image = sample["image"].to(device)
+        if cfg.eval.mode == "slide":
+            logits = slide_logits(model, image, cfg, amp)
+        else:
+            with autocast(device, amp):
+                logits = model(image[None])[0]
+        out[f"{i}_{Path(sample['path']).stem}"] = preview_panel(
+            to_uint8_image(sample["image"], IMAGENET_MEAN, IMAGENET_STD), sample["label"].numpy(),
+            logits.float().argmax(0).cpu().numpy(), palette, IGNORE)
+    model.train(was)
+    return out
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,

@@ -299,7 +299,7 @@ def _init_from(ctx: RunContext, model: IncrementalSegFormer, from_step: int) -> 
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train every step of the recipe's continual task, one stage per step, from ``train.from_step`` on."""
-    from zsk.tasks.css.evaluate import evaluate_step
+    from zsk.tasks.css.evaluate import evaluate_step, preview_step
 
     cfg: Config = ctx.cfg
     device = ctx.device
@@ -352,10 +352,14 @@ def train(ctx: RunContext) -> dict[str, Any]:
             def eval_fn(m: nn.Module) -> dict[str, Any]:
                 return evaluate_step(m, test_ds, cfg, t, names, device)
 
+            def preview_fn(m: nn.Module) -> dict[str, Any]:
+                return preview_step(m, test_ds, cfg, t, device)
+
             tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
             return Trainer(ctx, model, tcfg, make_step_fn(cfg, old_state), _loader_fn(cfg, tcfg, train_ds, memory_ds),
                            batches_per_epoch(len(train_ds), tcfg.batch_size), eval_fn=eval_fn,
-                           extra={**base_extra, "step": t}, stage=f"step{t}", find_unused_parameters=True)
+                           extra={**base_extra, "step": t}, stage=f"step{t}", find_unused_parameters=True,
+                           preview_fn=preview_fn)
 
         return build
 
