@@ -38,8 +38,14 @@ def sample_dir(tmp_path_factory):
 def test_end_to_end(sample_dir, tmp_path):
     run = tmp_path / "run"
     r = invoke("train", "--recipe", "refer/demo", "--set", f"data.root={sample_dir}", *TINY, "--out", run,
-               "--device", "cpu", "--json")
+               "--device", "cpu", "--json", "--set", "runtime.loggers=[tensorboard]", "--set", "runtime.preview_images=1")
     assert r.exit_code == 0, r.output
+    # the evaluation sent a ground truth | prediction picture of one ref to TensorBoard
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(run / "tensorboard"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    (tag,) = acc.Tags()["images"]
+    assert tag.startswith("preview/ref") and acc.Images(tag)[-1].step == 3
     assert {"oIoU", "mIoU", "prec@0.5", "prec@0.9", "run_dir"} <= set(last_json(r))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in rows if x["kind"] == "train"]

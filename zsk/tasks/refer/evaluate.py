@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +27,7 @@ from zsk.core.trainer import make_eval_loader
 from zsk.data.refer import RefItem
 from zsk.metrics.referring import PREC_THRESHOLDS, ReferringIoU
 from zsk.tasks.refer.config import Config
-from zsk.tasks.refer.data import EvalSet, Tokenizer, first_item, refs_of
+from zsk.tasks.refer.data import EvalSet, Tokenizer, first_item, image_tensor, load_pair, refs_of
 from zsk.tasks.refer.train import build_model
 
 METRICS = ("oIoU", "mIoU", *(f"prec@{t:g}" for t in PREC_THRESHOLDS))
@@ -86,6 +87,26 @@ def evaluate_refs(model: nn.Module, cfg: Config, items: Sequence[RefItem], token
     if keep_rows:
         result["per_expression"] = rows
     return result
+
+
+@torch.no_grad()
+def preview_refs(model: nn.Module, cfg: Config, items: Sequence[RefItem], tokenizer: Tokenizer,
+                 device: torch.device) -> dict[str, np.ndarray]:
+    """For the first ``runtime.preview_images`` refs, their first expression: ``ground truth | prediction``
+    overlays with the expression written on them (what training sends to the trackers)."""
+    from zsk.tasks.refer.predict import overlay
+
+    out = {}
+    for item in list(items)[: cfg.runtime.preview_images]:
+        rgb, mask = load_pair(item, cfg.data)
+        ids, att = tokenizer.batch(item.sentences[:1])
+        image = image_tensor(rgb, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+        logits = mask_logits(model, image, ids, att, device, cfg.runtime.precision, cfg.eval.output, 1, mask.shape)
+        pred = (logits[0].sigmoid() > cfg.eval.threshold).cpu().numpy()
+        gap = np.full((rgb.shape[0], 4, 3), 255, dtype=np.uint8)
+        out[f"ref{item.ref_id}"] = np.concatenate(
+            [overlay(rgb, mask, item.sentences[0], (40, 200, 60)), gap, overlay(rgb, pred, item.sentences[0])], axis=1)
+    return out
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,

@@ -126,7 +126,7 @@ def make_tokenizer(cfg: Config) -> Tokenizer:
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train AlignFormer with the recipe in ``ctx``; returns the final (best-checkpoint) evaluation metrics."""
-    from zsk.tasks.refer.evaluate import METRICS, evaluate_refs
+    from zsk.tasks.refer.evaluate import METRICS, evaluate_refs, preview_refs
 
     cfg: Config = ctx.cfg
     tokenizer = make_tokenizer(cfg)
@@ -153,7 +153,11 @@ def train(ctx: RunContext) -> dict[str, Any]:
             res = evaluate_refs(m, cfg, eval_items, tokenizer, ctx.device)
             return {k: res[k] for k in METRICS}
 
+        def preview_fn(m: nn.Module) -> dict[str, Any]:
+            return preview_refs(m, cfg, eval_items, tokenizer, ctx.device)
+
         return Trainer(ctx, model, tcfg, make_step_fn(cfg), loader_fn, steps_per_epoch,
-                       eval_fn=eval_fn if eval_items else None, param_groups=param_groups(model), extra=extra)
+                       eval_fn=eval_fn if eval_items else None, param_groups=param_groups(model), extra=extra,
+                       preview_fn=preview_fn if eval_items else None)
 
     return run_stages(ctx, [Stage("", build)])
