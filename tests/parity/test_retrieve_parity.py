@@ -93,3 +93,61 @@ def test_bf16_effect_is_measured(replay) -> None:
     live = script.bf16_effect(int(meta["seed"]))
     assert live["grad_cosine"] > 0.999 and live["loss_abs_diff"] < 0.05
     assert live["loss_fp32"] == pytest.approx(meta["bf16"]["loss_fp32"], abs=TOL)
+
+
+# ----------------------------------------------------------------------------- VSRN_LSEH and SGRAF_LSEH
+
+
+@pytest.fixture(scope="module")
+def replay_nets():
+    official, meta = load_figures(FIG, "retrieve_nets")
+    script = _script()
+    return official, meta, script.nets_zsk_side(int(meta["seed"])), script
+
+
+def test_nets_figures_name_the_official_commit(replay_nets) -> None:
+    _, meta, _, _ = replay_nets
+    assert meta["official_commit"] == OFFICIAL_COMMIT
+    assert all(r["verdict"] != "DIFFERENT" for r in meta["rows"])
+
+
+def test_every_vsrn_and_sgraf_figure_is_replayed(replay_nets) -> None:
+    official, _, ours, script = replay_nets
+    assert set(official) == set(script.NETS_ROW_NAMES)
+    for key, want in official.items():
+        got = ours[key]
+        if key == "vsrn_f30k/train_grad":  # relative to the largest gradient (biases before BatchNorm: exact 0)
+            scale = np.abs(want).max()
+            got, want = got / scale, want / scale
+        if key.endswith("/step_weights"):  # Adam's first step is sign-like where |g| is at fp32 noise level
+            big = np.abs(official[key.replace("weights", "grad")]) >= script.GRAD_FLOOR
+            assert big.mean() > 0.5, key
+            got, want = got[big], want[big]
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=0, atol=TOL,
+                                   err_msg=key)
+
+
+def test_sgraf_step_moves_the_weights(replay_nets) -> None:
+    official, _, _, script = replay_nets
+    for module in ("SGR", "SAF"):
+        img, txt, sim = script.sgraf_parts(0, module)
+        before = script.sgraf_flat({"img": img, "txt": txt, "sim": sim}, "data")
+        moved = np.abs(official[f"{module.lower()}/step_weights"] - before)
+        assert moved.max() > 1e-4 and np.linalg.norm(official[f"{module.lower()}/step_grad"]) <= 2.0 + 1e-5
+
+
+def test_nets_figures_exercise_the_branches(replay_nets) -> None:
+    official, _, _, script = replay_nets
+    # the F30K (BatchNorm) and COCO (l2norm after fc) branches of VSRN give different embeddings
+    assert np.abs(official["vsrn_f30k/img_emb_eval"] - official["vsrn_coco/img_emb_eval"]).max() > 1e-3
+    # BatchNorm on batch statistics in training differs from eval (the train-mode figures are not eval copies)
+    for net in ("sgr", "saf"):
+        assert np.abs(official[f"{net}/sims_train"] - official[f"{net}/sims_eval"]).max() > 1e-3
+    # a caption longer than max_len is cut with <end> last, and its mask covers every label
+    labels, masks = official["vsrn/caption_labels"], official["vsrn/caption_masks"]
+    cut = masks.sum(1) == script.VSRN_MAXLEN + 1
+    assert cut.any() and (labels[cut, script.VSRN_MAXLEN - 1] == 2).all()
+    # the blocked scores are a real matrix of the gallery, not a constant
+    assert official["sgr/score_blocks"].shape == (script.BLOCK_IMGS, script.BLOCK_CAPS)
+    for net in ("sgr", "saf"):  # scores spread far beyond the 1e-5 tolerance
+        assert official[f"{net}/score_blocks"].std() > 1e-2 and official[f"{net}/sims_eval"].std() > 1e-2

@@ -1,5 +1,5 @@
 """LSEH (retrieve) against the official code, yangong23/VSEnetworksLSEH (Gong & Cosma, Pattern Recognition
-2023), forks VSEpp_LSEH and VSEinfty_LSEH, fp32 on the CPU.
+2023), forks VSEpp_LSEH, VSEinfty_LSEH, VSRN_LSEH and SGRAF_LSEH, fp32 on the CPU.
 
     python tools/parity/retrieve.py --official /path/to/VSEnetworksLSEH [--save tests/parity/retrieve]
 
@@ -15,7 +15,14 @@ captions per image, COCO 1K folds, IAPR 1:1); vocab.py's vocabulary and the load
 captions; the precomp reader (features, LSA rows, the dev cut) on files in the official layout. Measured
 (zsk alone): the VSE++ L_LSEH loss and gradients under CPU bf16 autocast against fp32.
 
-:func:`zsk_side` needs no official code: tests/parity/test_retrieve_parity.py replays it against the figures.
+VSRN_LSEH and SGRAF_LSEH (second table, figures ``retrieve_nets.*``): VSRN's image encoder (fc + four Rs_GCN +
+GRU, both the F30K BatchNorm branch and the COCO l2norm branch, train and eval mode), its GRU text encoder, its
+L_LSEH (a, b) and L_MH, its caption loss (S2VTAttModel + LanguageModelCriterion) and the PrecompDataset's caption
+labels/masks; SGRAF's local encoders, the SGR and SAF pair scores (eval, and training BatchNorm with dropout off),
+L_LSEH on the pair scores, the blocked scoring against ``shard_attn_scores``, its i2t/t2i functions and one
+SGR/SAF training step (the lines of ``SGRAF.train_emb``: gradients after clip 2, Adam-updated weights).
+
+:func:`zsk_side` and :func:`nets_zsk_side` need no official code: tests/parity/test_retrieve_parity.py replays it against the figures.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ CAPTIONS = {
 }
 
 
-def fill(module: torch.nn.Module, seed: int) -> None:
+def fill(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
     """Every floating parameter and buffer from one seeded generator (BatchNorm variances positive)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -73,7 +80,7 @@ def fill(module: torch.nn.Module, seed: int) -> None:
             if name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
             else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+                t.copy_(torch.randn(t.shape, generator=g) * scale)
 
 
 def inputs(seed: int) -> dict[str, torch.Tensor]:
@@ -499,6 +506,428 @@ ROW_NAMES = {
 }
 
 
+# ============================================================================ VSRN_LSEH and SGRAF_LSEH
+# The other networks of the LSEH paper, figures saved separately as tests/parity/retrieve/retrieve_nets.*
+
+N_B, N_REG, N_FEAT, N_VOCAB, N_WORD = 5, 36, 20, 30, 8
+N_IDS = [0, 1, 5, 10, 11]  # caption indices: images 0, 0, 1, 2, 2
+N_CAP_LENS = [9, 8, 6, 6, 3]  # sorted, as both official collate_fns sort the batch
+VSRN_EMB, VSRN_HID, VSRN_CWORD, VSRN_MAXLEN = 24, 10, 6, 8  # max_len 8 < the longest caption: the cut is compared
+SG_EMB, SG_SIM, SG_SHARD = 16, 12, 2
+BLOCK_IMGS, BLOCK_CAPS = 5, 7  # score_blocks / shard_attn_scores gallery (shard 2: ragged edge blocks)
+
+
+def nets_inputs(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 21)
+    tokens = torch.zeros(N_B, max(N_CAP_LENS), dtype=torch.long)
+    for i, n in enumerate(N_CAP_LENS):
+        tokens[i, :n] = torch.randint(4, N_VOCAB, (n,), generator=g)
+        tokens[i, 0], tokens[i, n - 1] = 1, 2  # <start> ... <end>
+    block_lens = [7, 5, 5, 4, 3, 3, 2]
+    block_caps = torch.zeros(BLOCK_CAPS, max(block_lens), SG_EMB)
+    for i, n in enumerate(block_lens):
+        block_caps[i, :n] = torch.nn.functional.normalize(torch.randn(n, SG_EMB, generator=g), dim=1)
+    return {"images": torch.rand(N_B, N_REG, N_FEAT, generator=g), "tokens": tokens,
+            "cap_lens": torch.tensor(N_CAP_LENS), "lsa": torch.randn(N_B, 7, generator=g),
+            "img_ids": torch.tensor(N_IDS) // 5,
+            "block_imgs": torch.nn.functional.normalize(torch.randn(BLOCK_IMGS, N_REG, SG_EMB, generator=g), dim=2),
+            "block_caps": block_caps, "block_lens": torch.tensor(block_lens),
+            "sims": torch.rand(6, 30, generator=g)}
+
+
+def vsrn_parts(seed: int, batch_norm: bool):
+    from zsk.tasks.retrieve.model_vsrn import CaptionGenerator, VSRNImageEncoder
+
+    img = VSRNImageEncoder(N_FEAT, VSRN_EMB, 4, batch_norm)
+    txt = GRUTextEncoder(N_VOCAB, N_WORD, VSRN_EMB, 1)
+    cap = CaptionGenerator(N_VOCAB, VSRN_EMB, VSRN_HID, VSRN_CWORD, VSRN_MAXLEN, 0.2)
+    for k, m in enumerate((img, txt, cap)):
+        fill(m, seed + 30 + k)
+    return img, txt, cap
+
+
+def sgraf_parts(seed: int, module: str):
+    from zsk.tasks.retrieve.model_sgraf import LocalImageEncoder, LocalTextEncoder, SimilarityNetwork
+
+    img = LocalImageEncoder(N_FEAT, SG_EMB)
+    txt = LocalTextEncoder(N_VOCAB, N_WORD, SG_EMB, 1, 0.4)
+    sim = SimilarityNetwork(SG_EMB, SG_SIM, module, 3, N_REG, 0.4, 9.0)
+    for k, m in enumerate((img, txt, sim)):
+        fill(m, seed + 40 + k, scale=0.5)  # large enough that the sigmoid scores spread well beyond the tolerance
+    return img, txt, sim
+
+
+def no_dropout_train(*modules: torch.nn.Module) -> None:
+    """Training mode (BatchNorm on batch statistics) with dropout off, so both sides are deterministic."""
+    for m in modules:
+        m.train()
+        for sub in m.modules():
+            if isinstance(sub, torch.nn.Dropout):
+                sub.eval()
+
+
+def vsrn_name(name: str) -> str:
+    """A zsk VSRN image encoder parameter name as VSRN_LSEH's EncoderImagePrecompAttn spells it."""
+    if name.startswith("gcn."):
+        k, rest = name[4:].split(".", 1)
+        return f"Rs_GCN_{int(k) + 1}.{rest}"
+    return name.replace("gsr.", "img_rnn.")
+
+
+CAPTIONER_NAMES = {"vid2hid.": "encoder.vid2hid.", "encoder_rnn.": "encoder.rnn.", "embedding.": "decoder.embedding.",
+                   "attention.": "decoder.attention.", "decoder_rnn.": "decoder.rnn.", "out.": "decoder.out."}
+
+
+def captioner_name(name: str) -> str:
+    for ours, theirs in CAPTIONER_NAMES.items():
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    raise KeyError(name)
+
+
+def vsrn_label_captions() -> list[str]:
+    return CAPTIONS["train"][:10]
+
+
+def nets_zsk_side(seed: int = 0) -> dict[str, np.ndarray]:
+    """zsk's numbers for VSRN_LSEH and SGRAF_LSEH (no official code needed)."""
+    from zsk.metrics.retrieval import retrieval_metrics
+    from zsk.tasks.retrieve.model_sgraf import LocalCaptions, score_blocks
+    from zsk.tasks.retrieve.model_vsrn import caption_targets
+
+    x = nets_inputs(seed)
+    out: dict[str, np.ndarray] = {}
+    margin = semantic_margin(x["lsa"], x["img_ids"])
+    loss_fn = RankingLoss(LossConfig(kind="lseh"))
+    for tag, bn in (("f30k", True), ("coco", False)):
+        img, txt, cap = vsrn_parts(seed, bn)
+        out[f"vsrn_{tag}/param_count"] = np.array(sum(p.numel() for p in img.parameters()))
+        for mode in ("eval", "train"):
+            img.train(mode == "train")
+            emb, regions = img.reason(x["images"])
+            out[f"vsrn_{tag}/img_emb_{mode}"] = emb.detach().numpy()
+            out[f"vsrn_{tag}/regions_{mode}"] = regions.detach().numpy()
+        img.eval()
+        ie, regions = img.reason(x["images"])
+        ce = txt(x["tokens"], x["cap_lens"])
+        if tag == "f30k":
+            out["vsrn/cap_emb"] = ce.detach().numpy()
+        scores = ie @ ce.T
+        out[f"vsrn_{tag}/lseh_total"] = loss_fn.from_scores(scores, x["img_ids"], x["lsa"]).detach().numpy()
+        out[f"vsrn_{tag}/lmh"] = loss_terms(scores, 0.2)[0].detach().numpy()
+        cap.eval()
+        labels, masks = caption_targets(x["tokens"], x["cap_lens"], VSRN_MAXLEN, 2)
+        out[f"vsrn_{tag}/caption_loss"] = cap.loss(regions, labels, masks).detach().numpy()
+    # the caption labels and masks of the official PrecompDataset (max_len 8: long captions are cut)
+    vocab = Vocabulary.build(CAPTIONS["train"] + CAPTIONS["dev"], 4, "nltk")
+    ids = [vocab.encode(c) for c in vsrn_label_captions()]
+    lens = torch.tensor([len(t) for t in ids])
+    toks = torch.zeros(len(ids), int(lens.max()), dtype=torch.long)
+    for j, t in enumerate(ids):
+        toks[j, : len(t)] = torch.tensor(t)
+    labels, masks = caption_targets(toks, lens, VSRN_MAXLEN, vocab.index["<end>"])
+    out["vsrn/caption_labels"], out["vsrn/caption_masks"] = labels.numpy(), masks.numpy()
+    # SGRAF
+    for module in ("SGR", "SAF"):
+        key = module.lower()
+        img, txt, sim = sgraf_parts(seed, module)
+        out[f"{key}/param_count"] = np.array(sum(p.numel() for m in (img, txt, sim) for p in m.parameters()))
+        for m in (img, txt, sim):
+            m.eval()
+        il, cl = img(x["images"]), txt(x["tokens"], x["cap_lens"])
+        if module == "SGR":
+            out["sgraf/img_local"], out["sgraf/cap_local"] = il.detach().numpy(), cl.detach().numpy()
+        out[f"{key}/sims_eval"] = sim(il, cl, N_CAP_LENS).detach().numpy()
+        no_dropout_train(img, txt, sim)
+        sims = sim(img(x["images"]), txt(x["tokens"], x["cap_lens"]), N_CAP_LENS)
+        out[f"{key}/sims_train"] = sims.detach().numpy()
+        for name, value in zip(("total", "caption", "image"), loss_terms(sims, margin), strict=True):
+            out[f"{key}/lseh_{name}"] = value.detach().numpy()
+        out[f"{key}/lseh_loss_module"] = loss_fn.from_scores(sims, x["img_ids"], x["lsa"]).detach().numpy()
+        sim.eval()
+        model = type("M", (), {"similarity": lambda self, a, b, c, s=sim: s(a, b, c)})()
+        caps = LocalCaptions([x["block_caps"][j, :n] for j, n in enumerate(x["block_lens"].tolist())])
+        out[f"{key}/score_blocks"] = score_blocks(model, x["block_imgs"], caps, SG_SHARD).numpy()  # type: ignore[arg-type]
+    out["sgraf/metrics"] = metric_rows(retrieval_metrics(x["sims"], 5))
+    out["vsrn_f30k/train_grad"] = vsrn_train_grads(seed)
+    for module in ("SGR", "SAF"):
+        grads, weights = sgraf_step(seed, module)
+        out[f"{module.lower()}/step_grad"], out[f"{module.lower()}/step_weights"] = grads, weights
+    return out
+
+
+def vsrn_named(img: torch.nn.Module, txt: torch.nn.Module, cap: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """VSRN parameters under the official names: ``img.<EncoderImagePrecompAttn>``, ``txt.``, ``cap.<S2VTAttModel>``."""
+    return {**{f"img.{vsrn_name(k)}": p for k, p in img.named_parameters()},
+            **{f"txt.{k}": p for k, p in txt.named_parameters()},
+            **{f"cap.{captioner_name(k)}": p for k, p in cap.named_parameters()}}
+
+
+def vsrn_official_named(img: torch.nn.Module, txt: torch.nn.Module, cap: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**{f"img.{k}": p for k, p in img.named_parameters()}, **{f"txt.{k}": p for k, p in txt.named_parameters()},
+            **{f"cap.{k}": p for k, p in cap.named_parameters()}}
+
+
+def vsrn_train_grads(seed: int) -> np.ndarray:
+    """Gradients of VSRN's training loss (L_LSEH + caption loss, F30K branch, training BatchNorm, dropout off)
+    through zsk's step function, by official parameter name."""
+    from zsk.tasks.retrieve.model_vsrn import VSRNModel
+    from zsk.tasks.retrieve.train import make_step_fn
+
+    x = nets_inputs(seed)
+    img, txt, cap = vsrn_parts(seed, True)
+    model = VSRNModel(img, txt, cap, end_id=2)
+    no_dropout_train(model)
+    batch = {"image": x["images"], "img_lengths": None, "tokens": x["tokens"], "cap_lengths": x["cap_lens"],
+             "img_index": x["img_ids"], "index": torch.tensor(N_IDS), "lsa": x["lsa"]}
+    make_step_fn(RankingLoss(LossConfig(kind="lseh")), 10)(model, batch, 0)["loss"].backward()
+    named = vsrn_named(img, txt, cap)
+    return torch.cat([named[k].grad.flatten() for k in sorted(named)]).numpy()
+
+
+def sgraf_flat(parts: dict[str, torch.nn.Module], attr: str) -> np.ndarray:
+    """Parameters (``attr`` "data") or gradients ("grad") of img/txt/sim modules, flattened in name order."""
+    named = {f"{tag}.{k}": p for tag, m in parts.items() for k, p in m.named_parameters()}
+    return torch.cat([getattr(named[k], attr).detach().flatten() for k in sorted(named)]).numpy()
+
+
+def sgraf_step(seed: int, module: str) -> tuple[np.ndarray, np.ndarray]:
+    """One zsk training step of SGR/SAF (step function, L_LSEH, clip 2, Adam lr 4e-4: SGRAF_LSEH opts.py), dropout
+    off: (gradients after clipping, updated weights)."""
+    from zsk.tasks.retrieve.model_sgraf import SGRAFModel
+    from zsk.tasks.retrieve.train import make_step_fn
+
+    x = nets_inputs(seed)
+    img, txt, sim = sgraf_parts(seed, module)
+    model = SGRAFModel(img, txt, sim)
+    no_dropout_train(model)
+    tcfg = TrainConfig(optimizer="adam", lr=4e-4, clip_grad_norm=2.0)
+    opt = build_optimizer([{"params": list(model.parameters())}], tcfg)
+    batch = {"image": x["images"], "img_lengths": None, "tokens": x["tokens"], "cap_lengths": x["cap_lens"],
+             "img_index": x["img_ids"], "index": torch.tensor(N_IDS), "lsa": x["lsa"]}
+    out = make_step_fn(RankingLoss(LossConfig(kind="lseh")), 10)(model, batch, 0)
+    opt.zero_grad()
+    out["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)  # as the Trainer does
+    parts = {"img": img, "txt": txt, "sim": sim}
+    grads = sgraf_flat(parts, "grad")
+    opt.step()
+    return grads, sgraf_flat(parts, "data")
+
+
+def run_official_nets(root: Path, seed: int, rep: Report) -> dict[str, np.ndarray]:
+    """The official VSRN_LSEH and SGRAF_LSEH modules on the same weights and inputs."""
+    import types
+
+    import retrieve_shims as sh
+
+    x = nets_inputs(seed)
+    off: dict[str, np.ndarray] = {}
+    vr = root / "VSRN_LSEH"
+    sh.vsrn_stubs()
+    with sh.official_path(vr, ("models", "misc", "GCN_lib")):
+        vmodel = sh.load_file("vsrn_model", vr / "model.py")
+        import misc.utils as vutils  # noqa: PLC0415 - from the checkout
+        from models import DecoderRNN, EncoderRNN, S2VTAttModel  # noqa: PLC0415
+        vdata = sh.load_file("vsrn_data", vr / "data.py")
+    crit = vutils.LanguageModelCriterion()
+    for tag, bn in (("f30k", True), ("coco", False)):
+        zimg, ztxt, zcap = vsrn_parts(seed, bn)
+        oimg = vmodel.EncoderImagePrecompAttn(N_FEAT, VSRN_EMB, "f30k_precomp" if bn else "coco_precomp")
+        torch.nn.Module.load_state_dict(oimg, {vsrn_name(k): v for k, v in zimg.state_dict().items()})
+        otxt = vmodel.EncoderText(N_VOCAB, N_WORD, VSRN_EMB, 1)
+        otxt.load_state_dict(ztxt.state_dict())
+        enc = EncoderRNN(VSRN_EMB, VSRN_HID, bidirectional=0, input_dropout_p=0.2, rnn_cell="gru", rnn_dropout_p=0.5)
+        dec = DecoderRNN(N_VOCAB, VSRN_MAXLEN, VSRN_HID, VSRN_CWORD, input_dropout_p=0.2, rnn_cell="gru",
+                         rnn_dropout_p=0.5, bidirectional=0)
+        capm = S2VTAttModel(enc, dec)
+        capm.load_state_dict({captioner_name(k): v for k, v in zcap.state_dict().items()})
+        off[f"vsrn_{tag}/param_count"] = np.array(sum(p.numel() for p in oimg.parameters()))
+        for mode in ("eval", "train"):
+            oimg.train(mode == "train")
+            emb, regions = oimg(x["images"])
+            off[f"vsrn_{tag}/img_emb_{mode}"] = emb.detach().numpy()
+            off[f"vsrn_{tag}/regions_{mode}"] = regions.detach().numpy()
+        oimg.eval()
+        ie, regions = oimg(x["images"])
+        ce = otxt(x["tokens"], x["cap_lens"].tolist())
+        if tag == "f30k":
+            off["vsrn/cap_emb"] = ce.detach().numpy()
+        with sh.cuda_branch():
+            lseh = vmodel.ContrastiveLossLSEH(margin=0.2, a=0.185, b=0.025, max_violation=True)
+            total = lseh(ie, ce, x["lsa"], N_IDS, x["img_ids"].tolist())
+            lmh = vmodel.ContrastiveLoss(margin=0.2, max_violation=True)(ie, ce)
+        off[f"vsrn_{tag}/lseh_total"] = total.detach().numpy()
+        off[f"vsrn_{tag}/lmh"] = lmh.detach().numpy()
+        capm.eval()
+        from zsk.tasks.retrieve.model_vsrn import caption_targets
+
+        labels, masks = caption_targets(x["tokens"], x["cap_lens"], VSRN_MAXLEN, 2)
+        seq_probs, _ = capm(regions, labels, "train")
+        off[f"vsrn_{tag}/caption_loss"] = crit(seq_probs, labels[:, 1:], masks[:, 1:]).detach().numpy()
+    # VSRN.train_emb's loss (retrieval + caption) and its gradients, before the optimizer (whose duplicated
+    # captioner parameters are the documented difference), F30K branch, training BatchNorm, dropout off
+    from zsk.tasks.retrieve.model_vsrn import caption_targets
+
+    zimg, ztxt, zcap = vsrn_parts(seed, True)
+    oimg = vmodel.EncoderImagePrecompAttn(N_FEAT, VSRN_EMB, "f30k_precomp")
+    torch.nn.Module.load_state_dict(oimg, {vsrn_name(k): v for k, v in zimg.state_dict().items()})
+    otxt = vmodel.EncoderText(N_VOCAB, N_WORD, VSRN_EMB, 1)
+    otxt.load_state_dict(ztxt.state_dict())
+    capm = S2VTAttModel(EncoderRNN(VSRN_EMB, VSRN_HID, bidirectional=0, input_dropout_p=0.2, rnn_cell="gru",
+                                   rnn_dropout_p=0.5),
+                        DecoderRNN(N_VOCAB, VSRN_MAXLEN, VSRN_HID, VSRN_CWORD, input_dropout_p=0.2, rnn_cell="gru",
+                                   rnn_dropout_p=0.5, bidirectional=0))
+    capm.load_state_dict({captioner_name(k): v for k, v in zcap.state_dict().items()})
+    no_dropout_train(oimg, otxt, capm)
+    cap_emb = otxt(x["tokens"], x["cap_lens"].tolist())
+    img_emb, regions = oimg(x["images"])
+    labels, masks = caption_targets(x["tokens"], x["cap_lens"], VSRN_MAXLEN, 2)  # = the PrecompDataset's (below)
+    seq_probs, _ = capm(regions, labels, "train")
+    caption_loss = crit(seq_probs, labels[:, 1:], masks[:, 1:])
+    with sh.cuda_branch():
+        retrieval_loss = vmodel.ContrastiveLossLSEH(margin=0.2, a=0.185, b=0.025, max_violation=True)(
+            img_emb, cap_emb, x["lsa"], N_IDS, x["img_ids"].tolist())
+    (retrieval_loss + caption_loss).backward()
+    named = vsrn_official_named(oimg, otxt, capm)
+    off["vsrn_f30k/train_grad"] = torch.cat([named[k].grad.flatten() for k in sorted(named)]).numpy()
+    # the official PrecompDataset's caption labels / masks on files in the official layout
+    vocab_mod = sys.modules["vocab"] if "vocab" in sys.modules else sh.load_file("vocab", root / "VSEpp_LSEH" / "vocab.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "f30k_precomp"
+        folder.mkdir()
+        for split, caps in CAPTIONS.items():
+            (folder / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
+        ov = vocab_mod.build_vocab(tmp, "f30k_precomp", vocab_mod.annotations, 4)
+        np.save(folder / "train_ims.npy", np.zeros((len(CAPTIONS["train"]) // 5, 2, 3), np.float32))
+        np.savetxt(folder / "train_svd.txt", np.zeros((len(CAPTIONS["train"]), 3)), delimiter=",")
+        dset = vdata.PrecompDataset(str(folder), "train", ov, types.SimpleNamespace(max_len=VSRN_MAXLEN))
+        items = [dset[k] for k in range(len(vsrn_label_captions()))]
+        off["vsrn/caption_labels"] = torch.stack([it[4] for it in items]).numpy()
+        off["vsrn/caption_masks"] = torch.stack([it[5] for it in items]).numpy()
+    # ---- SGRAF_LSEH
+    sg = root / "SGRAF_LSEH"
+    saved = {k: sys.modules.pop(k) for k in ("vocab", "data", "model") if k in sys.modules}
+    try:
+        with sh.official_path(sg, ()):
+            smodel = sh.load_file("model", sg / "model.py")
+            sh.load_file("vocab", sg / "vocab.py")
+            sh.load_file("data", sg / "data.py")
+            seval = sh.load_file("sgraf_evaluation", sg / "evaluation.py")
+    finally:
+        for k in ("vocab", "data", "model"):
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
+    for module in ("SGR", "SAF"):
+        key = module.lower()
+        zimg, ztxt, zsim = sgraf_parts(seed, module)
+        oimg = smodel.EncoderImage(N_FEAT, SG_EMB)
+        otxt = smodel.EncoderText(N_VOCAB, N_WORD, SG_EMB, 1, use_bi_gru=True)
+        osim = smodel.EncoderSimilarity(SG_EMB, SG_SIM, module, 3)
+        oimg.load_state_dict(zimg.state_dict())
+        otxt.load_state_dict(ztxt.state_dict())
+        osim.load_state_dict(zsim.state_dict())
+        off[f"{key}/param_count"] = np.array(sum(p.numel() for m in (oimg, otxt, osim) for p in m.parameters()))
+        for m in (oimg, otxt, osim):
+            m.eval()
+        il, cl = oimg(x["images"]), otxt(x["tokens"], N_CAP_LENS)
+        if module == "SGR":
+            off["sgraf/img_local"], off["sgraf/cap_local"] = il.detach().numpy(), cl.detach().numpy()
+        off[f"{key}/sims_eval"] = osim(il, cl, N_CAP_LENS).detach().numpy()
+        no_dropout_train(oimg, otxt, osim)
+        sims = osim(oimg(x["images"]), otxt(x["tokens"], N_CAP_LENS), N_CAP_LENS)
+        off[f"{key}/sims_train"] = sims.detach().numpy()
+        with sh.cuda_branch():
+            res = smodel.ContrastiveLossLSEH(margin=0.185, max_violation=True)(sims, N_IDS, x["img_ids"].tolist(),
+                                                                                x["lsa"])
+        for name, value in zip(("total", "caption", "image"), res, strict=True):
+            off[f"{key}/lseh_{name}"] = value.detach().numpy()
+        off[f"{key}/lseh_loss_module"] = res[0].detach().numpy()
+        osim.eval()
+        wrapper = types.SimpleNamespace(forward_sim=lambda im, ca, lens, s=osim: s(im, ca, lens))
+        off[f"{key}/score_blocks"] = seval.shard_attn_scores(
+            wrapper, x["block_imgs"].double().numpy(), x["block_caps"].double().numpy(), x["block_lens"].tolist(),
+            None, shard_size=SG_SHARD)
+    for module in ("SGR", "SAF"):  # one SGRAF.train_emb step (LSEH loss, clip 2, Adam 4e-4), dropout off
+        zimg, ztxt, zsim = sgraf_parts(seed, module)
+        sopt = types.SimpleNamespace(grad_clip=2.0, img_dim=N_FEAT, embed_size=SG_EMB, no_imgnorm=False,
+                                     vocab_size=N_VOCAB, word_dim=N_WORD, num_layers=1, bi_gru=True, no_txtnorm=False,
+                                     sim_dim=SG_SIM, module_name=module, sgr_step=3, margin=0.185,
+                                     max_violation=True, learning_rate=4e-4)
+        net = smodel.SGRAF(sopt)
+        net.img_enc.load_state_dict(zimg.state_dict())
+        net.txt_enc.load_state_dict(ztxt.state_dict())
+        net.sim_enc.load_state_dict(zsim.state_dict())
+        net.train_start()
+        no_dropout_train(net.img_enc, net.txt_enc, net.sim_enc)
+        net.logger = types.SimpleNamespace(update=lambda *a, **k: None)
+        # SGRAF.train_emb's lines, with only the loss under the CUDA branch (its masks; Adam must see the CPU)
+        img_embs, cap_embs, cap_lens = net.forward_emb(x["images"], x["tokens"], N_CAP_LENS)
+        sims = net.forward_sim(img_embs, cap_embs, cap_lens)
+        net.optimizer.zero_grad()
+        with sh.cuda_branch():
+            loss = net.forward_loss(sims, N_IDS, x["img_ids"].tolist(), x["lsa"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.params, net.grad_clip)
+        grads_before_step = {id(p): p.grad.clone() for p in net.params}
+        net.optimizer.step()
+        assert all(torch.equal(p.grad, grads_before_step[id(p)]) for p in net.params)
+        parts = {"img": net.img_enc, "txt": net.txt_enc, "sim": net.sim_enc}
+        off[f"{module.lower()}/step_grad"] = sgraf_flat(parts, "grad")
+        off[f"{module.lower()}/step_weights"] = sgraf_flat(parts, "data")
+    sims = x["sims"].double().numpy()
+    off["sgraf/metrics"] = np.array([*seval.i2t(np.zeros((6, 1)), None, None, sims),
+                                     *seval.t2i(np.zeros((6, 1)), None, None, sims)])
+    return off
+
+
+NETS_ROW_NAMES = {
+    "vsrn_f30k/param_count": "VSRN image encoder parameter count (F30K branch: BatchNorm)",
+    "vsrn_f30k/img_emb_eval": "VSRN image encoder fc+4 GCN+GRU+BN (F30K branch, eval)",
+    "vsrn_f30k/img_emb_train": "VSRN image encoder (F30K branch, train BN)",
+    "vsrn_f30k/regions_eval": "VSRN reasoned regions for the captioner (F30K, eval)",
+    "vsrn_f30k/regions_train": "VSRN reasoned regions (F30K, train BN)",
+    "vsrn_coco/param_count": "VSRN image encoder parameter count (COCO branch)",
+    "vsrn_coco/img_emb_eval": "VSRN image encoder (COCO branch: l2norm after fc, eval)",
+    "vsrn_coco/img_emb_train": "VSRN image encoder (COCO branch, train BN)",
+    "vsrn_coco/regions_eval": "VSRN reasoned regions (COCO, eval)",
+    "vsrn_coco/regions_train": "VSRN reasoned regions (COCO, train BN)",
+    "vsrn/cap_emb": "VSRN GRU text encoder",
+    "vsrn_f30k/lseh_total": "VSRN L_LSEH (ContrastiveLossLSEH a=0.185 b=0.025), F30K weights",
+    "vsrn_coco/lseh_total": "VSRN L_LSEH, COCO weights",
+    "vsrn_f30k/lmh": "VSRN L_MH (ContrastiveLoss, max_violation)",
+    "vsrn_coco/lmh": "VSRN L_MH, COCO weights",
+    "vsrn_f30k/caption_loss": "VSRN caption loss (S2VTAttModel + LanguageModelCriterion)",
+    "vsrn_coco/caption_loss": "VSRN caption loss, COCO weights",
+    "vsrn_f30k/train_grad": "VSRN training loss (L_LSEH + caption loss) gradients / max|g|, train BN, dropout off",
+    "vsrn/caption_labels": "VSRN caption labels (PrecompDataset, max_len 8 cut)",
+    "vsrn/caption_masks": "VSRN caption masks (PrecompDataset)",
+    "sgr/param_count": "SGR parameter count (encoders + similarity network)",
+    "saf/param_count": "SAF parameter count",
+    "sgraf/img_local": "SGRAF image encoder (local regions)",
+    "sgraf/cap_local": "SGRAF BiGRU text encoder (local words)",
+    "sgr/sims_eval": "SGR pair scores (eval)",
+    "sgr/sims_train": "SGR pair scores (train BN, dropout off)",
+    "saf/sims_eval": "SAF pair scores (eval)",
+    "saf/sims_train": "SAF pair scores (train BN per caption, dropout off)",
+    "sgr/lseh_total": "SGR L_LSEH total (SGRAF ContrastiveLossLSEH margin 0.185)",
+    "sgr/lseh_caption": "SGR L_LSEH caption side",
+    "sgr/lseh_image": "SGR L_LSEH image side",
+    "sgr/lseh_loss_module": "SGR L_LSEH through zsk's RankingLoss.from_scores",
+    "saf/lseh_total": "SAF L_LSEH total",
+    "saf/lseh_caption": "SAF L_LSEH caption side",
+    "saf/lseh_image": "SAF L_LSEH image side",
+    "saf/lseh_loss_module": "SAF L_LSEH through zsk's RankingLoss.from_scores",
+    "sgr/score_blocks": "SGR score_blocks vs shard_attn_scores (shard 2, 5 x 7 gallery)",
+    "saf/score_blocks": "SAF score_blocks vs shard_attn_scores (shard 2)",
+    "sgraf/metrics": "SGRAF i2t/t2i R@1,5,10 medr meanr on a score matrix (evaluation.py)",
+    "sgr/step_grad": "SGR one training step (SGRAF.train_emb): gradients after clip 2",
+    "sgr/step_weights": "SGR one Adam step (lr 4e-4): weights",
+    "saf/step_grad": "SAF one training step: gradients after clip 2",
+    "saf/step_weights": "SAF one Adam step: weights",
+}
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     root = add_official(args.official)
@@ -542,7 +971,31 @@ def main() -> None:
              "not compared (see docs/fidelity.md)")
     rep.print()
     rep.save(args.save, {"seed": args.seed, "bf16": bf})
-    sys.exit(0 if rep.ok else 1)
+    # ---- VSRN_LSEH and SGRAF_LSEH
+    nets = Report("retrieve_nets", rep.commit)
+    ours_nets = nets_zsk_side(args.seed)
+    off_nets = run_official_nets(root, args.seed, nets)
+    for key, label in NETS_ROW_NAMES.items():
+        if key == "vsrn_f30k/train_grad":  # relative to the largest gradient (8.5 here): the GCN convolutions'
+            # biases feed a training-mode BatchNorm, so their exact gradient is 0 and both sides give fp32 noise
+            scale = float(np.abs(off_nets[key]).max())
+            nets.compare(key, ours_nets[key] / scale, off_nets[key] / scale, keep=False)
+            nets.figures[key] = off_nets[key]
+        elif key.endswith("/step_weights"):  # Adam's first step is sign-like where |g| is at fp32 noise level
+            big = np.abs(off_nets[key.replace("weights", "grad")]) >= GRAD_FLOOR
+            nets.compare(key, ours_nets[key][big], off_nets[key][big], keep=False)
+            nets.figures[key] = off_nets[key]
+            label = f"{label}, |g| >= {GRAD_FLOOR:g}"
+        else:
+            nets.compare(key, ours_nets[key], off_nets[key])
+        nets.rows[-1] = (label, *nets.rows[-1][1:])
+    nets.note("VSRN optimizer parameter list", "not reproduced: the official list holds the captioner's parameters "
+              "twice (decoder, encoder and caption_model), so Adam steps them twice and clipping counts them twice")
+    nets.note("SGR/SAF dropout (word embeddings, self-attention)", "compared with dropout off in training mode "
+              "(random masks differ between implementations); p = 0.4 as the official modules")
+    nets.print()
+    nets.save(args.save, {"seed": args.seed})
+    sys.exit(0 if rep.ok and nets.ok else 1)
 
 
 if __name__ == "__main__":

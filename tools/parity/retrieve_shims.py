@@ -8,6 +8,9 @@
   for raw-image and logging paths that are never run.
 - VSEinfty_LSEH's ``lib/loss.py`` reads a global ``LsaMargin`` that it never defines (only its size is used,
   for the diagonal mask); :func:`vseinf_loss_module` defines it as a zero matrix of the batch size.
+- VSRN_LSEH's ``misc/rewards.py`` imports the CIDEr-D scorer of ``coco-caption`` (self-critical training, never
+  run): :func:`vsrn_stubs` stubs ``pyciderevalcap``. :func:`official_path` puts one fork first on ``sys.path``
+  for its top-level packages (``models``, ``misc``, ``GCN_lib``) and forgets them afterwards.
 - VSEinfty_LSEH's ``EncoderText`` loads ``bert-base-uncased``; :func:`tiny_bert` stands in (random weights,
   768 wide because the official linear layer is ``nn.Linear(768, embed)``).
 """
@@ -80,3 +83,23 @@ def tiny_bert(vocab_size: int = 40):
                      intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
     return BertModel(cfg)
+
+
+def vsrn_stubs() -> None:
+    """VSRN_LSEH's model.py imports the CIDEr-D scorer for self-critical captioning, which is never run."""
+    import_stubs()
+    stub_module("pyciderevalcap.ciderD.ciderD", CiderD=None)
+
+
+@contextlib.contextmanager
+def official_path(folder: Path, packages: tuple[str, ...]):
+    """``folder`` first on ``sys.path`` while its files are imported; its top-level ``packages`` are dropped
+    from ``sys.modules`` before (another fork may hold the same names) and after."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))

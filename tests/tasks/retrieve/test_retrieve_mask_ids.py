@@ -51,10 +51,12 @@ def test_ranking_loss_option_reproduces_the_official_iapr_margin() -> None:
 def test_step_fn_passes_the_caption_indices() -> None:
     seen = {}
 
-    def loss_fn(img, cap, img_ids, lsa, epoch, cap_index=None):
-        seen["cap_index"] = cap_index
-        return img.sum()
+    class Spy:  # RankingLoss's interface: the step function hands it the batch similarity matrix
+        def from_scores(self, scores, img_ids, lsa, epoch, cap_index=None):
+            seen["cap_index"] = cap_index
+            return scores.sum()
 
+    loss_fn = Spy()
     model = lambda *a: (torch.zeros(2, 3), torch.zeros(2, 3))  # noqa: E731
     batch = {"image": None, "img_lengths": None, "tokens": None, "cap_lengths": None, "img_index": torch.tensor([0, 1]),
              "index": torch.tensor([3, 9])}

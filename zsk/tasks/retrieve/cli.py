@@ -26,6 +26,9 @@ TASK = TaskModules(
     eval_options=(
         Option("protocol", Annotated[str | None, typer.Option(
             "--protocol", help="standard | coco1k (five 1K folds averaged) | coco5k (default: eval.protocol).")], None),
+        Option("ensemble", Annotated[list[Path] | None, typer.Option(
+            "--ensemble", help="Another checkpoint whose scores are averaged with --checkpoint's (repeatable; "
+                               "SGRAF = an SGR and an SAF checkpoint).")], None),
     ),
     predict_options=(
         Option("split", Annotated[str | None, typer.Option(
@@ -35,8 +38,8 @@ TASK = TaskModules(
 )
 
 app = task_app(TASK, docs={
-    "train": "Train a VSE network (VSE++ or VSE infinity) with LMH, LSH or LSEH; keeps the best validation rsum.",
-    "eval": "R@1/5/10, medr, meanr in both directions and rsum of a checkpoint on a split.",
+    "train": "Train VSE++, VSE infinity, VSRN, SGR or SAF with LMH, LSH or LSEH; keeps the best validation score.",
+    "eval": "R@1/5/10, medr, meanr in both directions and rsum of a checkpoint (or an --ensemble) on a split.",
     "predict": "Retrieve the best matches of each query from a dataset split; also writes OUT/predictions.jsonl.",
     "info": "Parameters per encoder, GFLOPs per pair, split sizes.",
     "sample": "Write a small synthetic precomputed dataset (for recipes/retrieve/demo.yaml and tests).",

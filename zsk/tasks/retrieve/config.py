@@ -1,4 +1,4 @@
-"""Recipe schema of the retrieve task (LSEH on VSE++ / VSE infinity)."""
+"""Recipe schema of the retrieve task (LSEH on VSE++, VSE infinity, VSRN, SGR and SAF)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
 from zsk.tasks.retrieve.losses import LossConfig, LsehConfig
 
-__all__ = ["Config", "DataConfig", "EvalConfig", "LossConfig", "LsehConfig", "ModelConfig", "TrainConfig"]
+__all__ = ["BASES", "PAIRWISE_BASES", "Config", "DataConfig", "EvalConfig", "LossConfig", "LsehConfig", "ModelConfig", "TrainConfig"]
 
 
 def at_least(key: str, value: float, low: float, hint: str = "") -> None:
@@ -74,11 +74,17 @@ class DataConfig:
             raise ZskError(f"data.max_words must be 0 (no limit) or >= 3 (start, one word, end), got {self.max_words}")
 
 
+BASES = ("vsepp", "vseinf", "vsrn", "sgr", "saf")
+PAIRWISE_BASES = ("sgr", "saf")  # scored by a similarity network, not by the cosine of two embeddings
+
+
 @dataclass
 class ModelConfig:
-    """The base network. ``base``: ``vsepp`` (linear image encoder + GRU) or ``vseinf`` (GPO + BiGRU/BERT)."""
+    """The base network. ``base``: ``vsepp`` (linear image encoder + GRU), ``vseinf`` (GPO + BiGRU/BERT),
+    ``vsrn`` (region GCN + GRU reasoning, caption generation in training), ``sgr`` / ``saf`` (SGRAF's
+    similarity graph reasoning / attention filtration networks, pairwise scores)."""
 
-    base: Literal["vsepp", "vseinf"] = "vsepp"
+    base: Literal["vsepp", "vseinf", "vsrn", "sgr", "saf"] = "vsepp"
     image_encoder: Literal["precomp", "cnn"] = "precomp"  # cnn = raw-image training with a CNN backbone
     image_pool: Literal["flatten", "mean", "gpo"] | None = None  # None: vsepp flatten, vseinf gpo
     text_encoder: Literal["gru", "bigru", "bert"] | None = None  # None: vsepp gru, vseinf bigru
@@ -94,16 +100,56 @@ class ModelConfig:
     pretrained: str | None = "imagenet"  # image_encoder cnn: imagenet (local torchvision cache), a file, or null
     finetune: bool = False  # image_encoder cnn: train the backbone too
     image_size: int = 224  # image_encoder cnn: crop size
+    # VSRN (official VSRN_LSEH/model.py, train.py defaults)
+    gcn_steps: int = 4  # region relationship reasoning: four Rs_GCN layers
+    vsrn_bn: bool = True  # BatchNorm on the GSR state, no norm after fc (official branch for f30k_precomp); false: COCO/IAPR branch
+    caption_hidden: int = 512  # captioner GRU width (--dim_hidden)
+    caption_word_dim: int = 300  # captioner word embedding (--dim_word)
+    caption_max_len: int = 60  # caption labels incl. <start>/<end> (--max_len 60 in the LSEH README commands)
+    caption_dropout: float = 0.2  # captioner input dropout (--input_dropout_p)
+    caption_weight: float = 1.0  # training loss = ranking loss + caption_weight x caption loss (official: 1)
+    # SGRAF (official SGRAF_LSEH/opts.py defaults)
+    sim_dim: int = 256  # similarity representation width (--sim_dim)
+    sgr_steps: int = 3  # graph reasoning steps of SGR (--sgr_step)
+    text_dropout: float = 0.4  # dropout on the word embeddings (EncoderText)
+    attn_dropout: float = 0.4  # dropout in the global self-attention (VisualSA / TextSA)
+    attn_smooth: float = 9.0  # SCAN text-to-region attention temperature (smooth=9.0)
 
     def __post_init__(self) -> None:
-        for key in ("img_dim", "num_regions", "embed_size", "word_dim", "text_layers", "gpo_dim"):
+        if self.base not in BASES:
+            raise ZskError(f"model.base must be one of {', '.join(BASES)}, got {self.base!r}")
+        for key in ("img_dim", "num_regions", "embed_size", "word_dim", "text_layers", "gpo_dim", "gcn_steps",
+                    "caption_hidden", "caption_word_dim", "sim_dim", "sgr_steps"):
             at_least(f"model.{key}", getattr(self, key), 1)
         at_least("model.bert_lr_mult", self.bert_lr_mult, 0.0)
         at_least("model.image_size", self.image_size, 32, "the CNN backbone downsamples 32 times")
+        at_least("model.caption_max_len", self.caption_max_len, 3, "<start>, one word, <end>")
+        at_least("model.caption_weight", self.caption_weight, 0.0)
+        at_least("model.attn_smooth", self.attn_smooth, 0.0)
+        for key in ("caption_dropout", "text_dropout", "attn_dropout"):
+            in_range(f"model.{key}", getattr(self, key), 0.0, 1.0, high_open=True)
         self.resolved()  # base / image_pool / text_encoder combinations, for every verb
+
+    @property
+    def pairwise(self) -> bool:
+        """True for the networks that score pairs (SGR, SAF): no joint embedding space."""
+        return self.base in PAIRWISE_BASES
 
     def resolved(self) -> tuple[str, str]:
         """(image_pool, text_encoder) after base defaults; bad combinations are a ZskError."""
+        fixed = {"vsrn": ("gcn", "gru"), "sgr": ("local", "bigru"), "saf": ("local", "bigru")}
+        if self.base in fixed:
+            pool, text = fixed[self.base]
+            if self.image_pool not in (None, pool):
+                raise ZskError(f"model.image_pool: {self.image_pool!r} with base {self.base}; leave it unset "
+                               f"({self.base} uses {pool})")
+            if self.text_encoder not in (None, text):
+                raise ZskError(f"model.text_encoder: {self.text_encoder!r} with base {self.base}; leave it unset "
+                               f"({self.base} uses {text})")
+            if self.image_encoder != "precomp":
+                raise ZskError(f"model.image_encoder: {self.image_encoder} with base {self.base}; {self.base} reads "
+                               "precomputed region features (model.image_encoder=precomp)")
+            return pool, text
         pool = self.image_pool or ("flatten" if self.base == "vsepp" else "gpo")
         text = self.text_encoder or ("gru" if self.base == "vsepp" else "bigru")
         if self.base == "vsepp":
@@ -145,10 +191,12 @@ class EvalConfig:
     protocol: Literal["standard", "coco1k", "coco5k"] = "standard"
     val_max_images: int = 0  # >0: validate on the first N images only (official loaders: dev cut to 5,000 captions = 1,000 images)
     folds: int = 5  # COCO 1K: number of folds
+    shard: int = 100  # SGR/SAF: images and captions per block of pair scores (official shard_attn_scores: 100)
 
     def __post_init__(self) -> None:
         at_least("eval.batch_size", self.batch_size, 1)
         at_least("eval.chunk", self.chunk, 1)
+        at_least("eval.shard", self.shard, 1)
         at_least("eval.val_max_images", self.val_max_images, 0, "0 = the whole validation split")
         at_least("eval.folds", self.folds, 1)
 

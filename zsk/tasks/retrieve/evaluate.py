@@ -1,6 +1,7 @@
-"""Retrieval evaluation of a VSE network (VSE++ protocol, Faghri et al. 2018; LSEH, Gong & Cosma 2023):
-galleries encoded in batches, the similarity matrix in chunks, R@1/5/10, medr and meanr in both
-directions and their rsum; COCO 1K (five folds averaged) or 5K."""
+"""Retrieval evaluation (VSE++ protocol, Faghri et al. 2018; LSEH, Gong & Cosma 2023): galleries encoded in
+batches, the similarity matrix in chunks, R@1/5/10, medr and meanr in both directions and their rsum; COCO 1K
+(five folds averaged) or 5K. SGR/SAF score every (image, caption) pair with their similarity network in
+bounded blocks (``model_sgraf.score_blocks``); an ensemble (SGRAF: SGR + SAF) averages its members' scores."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data.captions import PrecompSplit
-from zsk.metrics.retrieval import coco_1k, evaluate_embeddings
+from zsk.metrics.retrieval import average_metrics, coco_1k, evaluate_embeddings, retrieval_metrics
 from zsk.tasks.retrieve.config import Config
 from zsk.tasks.retrieve.data import ImageFeatures, ImageFiles, load_split
 from zsk.tasks.retrieve.model import VSEModel
+from zsk.tasks.retrieve.model_sgraf import LocalCaptions, score_blocks
 from zsk.tasks.retrieve.train import build_model, build_tokenizer, check_split_features, frozen_prefixes
 
 TASK = "retrieve"
@@ -48,9 +50,16 @@ def encode_images(model: VSEModel, images, cfg: Config, device: torch.device, de
     return torch.cat(out)
 
 
+def is_pairwise(model: torch.nn.Module) -> bool:
+    """True for networks that score pairs (SGR, SAF) instead of comparing two embeddings."""
+    return bool(getattr(model, "pairwise", False))
+
+
 @torch.no_grad()
-def encode_captions(model: VSEModel, captions: list[str], tokenizer, cfg: Config, device: torch.device) -> Tensor:
-    """Embeddings of captions (padded batches of the tokenizer's ids)."""
+def encode_captions(model: VSEModel, captions: list[str], tokenizer, cfg: Config,
+                    device: torch.device) -> Tensor | LocalCaptions:
+    """Embeddings of captions (padded batches of the tokenizer's ids); for SGR/SAF the per-word embeddings of
+    each caption (:class:`LocalCaptions`)."""
     model.eval()
     if any(not c.strip() for c in captions):
         raise ZskError("empty caption given; every caption must hold text")
@@ -58,15 +67,27 @@ def encode_captions(model: VSEModel, captions: list[str], tokenizer, cfg: Config
     if cfg.data.max_words > 0:
         ids = [t[: cfg.data.max_words - 1] + [t[-1]] if len(t) > cfg.data.max_words else t for t in ids]
     dtype = autocast_dtype(device, cfg.runtime.precision)
-    out = []
+    out: list[Tensor] = []
     for chunk in progress(list(_batched(ids, cfg.eval.batch_size)), desc="encode captions"):
         lens = torch.tensor([len(t) for t in chunk])
         toks = torch.full((len(chunk), int(lens.max())), tokenizer.pad_id, dtype=torch.long)
         for j, t in enumerate(chunk):
             toks[j, : len(t)] = torch.tensor(t)
         with autocast(device, dtype):
-            out.append(model.encode_captions(toks.to(device), lens.to(device)).float())
-    return torch.cat(out)
+            emb = model.encode_captions(toks.to(device), lens.to(device)).float()
+        if is_pairwise(model):
+            out.extend(emb[j, : int(n)].clone() for j, n in enumerate(lens))  # no padded batch kept alive
+        else:
+            out.append(emb)
+    return LocalCaptions(out) if is_pairwise(model) else torch.cat(out)
+
+
+def similarity_matrix(model: torch.nn.Module, img: Tensor, cap: Tensor | LocalCaptions, cfg: Config,
+                      device: torch.device) -> Tensor:
+    """``(n_img, n_cap)`` scores on the CPU: cosine of the embeddings, or the pair network in blocks."""
+    if isinstance(cap, LocalCaptions):
+        return score_blocks(model, img, cap, cfg.eval.shard, device)
+    return (img @ cap.T).float().cpu()
 
 
 def split_images(split) -> np.ndarray | list[Path]:
@@ -88,24 +109,48 @@ def encode_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.d
 
 
 def flat_metrics(m: dict) -> dict[str, float]:
-    """``{"i2t": {"r1": ..}, ...}`` -> ``{"i2t_r1": .., ..., "rsum": ..}`` for the trainer's log."""
+    """``{"i2t": {"r1": ..}, ...}`` -> ``{"i2t_r1": .., ..., "rsum": .., "r1r5_sum": ..}`` for the trainer's log."""
     out = {"rsum": float(m["rsum"])}
     for d in ("i2t", "t2i"):
         out.update({f"{d}_{k}": float(v) for k, v in m[d].items()})
+    # VSRN's model selection (train.py validate: r1 + r5 + r1i + r5i), train.best_metric: r1r5_sum
+    out["r1r5_sum"] = out["i2t_r1"] + out["i2t_r5"] + out["t2i_r1"] + out["t2i_r5"]
     return out
 
 
 def score_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.device,
-                protocol: str = "standard") -> dict:
+                protocol: str = "standard", ensemble: tuple = ()) -> dict:
     """Retrieval metrics of a split under a protocol: ``standard`` (all of the split, e.g. F30K 1K test or
-    COCO 5K), ``coco1k`` (five folds of 1,000 images averaged) or ``coco5k`` (the whole split)."""
-    img, cap = encode_split(model, split, tokenizer, cfg, device)
+    COCO 5K), ``coco1k`` (five folds of 1,000 images averaged) or ``coco5k`` (the whole split).
+    ``ensemble``: further ``(model, tokenizer, cfg)`` members whose scores are averaged with this model's
+    (SGRAF = SGR + SAF); each encodes the split with its own tokenizer."""
+    cpi = split.captions_per_image
+    if protocol == "coco1k" and split.num_images % cfg.eval.folds:
+        raise ZskError(f"--protocol coco1k: {split.num_images} images do not split into {cfg.eval.folds} folds; "
+                       "use the 5K testall split")
+    members = [(model, tokenizer, cfg), *ensemble]
+    if len(members) == 1 and not is_pairwise(model):
+        img, cap = encode_split(model, split, tokenizer, cfg, device)
+        if protocol == "coco1k":
+            return coco_1k(img, cap, cpi, cfg.eval.folds, cfg.eval.chunk)
+        return evaluate_embeddings(img, cap, cpi, cfg.eval.chunk)
+    encoded = [encode_split(m, split, tok, c, device) for m, tok, c in members]
+
+    def sims(i0: int, i1: int) -> Tensor:
+        total = None
+        for (m, _, c), (img, cap) in zip(members, encoded, strict=True):
+            part = cap.subset(i0 * cpi, i1 * cpi) if isinstance(cap, LocalCaptions) else cap[i0 * cpi : i1 * cpi]
+            s = similarity_matrix(m, img[i0:i1], part, c, device)
+            total = s if total is None else total + s
+        return total / len(members)
+
     if protocol == "coco1k":
-        if split.num_images % cfg.eval.folds:
-            raise ZskError(f"--protocol coco1k: {split.num_images} images do not split into {cfg.eval.folds} folds; "
-                           "use the 5K testall split")
-        return coco_1k(img, cap, split.captions_per_image, cfg.eval.folds, cfg.eval.chunk)
-    return evaluate_embeddings(img, cap, split.captions_per_image, cfg.eval.chunk)
+        size = split.num_images // cfg.eval.folds
+        per_fold = [retrieval_metrics(sims(f * size, (f + 1) * size), cpi) for f in range(cfg.eval.folds)]
+        out = average_metrics(per_fold)
+        out["folds"] = per_fold
+        return out
+    return retrieval_metrics(sims(0, split.num_images), cpi)
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,
@@ -127,10 +172,11 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, *,
-             protocol: str | None = None) -> dict[str, Any]:
+             protocol: str | None = None, ensemble: list[Path] | None = None) -> dict[str, Any]:
     """Metrics on a split: ``{"i2t": {...}, "t2i": {...}, "rsum": ...}`` plus the split, protocol and
     gallery sizes; ``protocol`` (default ``eval.protocol``): standard, coco1k (five 1K folds averaged,
-    with ``folds``) or coco5k. Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
+    with ``folds``) or coco5k. ``ensemble``: further checkpoints whose scores are averaged with this one's
+    (the SGRAF paper's SGR + SAF ensemble). Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
     cfg: Config = loaded.cfg
     protocol = protocol or cfg.eval.protocol
     if protocol not in PROTOCOLS:
@@ -138,5 +184,14 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, 
     name = split or cfg.eval.split or ("testall" if protocol in ("coco1k", "coco5k") else cfg.data.test_split)
     data = load_split(cfg.data, name)
     check_split_features(cfg, data)
-    result = score_split(loaded.model, data, loaded.parts["tokenizer"], cfg, loaded.device, protocol)
-    return {**result, "split": name, "protocol": protocol, "images": data.num_images, "captions": data.num_captions}
+    members = []
+    for path in ensemble or []:
+        if not Path(path).is_file():
+            raise ZskError(f"--ensemble {path}: checkpoint not found")
+        other = load(Path(path), device=str(loaded.device))
+        check_split_features(other.cfg, data)
+        members.append((other.model, other.parts["tokenizer"], other.cfg))
+    result = score_split(loaded.model, data, loaded.parts["tokenizer"], cfg, loaded.device, protocol, tuple(members))
+    extra = {"ensemble": [str(loaded.checkpoint), *map(str, ensemble)]} if ensemble else {}
+    return {**result, "split": name, "protocol": protocol, "images": data.num_images, "captions": data.num_captions,
+            "base": cfg.model.base, **extra}

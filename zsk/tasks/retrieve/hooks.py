@@ -27,6 +27,7 @@ from zsk.tasks.retrieve.train import (
 )
 
 BENCH_EVAL_IMAGES = 5000  # the COCO 5K test protocol: 5,000 images x 25,000 captions
+BENCH_PAIR_CAPTIONS = 500  # SGR/SAF: captions scored against one shard of images (quadratic cost, extrapolated)
 DEMO_QUERY = "a dog sitting on the beach"
 
 
@@ -51,11 +52,17 @@ def info(cfg: Config) -> dict[str, Any]:
     else:
         vocab_size = 10_000  # stand-in when the training captions are absent (F30K's vocabulary is ~8.5K words)
     model = build_model(cfg, vocab_size, load_pretrained=False)
-    img_total, img_train = count_params(model.image_encoder)
-    txt_total, txt_train = count_params(model.text_encoder)
     frozen = frozen_prefixes(cfg)
-    if frozen:
-        img_train = sum(p.numel() for n, p in model.image_encoder.named_parameters() if not n.startswith("backbone."))
+    params: dict[str, Any] = {}
+    total = trainable = 0
+    # image_encoder, text_encoder, and VSRN's captioner (training only) / SGR-SAF's similarity network
+    for name, part in model.named_children():
+        n_total, n_train = count_params(part)
+        if name == "image_encoder" and frozen:
+            n_train = sum(p.numel() for n, p in part.named_parameters() if not n.startswith("backbone."))
+        params[name] = {"total": n_total, "trainable": n_train}
+        total, trainable = total + n_total, trainable + n_train
+    params.update(total=total, trainable=trainable)
     images, img_len, tokens, tok_len = synthetic_batch(cfg, 1, vocab_size)
     model.eval()
     flops = count_flops(lambda: model(images, img_len, tokens, tok_len))
@@ -63,10 +70,7 @@ def info(cfg: Config) -> dict[str, Any]:
         "task": "retrieve", "base": cfg.model.base, "image_encoder": cfg.model.image_encoder, "image_pool": pool,
         "text_encoder": text, "loss": cfg.train.loss.kind, "embed_size": cfg.model.embed_size,
         "vocab_size": vocab_size if (train_caps is not None or text == "bert") else None,
-        "params": {"image_encoder": {"total": img_total, "trainable": img_train},
-                   "text_encoder": {"total": txt_total, "trainable": txt_train},
-                   "total": img_total + txt_total, "trainable": img_train + txt_train},
-        "params_total": img_total + txt_total, "params_trainable": img_train + txt_train,
+        "params": params, "params_total": total, "params_trainable": trainable,
         "gflops": flops / 1e9, "gflops_unit": "per image-caption pair", "captions_per_image": cfg.data.captions_per_image, "splits": splits,
     }
 
@@ -91,7 +95,8 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     """The Trainer's step (the training step function, the recipe's optimizer, BERT's lr multiplier,
     clipping) on a synthetic batch of the recipe's real input sizes, random init; inference embeds
     the batch's images and captions. ``extra`` times the chunked evaluation of a 5K-image x
-    25K-caption similarity matrix."""
+    25K-caption similarity matrix; for SGR/SAF (pairwise, quadratic) it times one row of score blocks and
+    extrapolates the F30K and COCO 5K test matrices from the pair rate."""
     bs = batch_size or cfg.train.batch_size
     _, text = cfg.model.resolved()
     vocab_size = len(build_tokenizer(cfg)) if text == "bert" else 10_000
@@ -111,7 +116,39 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
             model(images, img_len, tokens, tok_len)
         model.train(was_training)
 
+    def pair_extra() -> dict[str, Any]:
+        # SGR/SAF: one row of shards (eval.shard images x BENCH_PAIR_CAPTIONS captions) through the similarity
+        # network, timed; the full F30K 1K x 5K and COCO 5K x 25K matrices are extrapolated from its pair rate
+        from zsk.tasks.retrieve.model_sgraf import LocalCaptions, score_blocks
+
+        n_img, n_cap = min(cfg.eval.shard, BENCH_PAIR_CAPTIONS), BENCH_PAIR_CAPTIONS
+        g = torch.Generator().manual_seed(1)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            img = model.encode_images(torch.rand(n_img, cfg.model.num_regions, cfg.model.img_dim, generator=g).to(device))
+            toks = torch.randint(5, vocab_size, (n_cap, 12), generator=g).to(device)
+            cap = model.encode_captions(toks, torch.full((n_cap,), 12, device=device))
+        caps = LocalCaptions(list(cap))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        score_blocks(model, img, caps, cfg.eval.shard, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        model.train(was_training)
+        rate = n_img * n_cap / dt
+        out = {"eval_images": n_img, "eval_captions": n_cap, "eval_s": dt, "eval_pairs_per_s": rate,
+               "eval_shard": cfg.eval.shard, "eval_words_per_caption": 12,
+               "f30k_1k_test_s_extrapolated": 1000 * 5000 / rate, "coco_5k_test_s_extrapolated": 5000 * 25000 / rate}
+        if device.type == "cuda":
+            out["eval_peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return out
+
     def extra() -> dict[str, Any]:
+        if cfg.model.pairwise:
+            return pair_extra()
         n_img, n_cap = BENCH_EVAL_IMAGES, 5 * BENCH_EVAL_IMAGES
         g = torch.Generator().manual_seed(1)
         img = torch.nn.functional.normalize(torch.randn(n_img, cfg.model.embed_size, generator=g), dim=1).to(device)
@@ -124,7 +161,9 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
 
     # one optimizer step per epoch: past VSE infinity's first-epoch warm-up, the hardest-negative loss is timed
     return BenchSpec(model=model, step_fn=make_step_fn(loss_fn, 1), batch=batch, train_cfg=cfg.train,
-                     infer_step=infer_step, train_samples=bs, infer_samples=bs, param_groups=param_groups(model, cfg),
+                     infer_step=infer_step, train_samples=bs,
+                     # SGR/SAF score every image of the batch against every caption: bs x bs pairs per call
+                     infer_samples=bs * bs if cfg.model.pairwise else bs, param_groups=param_groups(model, cfg),
                      exclude_prefixes=frozen_prefixes(cfg), unit="pairs", extra=extra)
 
 

@@ -335,7 +335,12 @@ class RankingLoss(nn.Module):
     ) -> Tensor:
         """Loss of one batch; ``img_ids`` name each pair's picture, ``lsa`` the captions' LSA rows,
         ``cap_index`` the captions' dataset indices (needed by ``lseh.mask_ids: caption_index_div5``)."""
-        scores = img_emb.float() @ cap_emb.float().T
+        return self.from_scores(img_emb.float() @ cap_emb.float().T, img_ids, lsa, epoch, cap_index)
+
+    def from_scores(self, scores: Tensor, img_ids: Tensor, lsa: Tensor | None = None, epoch: int = 0,
+                    cap_index: Tensor | None = None) -> Tensor:
+        """Loss of a batch similarity matrix ``scores[i, j]`` (image i, caption j; positives on the diagonal):
+        the cosine of VSE embeddings or a pairwise network's scores (SGR/SAF), one loss code for all."""
         hardest = epoch >= self.cfg.warmup_sum_epochs
         if self.cfg.kind == "lsh":
             return lsh_loss(scores, self.cfg.margin)

@@ -23,7 +23,15 @@ from zsk.core.task import Loaded
 from zsk.data.captions import PrecompSplit, check_finite, read_caption_lines, read_features
 from zsk.tasks.retrieve.config import Config
 from zsk.tasks.retrieve.data import check_finite_features, load_split
-from zsk.tasks.retrieve.evaluate import encode_captions, encode_images, load, split_image_names, split_images
+from zsk.tasks.retrieve.evaluate import (
+    encode_captions,
+    encode_images,
+    is_pairwise,
+    load,
+    similarity_matrix,
+    split_image_names,
+    split_images,
+)
 from zsk.tasks.retrieve.train import check_split_features
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -142,7 +150,7 @@ def load_image_queries(inputs: Sequence[str | Path], cfg: Config) -> tuple[np.nd
         if arr.shape[0] == 0 or arr.size == 0:
             raise ZskError(f"{p}: no image features (shape {tuple(arr.shape)})")
         m = cfg.model
-        flat = m.resolved()[0] == "flatten"
+        flat = m.resolved()[0] == "flatten" or m.pairwise  # SGR/SAF read exactly (num_regions, img_dim)
         ok = arr.shape[-1] == m.img_dim and (
             not flat or tuple(arr.shape[1:]) == (m.num_regions, m.img_dim) or (m.num_regions == 1 and arr.ndim == 2))
         if not ok:
@@ -202,7 +210,12 @@ def predict(loaded: Loaded, inputs: Sequence[Query], out: Path, *, split: str | 
     else:
         gallery = encode_images(loaded.model, split_images(data), cfg, loaded.device)
         names, texts = split_image_names(data), None
-    scores, idx = top_k(q, gallery, k)
+    if is_pairwise(loaded.model):  # SGR/SAF: every (query, gallery item) pair through the similarity network
+        sims = (similarity_matrix(loaded.model, q, gallery, cfg, loaded.device) if i2t
+                else similarity_matrix(loaded.model, gallery, q, cfg, loaded.device).T)
+        scores, idx = sims.topk(min(k, sims.shape[1]), dim=1)
+    else:
+        scores, idx = top_k(q, gallery, k)
     rows = []
     for qi, query in enumerate(queries):
         matches = []
@@ -229,9 +242,13 @@ def build_index(checkpoint: Path, out: Path, images: Path | None = None, caption
         raise ZskError(f"--nlist must be >= 0 (0: 4 sqrt(N) lists), got {nlist}")
     if faiss_threshold < 0:
         raise ZskError(f"--faiss-threshold must be >= 0, got {faiss_threshold}")
-    out = output_folder(out)
     loaded = load(checkpoint, device=device)
     cfg, model, dev = loaded.cfg, loaded.model, loaded.device
+    if is_pairwise(model):
+        raise ZskError(f"{checkpoint}: model.base={cfg.model.base} scores each (image, caption) pair with its "
+                       "similarity network, so there is no embedding index; search a split with "
+                       "`zsk retrieve predict --checkpoint ... QUERY`")
+    out = output_folder(out)
     if images is not None:
         kind = "images"
         if images.is_dir():

@@ -1,5 +1,7 @@
-"""LSEH training (Gong & Cosma, Pattern Recognition 2023; official code VSEpp_LSEH / VSEinfty_LSEH): a VSE++
-or VSE infinity network trained with L_MH, L_SH or L_LSEH, one stage through the shared Trainer.
+"""LSEH training (Gong & Cosma, Pattern Recognition 2023; official code VSEpp_LSEH / VSEinfty_LSEH / VSRN_LSEH /
+SGRAF_LSEH): a VSE++, VSE infinity, VSRN, SGR or SAF network trained with L_MH, L_SH or L_LSEH, one stage
+through the shared Trainer. Every network feeds its batch similarity matrix (cosine of the embeddings, or
+SGR/SAF's pair scores) to the same loss code; VSRN adds its caption-generation loss.
 
 An optional warm-up that sums over all negatives before taking the hardest (vse_infty's
 ``--vse_mean_warmup_epochs``; 0 in the LSEH official code and recipes) is a setting of the loss
@@ -69,10 +71,30 @@ def build_tokenizer(cfg: Config, train_captions: list[str] | None = None, vocab_
     return Vocabulary.build(train_captions, d.vocab_threshold, d.tokenizer, mask=d.token_aug > 0)
 
 
-def build_model(cfg: Config, vocab_size: int, load_pretrained: bool = True) -> VSEModel:
-    """The recipe's VSE network. ``load_pretrained`` off builds pretrained parts with random weights."""
+def build_model(cfg: Config, vocab_size: int, load_pretrained: bool = True) -> nn.Module:
+    """The recipe's network. ``load_pretrained`` off builds pretrained parts with random weights."""
     m = cfg.model
     pool, text = m.resolved()
+    if m.base == "vsrn":
+        from zsk.tasks.retrieve.model_vsrn import CaptionGenerator, VSRNImageEncoder, VSRNModel
+
+        return VSRNModel(VSRNImageEncoder(m.img_dim, m.embed_size, m.gcn_steps, m.vsrn_bn),
+                         GRUTextEncoder(vocab_size, m.word_dim, m.embed_size, m.text_layers),
+                         CaptionGenerator(vocab_size, m.embed_size, m.caption_hidden, m.caption_word_dim,
+                                          m.caption_max_len, m.caption_dropout),
+                         end_id=2, caption_weight=m.caption_weight)
+    if m.pairwise:
+        from zsk.tasks.retrieve.model_sgraf import (
+            LocalImageEncoder,
+            LocalTextEncoder,
+            SGRAFModel,
+            SimilarityNetwork,
+        )
+
+        return SGRAFModel(LocalImageEncoder(m.img_dim, m.embed_size),
+                          LocalTextEncoder(vocab_size, m.word_dim, m.embed_size, m.text_layers, m.text_dropout),
+                          SimilarityNetwork(m.embed_size, m.sim_dim, m.base.upper(), m.sgr_steps, m.num_regions,
+                                            m.attn_dropout, m.attn_smooth))
     if m.image_encoder == "cnn":
         trunk, feat_dim = cnn_trunk(m.backbone, m.pretrained if load_pretrained else None)
         image = CNNImageEncoder(trunk, feat_dim, m.embed_size, m.finetune)
@@ -118,6 +140,10 @@ def check_split_features(cfg: Config, split) -> None:
                        "encodes image files; set data.format=karpathy (or iapr) or model.image_encoder=precomp")
     pool, _ = m.resolved()
     shape = tuple(split.features.shape[1:])
+    if m.pairwise and shape != (m.num_regions, m.img_dim):
+        raise ZskError(f"{split.ims_path}: per-image features {shape}, but {m.base.upper()} reads (model.num_regions, "
+                       f"model.img_dim) = ({m.num_regions}, {m.img_dim}) regions (its attention BatchNorm is per "
+                       "region); set them to the file's shape")
     if pool == "flatten":
         want = (m.num_regions, m.img_dim) if len(shape) == 2 else (m.img_dim * m.num_regions,)
         if shape != want:
@@ -176,15 +202,31 @@ def param_groups(model: VSEModel, cfg: Config) -> list[dict]:
     return [{"params": rest}, {"params": list(bert.parameters()), "lr_mult": cfg.model.bert_lr_mult}]
 
 
+def batch_scores(m: nn.Module, batch: dict) -> tuple[Tensor, Tensor | None]:
+    """(image x caption similarity matrix of a training batch, auxiliary loss or None): the cosine of the
+    two embeddings (VSE++, VSE infinity), plus VSRN's caption loss, or SGR/SAF's pair scores."""
+    args = (batch["image"], batch["img_lengths"], batch["tokens"], batch["cap_lengths"])
+    inner = getattr(m, "module", m)  # DistributedDataParallel
+    if getattr(inner, "captioner", None) is not None:
+        return m(*args, with_caption_loss=True)
+    if getattr(inner, "pairwise", False):
+        return m(*args).float(), None
+    img, cap = m(*args)
+    return img.float() @ cap.float().T, None
+
+
 def make_step_fn(loss_fn: RankingLoss, optim_per_epoch: int) -> Callable[[nn.Module, dict, int], dict[str, Tensor]]:
-    """step_fn(model, batch, step) for the trainer: embed both sides and return the ranking loss of the
-    batch (the epoch, ``step // optim_per_epoch``, ends VSE infinity's sum-over-negatives warm-up)."""
+    """step_fn(model, batch, step) for the trainer: the batch similarity matrix and its ranking loss (the
+    epoch, ``step // optim_per_epoch``, ends VSE infinity's sum-over-negatives warm-up); VSRN adds its
+    caption-generation loss (logged as ``caption_loss``)."""
 
     def step_fn(m: nn.Module, batch: dict, step: int) -> dict[str, Tensor]:
-        img, cap = m(batch["image"], batch["img_lengths"], batch["tokens"], batch["cap_lengths"])
+        scores, aux = batch_scores(m, batch)
         epoch = step // optim_per_epoch
-        loss = loss_fn(img, cap, batch["img_index"], batch.get("lsa"), epoch, batch.get("index"))
-        return {"loss": loss}
+        loss = loss_fn.from_scores(scores, batch["img_index"], batch.get("lsa"), epoch, batch.get("index"))
+        if aux is None:
+            return {"loss": loss}
+        return {"loss": loss + aux, "rank_loss": loss.detach(), "caption_loss": aux.detach()}
 
     return step_fn
 
