@@ -58,6 +58,19 @@ def test_flat_layout_with_sake_list(tmp_path: Path) -> None:
     assert SPLITS["sake25"].num_unseen == 25 and SPLITS["yelamarthi21"].num_unseen == 21
 
 
+def test_published_split_lists_are_used_without_a_list_file(tmp_path: Path) -> None:
+    """A flat dataset without SAKE's split files trains on the published unseen classes shipped with zsk."""
+    for c in [*SPLITS["yelamarthi21"].classes, "airplane", "zebra"]:
+        _img(tmp_path / "sketch" / c / "a.png")
+        _img(tmp_path / "photo" / c / "a.jpg")
+    cfg = _cfg(tmp_path, "data.split=yelamarthi21")
+    assert read_split(cfg.data, "val").classes == sorted(SPLITS["yelamarthi21"].classes)
+    assert read_split(cfg.data, "train").classes == ["airplane", "zebra"]
+    for split in SPLITS.values():
+        assert len(split.classes) == len(set(split.classes)) == split.num_unseen, split.name
+    assert {"bat", "cabin", "window"} <= set(SPLITS["yelamarthi21"].classes)  # Yelamarthi et al.'s 21
+
+
 def test_parse_class_list() -> None:
     assert parse_class_list("airplane 0\nhot air balloon 12\n\n# comment\ncow\n") == ["airplane", "hot air balloon", "cow"]
     assert class_order(["b", "a b", "a"]) == ["a b", "a", "b"]

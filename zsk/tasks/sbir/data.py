@@ -75,13 +75,16 @@ def _fill(root: str, template: str) -> Path:
     return Path(template.replace("{root}", root))
 
 
-def read_unseen_list(d: DataConfig) -> tuple[list[str], Path]:
-    """The unseen classes of a named split from its list file (``data.unseen_list`` or the split's default)."""
+def read_unseen_list(d: DataConfig) -> tuple[list[str], str]:
+    """The unseen classes of a named split and where they came from: ``data.unseen_list``, else the split's
+    file in the dataset (SAKE's ``cname_cid_zero.txt``), else the list shipped in :mod:`zsk.tasks.sbir.splits`."""
     split = SPLITS[d.split]
     path = _fill(d.root, d.unseen_list or split.default_list)
     if not path.is_file():
-        raise ZskError(f"unseen-class list {path} of split {d.split} not found; give it with "
-                       f"--set data.unseen_list=FILE (one class per line, or SAKE's cname_cid_zero.txt)")
+        if d.unseen_list:
+            raise ZskError(f"unseen-class list {path} (data.unseen_list) not found; give an existing file (one class "
+                           f"per line, or SAKE's cname_cid_zero.txt), or drop it to use the {d.split} list zsk ships")
+        return list(split.classes), f"the {d.split} split ({split.source.split(':')[0]})"
     try:
         names = parse_class_list(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -91,7 +94,10 @@ def read_unseen_list(d: DataConfig) -> tuple[list[str], Path]:
     if len(names) != split.num_unseen:
         raise ZskError(f"unseen-class list {path} has {len(names)} classes, split {d.split} has {split.num_unseen} "
                        f"({split.source.split(':')[0]}); give the split's list or choose another data.split")
-    return names, path
+    if not d.unseen_list and set(names) != set(split.classes):
+        log(f"note: {path} differs from the published {d.split} list in {len(set(names) ^ set(split.classes))} "
+            "class names; the file is used")
+    return names, str(path)
 
 
 def _paired(sketches: dict[str, list[Path]], photos: dict[str, list[Path]], classes: list[str], where: str,
@@ -133,7 +139,7 @@ def read_split(d: DataConfig, split: str) -> DomainSplit:
     missing = [c for c in unseen if c not in sketches]
     if missing:
         raise ZskError(f"unseen class {missing[0]!r} of {path} has no folder in {sketch_dir}; the class names of the "
-                       "list must match the class folders")
+                       "list must match the class folders (another list: --set data.unseen_list=FILE)")
     wanted = unseen if split == "val" else [c for c in sketches if c not in set(unseen)]
     return _paired(sketches, photos, class_order(wanted), str(photo_dir), min_photos)
 

@@ -1,10 +1,12 @@
 """The zero-shot splits of Sketchy Extended and TU-Berlin Extended, in one place with their sources.
 
-The unseen class lists themselves are data files read from the dataset (never written here): SAKE's
-``dataset.zip`` (Liu et al., ICCV 2019, qliu24/SAKE; cs.jhu.edu/~qliu24/ZSSBIR/dataset.zip) ships them as
-``cname_cid_zero.txt`` (one ``<class name> <class id>`` per line; names may contain spaces), next to
-``cname_cid.txt`` for the seen classes. ACNet's own data (the authors' Google Drive) encodes its split as
-folders instead: ``<root>/{train,val}/{sketch,photo}/<class>/`` with ``val`` holding the unseen classes.
+Each split's unseen classes are listed below (``ZeroShotSplit.classes``), so a dataset unpacked without
+the split files still trains on the published split. SAKE's ``dataset.zip`` (Liu et al., ICCV 2019,
+qliu24/SAKE; cs.jhu.edu/~qliu24/ZSSBIR/dataset.zip) ships the same lists as ``cname_cid_zero.txt`` (one
+``<class name> <class id>`` per line; names may contain spaces), next to ``cname_cid.txt`` for the seen
+classes; when that file is in the dataset (or ``data.unseen_list`` names one) it is read instead. ACNet's own
+data (the authors' Google Drive) encodes its split as folders: ``<root>/{train,val}/{sketch,photo}/<class>/``
+with ``val`` holding the unseen classes.
 """
 
 from __future__ import annotations
@@ -22,21 +24,32 @@ class ZeroShotSplit:
     default_list: str  # relative to data.root
     min_val_photos: int
     source: str
+    classes: tuple[str, ...]  # the unseen classes, as the dataset's class folders name them
 
 
 SPLITS: dict[str, ZeroShotSplit] = {
     "yelamarthi21": ZeroShotSplit(
         "yelamarthi21", "Sketchy Extended", 21, "{root}/zeroshot1/cname_cid_zero.txt", 0,
         "Yelamarthi et al., ECCV 2018 (test_split_ref.npy): the 21 unseen classes not in ImageNet-1K, 104 seen; "
-        "SAKE dataset.zip Sketchy/zeroshot1. ACNet's released Sketchy folders use this split."),
+        "SAKE dataset.zip Sketchy/zeroshot1. ACNet's released Sketchy folders use this split.",
+        ("bat", "cabin", "cow", "dolphin", "door", "giraffe", "helicopter", "mouse", "pear", "raccoon", "rhinoceros",
+         "saw", "scissors", "seagull", "skyscraper", "songbird", "sword", "tree", "wheelchair", "windmill", "window")),
     "sake25": ZeroShotSplit(
         "sake25", "Sketchy Extended", 25, "{root}/zeroshot0/cname_cid_zero.txt", 0,
         "Shen et al., CVPR 2018 / SAKE (Liu et al., ICCV 2019): 25 random unseen classes, 100 seen; "
-        "SAKE dataset.zip Sketchy/zeroshot0."),
+        "SAKE dataset.zip Sketchy/zeroshot0 (the list below as distributed with peer ZS-SBIR code; not checked "
+        "against the archive's file, which wins when present).",
+        ("airplane", "bell", "butterfly", "camel", "chicken", "cup", "deer", "harp", "horse", "parrot", "pineapple",
+         "ray", "rifle", "scissors", "snail", "squirrel", "swan", "tank", "teddy_bear", "tree", "umbrella", "volcano",
+         "wheelchair", "windmill", "wine_bottle")),
     "tuberlin30": ZeroShotSplit(
         "tuberlin30", "TU-Berlin Extended", 30, "{root}/zeroshot/cname_cid_zero.txt", 400,
         "Shen et al., CVPR 2018 / SAKE: 30 random unseen classes with >= 400 photos each, 220 seen; "
-        "SAKE dataset.zip TUBerlin/zeroshot. ACNet drops val classes with < 400 photos (utils.py)."),
+        "SAKE dataset.zip TUBerlin/zeroshot. ACNet drops val classes with < 400 photos (utils.py).",
+        ("ant", "banana", "bottle opener", "brain", "bread", "bridge", "bus", "canoe", "fan", "frying-pan", "horse",
+         "hot air balloon", "laptop", "lighter", "parachute", "penguin", "pizza", "rollerblades", "shoe", "snowboard",
+         "space shuttle", "streetlight", "suitcase", "t-shirt", "table", "teacup", "telephone", "tractor", "trombone",
+         "windmill")),
 }
 
 
