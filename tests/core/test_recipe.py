@@ -268,3 +268,15 @@ def test_recipes_dir_prefers_the_recipes_shipped_in_the_package(tmp_path: Path,
     path = resolve_recipe_path("demo/x")
     assert path == site / "zsk" / "recipes" / "demo" / "x.yaml"
     assert load_recipe(path)["train"] == {"lr": 0.5, "batch_size": 3}
+
+
+def test_a_shipped_recipe_name_with_a_dot_resolves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """adapt/gtav2cs_2.2 is gtav2cs_2.2.yaml (not gtav2cs_2.yaml, which with_suffix would give)."""
+    from zsk.core.recipe import resolve_recipe_path
+
+    (tmp_path / "adapt").mkdir()
+    (tmp_path / "adapt" / "gtav2cs_2.yaml").write_text("task: adapt\n")
+    (tmp_path / "adapt" / "gtav2cs_2.2.yaml").write_text("task: adapt\n")
+    monkeypatch.setenv("ZSK_RECIPES", str(tmp_path))
+    assert resolve_recipe_path("adapt/gtav2cs_2.2") == tmp_path / "adapt" / "gtav2cs_2.2.yaml"
+    assert resolve_recipe_path("adapt/gtav2cs_2") == tmp_path / "adapt" / "gtav2cs_2.yaml"

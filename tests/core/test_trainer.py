@@ -469,6 +469,27 @@ def test_worker_loaders_persist_and_seed_each_sample_from_seed_epoch_and_positio
     assert all(torch.equal(a, b) for a, b in zip(epoch0, again, strict=True))
 
 
+class _PairItems(torch.utils.data.Dataset):
+    """Items addressed by (index, seed) pairs, as medseg's two-stream batch sampler yields them."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        index, seed = item
+        return torch.tensor([index, seed], dtype=torch.float64)
+
+
+def test_worker_loaders_pass_a_batch_samplers_pair_items_through(monkeypatch) -> None:  # noqa: ANN001
+    """A batch sampler yielding (index, seed) pairs works with worker processes (it failed on int(pair))."""
+    from zsk.core import trainer as core_trainer
+
+    monkeypatch.setattr(core_trainer, "worker_count", lambda n: min(n, 1))
+    sampler = [[(0, 11), (3, 12)], [(5, 13), (6, 14)]]
+    batches = [b.clone() for b in make_loader(_PairItems(), 2, workers=1, batch_sampler=sampler)]
+    assert [b.tolist() for b in batches] == [[[0, 11], [3, 12]], [[5, 13], [6, 14]]]
+
+
 def test_callbacks_see_every_optimizer_step_and_evaluation(tmp_path) -> None:  # noqa: ANN001
     from zsk.core.trainer import Callback
 

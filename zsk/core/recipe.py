@@ -83,7 +83,8 @@ def resolve_recipe_path(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    for candidate in (recipes_dir() / p, recipes_dir() / p.with_suffix(".yaml")):
+    # adapt/gtav2cs_2.2 names gtav2cs_2.2.yaml: append the suffix, do not replace the ".2"
+    for candidate in (recipes_dir() / p, recipes_dir() / f"{p}.yaml", recipes_dir() / p.with_suffix(".yaml")):
         if candidate.is_file():
             return candidate
     raise ZskError(f"recipe not found: {path} (give a YAML file path or a shipped name; `zsk recipes` lists them)")

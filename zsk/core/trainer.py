@@ -257,7 +257,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, epoch: int = 0, seed: int 
         return DataLoader(dataset, batch_sampler=batches[start_batch:], num_workers=0, collate_fn=collate_fn,
                           pin_memory=torch.cuda.is_available(), generator=g)
     base = (seed * 100_003 + epoch * 1_009) * 65_537 + rank * 1_000_003
-    seeded = [[(int(i), (base + b * 4_099 + j) % 2**63) for j, i in enumerate(batch)]
+    # an item is an index, or what a task's batch sampler yields (medseg: (index, seed) pairs), passed on as is
+    seeded = [[(i if isinstance(i, (tuple, list)) else int(i), (base + b * 4_099 + j) % 2**63) for j, i in enumerate(batch)]
               for b, batch in enumerate(batches)][start_batch:]
     key = (id(dataset), workers, id(collate_fn))
     cached = _PERSISTENT.get(key)
