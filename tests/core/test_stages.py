@@ -148,6 +148,25 @@ def test_a_one_stage_method_gets_its_files_from_the_trainer(tmp_path: Path) -> N
     assert {"best.pt", "last.pt", "eval.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
 
 
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_a_one_stage_method_honours_select(tmp_path: Path, select: str) -> None:
+    """select: best keeps the weights of the best evaluation in best.pt; select: last puts the final ones there."""
+    ctx = start_run("toy", Config, None, ["train.steps=3", "train.eval_every=1", f"train.select={select}"],
+                    out=tmp_path / "run")
+    net = nn.Linear(2, 1)
+    x = torch.randn(4, 2)
+    scores = iter([0.9, 0.1, 0.2])  # the first evaluation is the best
+
+    def build(tcfg: TrainConfig) -> Trainer:
+        return Trainer(ctx, net, tcfg, lambda m, b, s: {"loss": m(b).square().mean()}, lambda e, s: [x][s:], 1,
+                       eval_fn=lambda m: {"score": next(scores)})
+
+    run_stages(ctx, [Stage("", build)])
+    best, last = (load_checkpoint(tmp_path / "run" / f"{n}.pt") for n in ("best", "last"))
+    assert last["step"] == 3 and best["step"] == (1 if select == "best" else 3)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"]) == (select == "last")
+
+
 def test_a_stage_stopped_early_is_continued_on_resume(tmp_path: Path) -> None:
     evals = {"first": [0.1] * 10, "second": [0.2] * 10}
     ctx = start_run("toy", Config, None, ["train.steps=3", "train.max_steps=1"], out=tmp_path / "run")

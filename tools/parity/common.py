@@ -99,7 +99,8 @@ class Report:
         diff = max_abs_diff(ours, official)
         self.rows.append((component, diff, "equal" if diff <= tol else "DIFFERENT"))
         if keep:
-            value = official.detach().cpu().numpy() if isinstance(official, torch.Tensor) else np.asarray(official)
+            # a copy: a CPU tensor's numpy() shares its memory, and a later in-place update would change the figure
+            value = official.detach().cpu().numpy().copy() if isinstance(official, torch.Tensor) else np.array(official, copy=True)
             self.figures[component] = value
         return diff
 
@@ -109,7 +110,7 @@ class Report:
 
     def keep(self, name: str, value: Any) -> None:
         """An input to keep with the figures (seeded inputs the test replays)."""
-        self.figures[name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        self.figures[name] = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value, copy=True)
 
     def print(self) -> None:
         width = max([len(r[0]) for r in self.rows] + [9])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from torch import nn
 from zsk.core import dist
 from zsk.core.checkpoint import load_checkpoint, load_model_state
 from zsk.core.errors import ZskError
+from zsk.core.io import atomic_path
 from zsk.core.progress import log
 
 if TYPE_CHECKING:
@@ -95,7 +97,14 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage], *, final_model: nn.Modu
     if not stages:
         raise ValueError("run_stages needs at least one stage")
     if len(stages) == 1 and stages[0].name == "":
-        return stages[0].build(ctx.cfg.train).fit()
+        trainer = stages[0].build(ctx.cfg.train)
+        metrics = trainer.fit()
+        if ctx.cfg.train.select == "last" and dist.is_main():
+            # best.pt holds the final weights (an unbiased run: nothing chosen on the evaluation split)
+            with atomic_path(trainer.best_path) as tmp:
+                shutil.copyfile(trainer.last_path, tmp)
+        dist.barrier()
+        return metrics
     if any(s.name == "" for s in stages):
         raise ValueError("every stage of a multi-stage method needs a name")
     if final_model is None:

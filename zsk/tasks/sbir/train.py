@@ -106,13 +106,4 @@ def train(ctx: RunContext) -> dict[str, Any]:
                        eval_fn=eval_fn if unseen is not None else None, param_groups=param_groups(model, tcfg),
                        extra=extra, find_unused_parameters=tcfg.warmup_epochs > 0)
 
-    metrics = run_stages(ctx, [Stage("", build)])
-    if cfg.train.select == "last" and dist.is_main():
-        # an unbiased run: best.pt holds the last epoch's weights, not the ones chosen on the unseen split
-        import shutil
-
-        from zsk.core.io import atomic_path
-
-        with atomic_path(ctx.run_dir / "best.pt") as tmp:
-            shutil.copyfile(ctx.run_dir / "last.pt", tmp)
-    return metrics
+    return run_stages(ctx, [Stage("", build)])  # train.select: last makes best.pt the final weights
