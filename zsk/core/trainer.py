@@ -374,6 +374,20 @@ class _SignalWatch:
         return 128 + int(self.received or 0)
 
 
+def grad_accum_for(tcfg: Any) -> int:
+    """``train.grad_accum``, or, when the task's config sets ``train.effective_batch`` (the official total
+    batch, e.g. 16 = 4 per GPU x 4 GPUs), the accumulation that keeps batch x accumulation x GPUs at it on
+    any number of GPUs."""
+    effective = getattr(tcfg, "effective_batch", None)
+    if effective is None:
+        return tcfg.grad_accum
+    per_step = tcfg.batch_size * dist.get_dist().world_size
+    if effective % per_step:
+        raise ZskError(f"train.effective_batch={effective} is not a multiple of train.batch_size x GPUs "
+                       f"= {per_step}; change train.batch_size or train.effective_batch")
+    return effective // per_step
+
+
 class Trainer:
     """One training stage: optimizer, schedule, AMP, accumulation, eval, checkpoints, resume, signals."""
 

@@ -11,10 +11,11 @@ import torch
 
 from zsk.core.errors import ZskError
 from zsk.core.recipe import parse_config
+from zsk.core.trainer import grad_accum_for
 from zsk.models.segformer import MiTConfig
 from zsk.tasks.css.config import Config
 from zsk.tasks.css.model import IncrementalSegFormer, frozen_copy
-from zsk.tasks.css.train import OldModelState, _loader_fn, grad_accum_for, make_step_fn
+from zsk.tasks.css.train import OldModelState, _loader_fn, make_step_fn
 
 
 class _Ids(torch.utils.data.Dataset):

@@ -13,6 +13,7 @@ from zsk.core.bench import BenchSpec, count_flops, count_params, synchronize
 from zsk.core.errors import ZskError
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
+from zsk.core.trainer import grad_accum_for
 from zsk.tasks.css import increments
 from zsk.tasks.css.config import Config
 from zsk.tasks.css.data import write_sample
@@ -22,7 +23,6 @@ from zsk.tasks.css.train import (
     build_model,
     class_names,
     continual_steps,
-    grad_accum_for,
     make_step_fn,
 )
 

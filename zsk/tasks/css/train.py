@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsk.core import dist
 from zsk.core.cache import default_cache
 from zsk.core.checkpoint import load_checkpoint, load_model_state
 from zsk.core.device import seed_everything
@@ -29,7 +28,14 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, make_eval_loader, make_loader
+from zsk.core.trainer import (
+    TrainConfig,
+    Trainer,
+    batches_per_epoch,
+    grad_accum_for,
+    make_eval_loader,
+    make_loader,
+)
 from zsk.data import images as img_io
 from zsk.models.segformer import MIT_CONFIGS, MiTConfig, load_hf_mit_weights, load_mit_weights
 from zsk.tasks.css import increments
@@ -264,18 +270,6 @@ def average_over_steps(per_step: list[dict[str, Any]], num_steps: int) -> float 
     if len(values) != num_steps or any(v is None for v in values):
         return None
     return sum(values) / num_steps
-
-
-def grad_accum_for(tcfg: TrainConfig) -> int:
-    """``train.grad_accum``, or what keeps batch x accumulation x GPUs at ``train.effective_batch`` (the
-    official total batch 24 = 12 per GPU x 2 GPUs on any number of GPUs)."""
-    if tcfg.effective_batch is None:
-        return tcfg.grad_accum
-    per_step = tcfg.batch_size * dist.get_dist().world_size
-    if tcfg.effective_batch % per_step:
-        raise ZskError(f"train.effective_batch={tcfg.effective_batch} is not a multiple of train.batch_size x GPUs "
-                       f"= {per_step}; change train.batch_size or train.effective_batch")
-    return tcfg.effective_batch // per_step
 
 
 def _init_from(ctx: RunContext, model: IncrementalSegFormer, from_step: int) -> None:

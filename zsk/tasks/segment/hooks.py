@@ -13,10 +13,11 @@ from zsk.core.bench import BenchSpec, count_flops, count_params
 from zsk.core.errors import ZskError
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
+from zsk.core.trainer import grad_accum_for
 from zsk.tasks.segment.config import Config
 from zsk.tasks.segment.data import load_benchmark, write_sample
 from zsk.tasks.segment.model import unused_self_attention_params
-from zsk.tasks.segment.train import build_model, grad_accum_for, make_step_fn, param_groups, stage_settings
+from zsk.tasks.segment.train import build_model, make_step_fn, param_groups, stage_settings
 
 
 def _bench_classes(cfg: Config) -> tuple[list[str], tuple[int, ...]]:

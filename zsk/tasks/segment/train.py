@@ -12,12 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zsk.core import dist
 from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, grad_accum_for, make_loader
 from zsk.data.seg_transforms import SegTrainTransform
 from zsk.models.clip import (
     CLIPTextEncoder,
@@ -100,17 +99,6 @@ def param_groups(model: ZegCLIP, tcfg: Any) -> list[dict]:
         if norm:
             groups.append({"params": norm, "lr_mult": mult, "weight_decay": tcfg.weight_decay * tcfg.norm_decay_mult})
     return groups
-
-
-def grad_accum_for(tcfg: Any) -> int:
-    """``train.grad_accum``, or what keeps batch x accumulation x GPUs at ``train.effective_batch``."""
-    if tcfg.effective_batch is None:
-        return tcfg.grad_accum
-    per_step = tcfg.batch_size * dist.get_dist().world_size
-    if tcfg.effective_batch % per_step:
-        raise ZskError(f"train.effective_batch={tcfg.effective_batch} is not a multiple of train.batch_size x GPUs "
-                       f"= {per_step}; change train.batch_size or train.effective_batch")
-    return tcfg.effective_batch // per_step
 
 
 def make_step_fn(cfg: Config, text: Tensor, self_training_seen: Sequence[int] | Tensor | None = None) -> StepFn:
