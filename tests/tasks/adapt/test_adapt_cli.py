@@ -24,7 +24,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     roots = json.loads(res.stdout.strip().splitlines()[-1])
     sets = ["--set", f"data.root={roots['cityscapes']}", "--set", f"data.source_root={roots['gtav']}"]
     res = runner.invoke(app, ["adapt", "train", "--recipe", "adapt/demo", "--out", str(d / "run"), "--json", "--quiet",
-                              *sets])
+                              *sets, "--set", "runtime.loggers=[tensorboard]", "--set", "runtime.preview_images=1"])
     assert res.exit_code == 0, res.output
     return {"dir": d, "run": d / "run", "roots": roots, "sets": sets,
             "train": json.loads(res.stdout.strip().splitlines()[-1])}
@@ -39,6 +39,15 @@ def test_train_writes_rounds_and_nested_lists(trained: dict) -> None:
     assert len(r1) == 2 and len(r2) == 4 and r2[:2] == r1  # nested: round 2 adds the budget to round 1's list
     assert all(line.startswith("leftImg8bit/train/") for line in r2)
     assert {"mIoU", "mIoU16", "mIoU13", "per_class"} <= set(trained["train"])
+    # each evaluation of round 2 sent an image | ground truth | prediction panel of one val image to TensorBoard
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(run / "tensorboard" / "round2"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    (tag,) = acc.Tags()["images"]
+    shot = acc.Images(tag)[-1]
+    val = sorted((Path(trained["roots"]["cityscapes"]) / "leftImg8bit" / "val").glob("*/*.png"))
+    w, h = Image.open(val[0]).size
+    assert tag.startswith("round2/preview/0_") and (shot.width, shot.height) == (3 * w + 8, h)
 
 
 def test_eval_predict_and_select(trained: dict) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.core.trainer import make_eval_loader
+from zsk.data.overlay import preview_panel, to_uint8_image
 from zsk.metrics.confusion import ConfusionMatrix
 from zsk.metrics.segmentation import iou_per_class, mean_iou
 from zsk.models.inferers import sliding_window_inference
@@ -93,6 +95,25 @@ def evaluate_model(net: nn.Module, cfg: Config, split: str = "val", protocol: st
     net.train(was_training)
     names = list(CITYSCAPES_CLASSES) if cfg.data.num_classes == 19 else [f"class_{i}" for i in range(cfg.data.num_classes)]
     return {**miou_report(cm, names), "images": len(samples), "protocol": protocol}
+
+
+@torch.no_grad()
+def preview_model(net: nn.Module, cfg: Config, split: str = "val") -> dict[str, np.ndarray]:
+    """``image | ground truth | prediction`` panels (Cityscapes colours) of the first ``runtime.preview_images``
+    images of a Cityscapes split, whole images by the sliding window (what training sends to the trackers)."""
+    from zsk.tasks.adapt.predict import palette
+
+    samples = cityscapes_split(cfg.data, split)[: cfg.runtime.preview_images]
+    was_training = net.training
+    net.eval()
+    out = {}
+    for i, item in enumerate(EvalSet(samples, cfg.data)):
+        pred = segment_logits(net, item["image"], cfg).argmax(0)
+        out[f"{i}_{Path(samples[i].image).stem}"] = preview_panel(
+            to_uint8_image(item["image"], cfg.data.mean, cfg.data.std), item["label"].numpy(), pred.cpu().numpy(),
+            palette(cfg.data.num_classes), 255)
+    net.train(was_training)
+    return out
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,

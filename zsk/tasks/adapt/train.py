@@ -319,7 +319,7 @@ def split_initial_list(cfg: Config) -> tuple[list[Sample], list[str]]:
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train STAL's rounds with the recipe in ``ctx``; returns the final teacher's sliding-window metrics."""
-    from zsk.tasks.adapt.evaluate import evaluate_model
+    from zsk.tasks.adapt.evaluate import evaluate_model, preview_model
 
     cfg: Config = ctx.cfg
     d, al = cfg.data, cfg.train.al
@@ -400,12 +400,16 @@ def train(ctx: RunContext) -> dict[str, Any]:
             def eval_fn(m: nn.Module) -> dict[str, Any]:
                 return evaluate_model(m.teacher, cfg, cfg.eval.split, cfg.eval.train_protocol)
 
+            def preview_fn(m: nn.Module) -> dict[str, Any]:
+                return preview_model(m.teacher, cfg, cfg.eval.split)
+
             extra = {"class_names": _class_names(cfg), "round": k, "labeled": rels,
                      "cutmix_bank": torch.zeros(d.num_classes, len(unlabeled), dtype=torch.uint8),
                      "world_size": ctx.dist.world_size}
             trainer = Trainer(ctx, net, tcfg, make_step_fn(cfg, state), loader_fn, steps,
                               eval_fn=eval_fn if has_val else None, param_groups=param_groups(net, tcfg.head_lr_mult),
-                              extra=extra, stage=f"round{k}", callbacks=[EMATeacher(tcfg.ema_decay)])
+                              extra=extra, stage=f"round{k}", callbacks=[EMATeacher(tcfg.ema_decay)],
+                              preview_fn=preview_fn if has_val else None)
             state.trainer = trainer
             return trainer
 
