@@ -27,8 +27,9 @@ MODULES = ("config", "model", "losses", "data", "train", "evaluate", "predict", 
 P = inspect.Parameter
 
 
-def test_the_six_built_tasks_are_mounted() -> None:
-    assert {"segment", "retrieve", "fakenews", "medseg", "gzsl", "hsi"} <= set(TASKS)
+def test_all_eleven_tasks_are_mounted() -> None:
+    assert set(TASKS) == {"segment", "retrieve", "sbir", "css", "refer", "fakenews", "adapt", "contrast", "medseg",
+                          "gzsl", "hsi"}
 
 
 @pytest.mark.parametrize("task", TASKS)
