@@ -512,3 +512,101 @@ def test_callbacks_see_every_optimizer_step_and_evaluation(tmp_path) -> None:  #
     assert [s for s, _ in seen["steps"]] == [1, 2, 3, 4]  # once per optimizer step, not per micro-batch
     assert [s for s, _ in seen["evals"]] == [2, 4]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["pool"] == 4
+
+
+# ------------------------------------------------------------------ a parameter group listed twice ("repeat")
+def _loop_clip(params: list[nn.Parameter], max_norm: float) -> float:
+    """torch 1.7's clip_grad_norm_ written out: one norm and one multiplication per list entry."""
+    total = math.sqrt(sum(float(p.grad.double().square().sum()) for p in params))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
+
+
+def _loop_adam(params: list[nn.Parameter], state: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+    """torch 1.7's for-loop Adam written out: every list entry is one full update of its parameter."""
+    b1, b2 = betas
+    for p in params:
+        st = state.setdefault(id(p), {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+        st["step"] += 1
+        g = p.grad
+        st["m"].mul_(b1).add_(g, alpha=1 - b1)
+        st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (st["v"].sqrt() / math.sqrt(1 - b2 ** st["step"])).add_(eps)
+        with torch.no_grad():
+            p.addcdiv_(st["m"], denom, value=-lr / (1 - b1 ** st["step"]))
+
+
+def _two_layers() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("clip", [None, 0.05], ids=["no-clip", "clip"])
+def test_repeated_group_equals_a_for_loop_adam_over_a_list_with_duplicates(tmp_path: Path, clip) -> None:
+    model, ref = _two_layers(), _two_layers()
+    seen: list[list[torch.Tensor]] = []
+
+    def step_fn(m: nn.Module, batch: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        seen.append([t.clone() for t in batch])
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(m(x), y)}
+
+    sets = ["train.optimizer=adam", "train.lr=0.05", "train.steps=3"] + ([f"train.clip_grad_norm={clip}"] if clip else [])
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters()), "repeat": 2}]
+    trainer = build(tmp_path, sets, step_fn=step_fn, model=model, param_groups=groups)
+    trainer.fit()
+
+    # the official list: first layer once, second layer twice (as VSRN_LSEH lists its captioner)
+    listed = [*ref[0].parameters(), *ref[2].parameters(), *ref[2].parameters()]
+    state: dict = {}
+    norms = []
+    for x, y in seen:
+        for p in ref.parameters():
+            p.grad = None
+        nn.functional.cross_entropy(ref(x), y).backward()
+        if clip:
+            norms.append(_loop_clip(listed, clip))
+        _loop_adam(listed, state, lr=0.05)
+    assert len(seen) == 3
+    for got, want in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=0, atol=1e-6)
+    steps = [int(trainer.optimizer.state[p]["step"]) for p in model.parameters()]
+    assert steps == [3, 3, 6, 6]  # Adam's step count advanced twice per iteration for the listed-twice layer
+    if clip:
+        assert min(norms) > clip  # the clip was active in every step
+    # a list without the duplicates gives other weights: the test tells the two apart
+    once = _two_layers()
+    state = {}
+    for x, y in seen:
+        for p in once.parameters():
+            p.grad = None
+        nn.functional.cross_entropy(once(x), y).backward()
+        if clip:
+            _loop_clip(list(once.parameters()), clip)
+        _loop_adam(list(once.parameters()), state, lr=0.05)
+    assert (once[2].weight - model[2].weight).abs().max() > 1e-3
+
+
+def test_repeated_clip_counts_the_group_twice_and_scales_it_twice() -> None:
+    from zsk.core.trainer import clip_grad_norm_repeated_
+
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0, 2.0])  # norms 5 and 3
+    total = clip_grad_norm_repeated_([{"params": [a]}, {"params": [b], "repeat": 2}], 1.0)
+    assert float(total) == pytest.approx(math.sqrt(25 + 2 * 9), rel=1e-6)  # b counted twice
+    coef = 1.0 / (math.sqrt(43) + 1e-6)
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 4.0]) * coef)
+    torch.testing.assert_close(b.grad, torch.tensor([1.0, 2.0, 2.0]) * coef * coef)  # scaled once per entry
+    a.grad, b.grad = torch.tensor([0.3, 0.4]), torch.tensor([0.1, 0.2, 0.2])  # below the threshold: untouched
+    clip_grad_norm_repeated_([{"params": [a]}, {"params": [b], "repeat": 2}], 1.0)
+    torch.testing.assert_close(b.grad, torch.tensor([0.1, 0.2, 0.2]))
+
+
+def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
+    model = _two_layers()
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters()), "repeat": 0}]
+    with pytest.raises(ZskFailure, match="repeat"):
+        build(tmp_path, ["train.steps=1"], model=model, param_groups=groups)

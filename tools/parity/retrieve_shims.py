@@ -103,3 +103,14 @@ def official_path(folder: Path, packages: tuple[str, ...]):
         yield
     finally:
         sys.path.remove(str(folder))
+
+
+@contextlib.contextmanager
+def no_cuda_sync():
+    """``torch.cuda.synchronize()`` as a no-op (VSRN's ``calcualte_caption_loss`` calls it first thing)."""
+    old = torch.cuda.synchronize
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize = old  # type: ignore[assignment]

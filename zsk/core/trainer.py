@@ -314,7 +314,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def build_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW over parameter groups; a group's ``lr_mult`` scales ``train.lr``."""
+    """SGD / Adam / AdamW over parameter groups; a group's ``lr_mult`` scales ``train.lr``; its ``repeat``
+    (default 1) makes the Trainer step it that many times per step (:func:`step_repeated`)."""
     groups = []
     for g in params:
         group = {k: v for k, v in g.items() if k != "lr_mult"}
@@ -331,6 +332,43 @@ def build_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def clip_grad_norm_repeated_(param_groups: Sequence[dict], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over an optimizer's parameter list in which a group with ``"repeat": r`` lists each
+    of its parameters r times (official code that puts a module into the list twice, e.g. VSRN_LSEH model.py):
+    such a gradient enters the 2-norm r times and, when clipped, is multiplied by the coefficient r times, as
+    torch's loop over the list does. Returns the total norm."""
+    entries = [(p.grad.detach(), int(g.get("repeat", 1))) for g in param_groups for p in g["params"]
+               if p.grad is not None]
+    if not entries:
+        return torch.zeros(())
+    device = entries[0][0].device
+    norms = [torch.linalg.vector_norm(grad, 2.0).to(device) for grad, r in entries for _ in range(r)]
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for grad, r in entries:
+        for _ in range(r):
+            grad.mul_(coef.to(grad.device))
+    return total
+
+
+def step_repeated(optimizer: torch.optim.Optimizer) -> None:
+    """One optimizer step in which a parameter group with ``"repeat": r`` is stepped r times with the same
+    gradients, each time a full update (step count, moments, parameters), as torch's for-loop optimizers
+    update a parameter that their list holds r times; the other groups step once."""
+    optimizer.step()
+    groups = optimizer.param_groups
+    for k in range(1, max(int(g.get("repeat", 1)) for g in groups)):
+        # the groups already stepped often enough sit this one out: a parameter without gradient is skipped
+        resting = [(p, p.grad) for g in groups if int(g.get("repeat", 1)) <= k for p in g["params"]]
+        for p, _ in resting:
+            p.grad = None
+        try:
+            optimizer.step()
+        finally:
+            for p, grad in resting:
+                p.grad = grad
 
 
 class Callback:
@@ -431,6 +469,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.amp_dtype) else None
         groups = param_groups if param_groups is not None else [{"params": list(self.model.parameters())}]
         self.optimizer = build_optimizer(groups, cfg)
+        # a group with "repeat": r stands for an official parameter list that holds its parameters r times
+        repeats = [int(g.get("repeat", 1)) for g in self.optimizer.param_groups]
+        if min(repeats) < 1:
+            raise ZskFailure(f"a parameter group's 'repeat' must be >= 1, got {min(repeats)}")
+        self._repeat = max(repeats)
+        if self._repeat > 1 and self.scaler is not None:
+            raise ZskError("stepping a parameter group repeatedly (an official optimizer list that holds parameters "
+                           "twice) is not supported with fp16's grad scaler: set runtime.precision=fp32 (or bf16)")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [functools.partial(lr_factor, total=self.total_steps, cfg=cfg, base_lr=g["lr"])
                              for g in self.optimizer.param_groups])
@@ -683,10 +729,15 @@ class Trainer:
         if self.cfg.clip_grad_norm:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            if self._repeat > 1:
+                clip_grad_norm_repeated_(self.optimizer.param_groups, self.cfg.clip_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        elif self._repeat > 1:
+            step_repeated(self.optimizer)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -199,6 +199,7 @@ def test_paper_recipes_carry_the_fork_settings(name: str, base: str, epochs: int
         assert cfg.model.embed_size == 2048 and cfg.model.caption_max_len == 60
         assert cfg.model.vsrn_bn == name.startswith("f30k") and cfg.train.best_metric == "r1r5_sum"
         assert cfg.train.lr == (5e-4 if name.startswith("iapr") else 4e-4)
+        assert cfg.train.captioner_params == "once"  # the fix; "twice" is the official optimizer list
     else:
         assert cfg.model.embed_size == 1024 and cfg.model.sim_dim == 256 and cfg.eval.shard == 100
     assert cfg.data.captions_per_image == (1 if name.startswith("iapr") else 5)
@@ -281,6 +282,9 @@ BAD = [
     ("dropout_one", ["model.base=sgr", "model.text_dropout=1.0"], ["model.text_dropout"]),
     ("shard_zero", ["model.base=sgr", "eval.shard=0"], ["eval.shard"]),
     ("regions_mismatch", ["model.base=sgr", "model.num_regions=36"], ["train_ims.npy", "model.num_regions"]),
+    ("captioner_twice_without_vsrn", ["model.base=sgr", "train.captioner_params=twice"],
+     ["train.captioner_params", "model.base=vsrn"]),
+    ("captioner_params_value", ["model.base=vsrn", "train.captioner_params=thrice"], ["train.captioner_params"]),
 ]
 
 
@@ -341,3 +345,31 @@ def test_eval_groups_equal_the_per_caption_loop(module: str, monkeypatch) -> Non
     loop = torch.stack([net.pair_scores(img, glo, cap[i : i + 1, :n]) for i, n in enumerate(lens)], dim=1)
     monkeypatch.setattr(sg, "EVAL_PAIRS_PER_CALL", 10)  # two captions per call: groups split across calls
     torch.testing.assert_close(net(img, cap, lens), loop, rtol=1e-5, atol=1e-6)
+
+
+def test_vsrn_official_captioner_list_steps_the_captioner_twice(small_data: Path, tmp_path: Path) -> None:
+    """train.captioner_params: twice (the official VSRN_LSEH optimizer list, which holds the caption generator
+    twice): the captioner's parameters form a group with repeat 2, so Adam's step count of each of them advances
+    twice per iteration, the encoders' once; the default keeps one entry per parameter."""
+    from zsk.core.checkpoint import load_checkpoint
+    from zsk.tasks.retrieve.train import param_groups
+
+    for mode, cap_steps in (("twice", 6), ("once", 3)):
+        out = tmp_path / mode
+        run("train", "--recipe", "retrieve/demo", "--set", f"data.root={small_data}", "--set", "model.base=vsrn",
+            "--set", "train.steps=3", "--set", "train.clip_grad_norm=2.0", "--set", f"train.captioner_params={mode}",
+            *TINY, "--out", str(out), "--quiet")
+        state = load_checkpoint(out / "last.pt")["optimizer"]
+        groups = state["param_groups"]
+        steps = {i: int(s["step"]) for i, s in state["state"].items()}
+        if mode == "twice":
+            assert [g.get("repeat", 1) for g in groups] == [1, 2]
+            assert {steps[i] for i in groups[0]["params"]} == {3} and {steps[i] for i in groups[1]["params"]} == {cap_steps}
+        else:
+            assert len(groups) == 1 and set(steps.values()) == {cap_steps}
+    cfg = tiny_cfg("vsrn")
+    cfg.train.captioner_params = "twice"
+    model = build_model(cfg, 30)
+    groups = param_groups(model, cfg)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.captioner.parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))

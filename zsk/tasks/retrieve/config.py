@@ -175,6 +175,10 @@ class TrainConfig(CoreTrainConfig):
     lr_update: int = 0  # epochs: multiply lr by train.gamma every lr_update epochs (VSE++ --lr_update); 0 = off
     best_metric: str | None = "rsum"
     eval_epoch_end: bool = True  # with train.eval_every: also at epoch ends (VSE++ val_step and per epoch)
+    # VSRN: how often the optimizer's parameter list holds the caption generator. once (the fix); twice: the
+    # official VSRN_LSEH model.py lists decoder, encoder and caption_model (which holds both), so Adam steps the
+    # captioner twice per iteration and clip_grad_norm_ counts (and scales) its gradients twice
+    captioner_params: Literal["once", "twice"] = "once"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,3 +212,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.captioner_params != "once" and self.model.base != "vsrn":
+            raise ZskError(f"train.captioner_params={self.train.captioner_params} applies to VSRN's caption generator, "
+                           f"but model.base is {self.model.base}; remove it or set model.base=vsrn")

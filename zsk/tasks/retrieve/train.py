@@ -193,7 +193,16 @@ def vocabulary_captions(cfg: Config, train_split) -> list[str]:
 
 
 def param_groups(model: VSEModel, cfg: Config) -> list[dict]:
-    """BERT trains at ``lr * model.bert_lr_mult`` (VSE infinity); everything else at ``lr``."""
+    """BERT trains at ``lr * model.bert_lr_mult`` (VSE infinity); everything else at ``lr``. With
+    ``train.captioner_params: twice`` VSRN's caption generator is a group with ``"repeat": 2``: the official
+    VSRN_LSEH optimizer list holds it twice (the Trainer then steps it twice and counts it twice in the clip)."""
+    captioner = getattr(model, "captioner", None)
+    if cfg.train.captioner_params == "twice":
+        if captioner is None:
+            raise ZskError("train.captioner_params=twice needs VSRN's caption generator (model.base=vsrn)")
+        ids = {id(p) for p in captioner.parameters()}
+        return [{"params": [p for p in model.parameters() if id(p) not in ids]},
+                {"params": list(captioner.parameters()), "repeat": 2}]
     bert = getattr(model.text_encoder, "bert", None)
     if bert is None:
         return [{"params": list(model.parameters())}]
