@@ -13,6 +13,7 @@ from zsk.metrics.retrieval import (
     rank_metrics,
     retrieval_metrics,
     t2i_ranks,
+    two_pass_ranks,
 )
 
 # 2 images x 10 captions; captions 0-4 belong to image 0, 5-9 to image 1 (the 5-captions-per-image rule)
@@ -88,3 +89,31 @@ def test_coco_1k_averages_five_folds() -> None:
 def test_coco_1k_needs_equal_folds() -> None:
     with pytest.raises(ValueError, match="folds"):
         coco_1k(torch.eye(7), torch.eye(7).repeat_interleave(5, 0), 5, folds=5)
+
+
+@pytest.mark.parametrize("cpi,n_img,chunk", [(5, 23, 7), (5, 23, 23), (1, 17, 4), (5, 9, 100)])
+def test_one_pass_ranks_equal_two_pass_ranks(cpi, n_img, chunk) -> None:
+    """Issue 19: one pass over the similarity tiles gives the ranks of building the matrix once per direction."""
+    g = torch.Generator().manual_seed(cpi * 100 + n_img)
+    # integers: every score exact in both computations, with many ties (ties never count as beating)
+    img = torch.randint(-2, 3, (n_img, 6), generator=g).float()
+    cap = torch.randint(-2, 3, (n_img * cpi, 6), generator=g).float()
+    one, two = chunked_ranks(img, cap, cpi, chunk), two_pass_ranks(img, cap, cpi, chunk)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.equal(one[0], i2t_ranks(img @ cap.T, cpi)) and torch.equal(one[1], t2i_ranks(img @ cap.T, cpi))
+    assert one[0].max() > 0 and one[1].max() > 0  # not all perfect: the counts are exercised
+    # float embeddings (cosine): each score is computed once, in the same tiles, for both directions
+    img = torch.nn.functional.normalize(torch.randn(n_img, 16, generator=g), dim=1)
+    cap = torch.nn.functional.normalize(torch.randn(n_img * cpi, 16, generator=g), dim=1)
+    r_i, r_t = chunked_ranks(img, cap, cpi, chunk)
+    ref_i, ref_t = two_pass_ranks(img, cap, cpi, chunk)
+    assert torch.equal(r_i, ref_i) and torch.equal(r_t, ref_t)
+
+
+def test_one_pass_ranks_by_hand() -> None:
+    # the hand-worked matrix of test_ranks_by_hand, produced as img @ cap.T with 2-d one-hot-ish embeddings
+    img = torch.eye(2)
+    cap = S.T.contiguous()  # caption j's embedding is its column of S: img @ cap.T == S
+    r_i, r_t = chunked_ranks(img, cap, 5, chunk=1)
+    assert r_i.tolist() == [1, 5]
+    assert r_t.tolist() == [1, 0, 1, 1, 0, 1, 1, 1, 1, 0]

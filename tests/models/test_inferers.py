@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zsk.models.inferers import (
+    MeasuredBatch,
     gaussian_importance,
     sliding_window_inference,
     symmetric_padding,
@@ -150,3 +151,27 @@ def test_tiled_inference_rounds_tiles_to_the_network_stride() -> None:
     tiled_inference(x, (5, 16), (0, 0), strided, multiple=(4, 4))
     assert all(h % 4 == 0 for h, _ in sizes) and sizes[0] == (8, 16)
     assert len(sizes) == math.ceil(32 / 8)
+
+
+def test_measured_batch_times_real_windows_once_and_keeps_the_fastest() -> None:
+    """Issue 19: `MeasuredBatch` warms up and times each candidate on the input's own windows (each window
+    computed once), keeps the fastest per window for the rest and for later inputs; output unchanged."""
+    x = torch.randn(2, 30, 17)
+    now = {"t": 0.0}
+    seen: list[int] = []
+
+    def predictor(w: torch.Tensor) -> torch.Tensor:
+        seen.append(w.shape[0])
+        now["t"] += {1: 1.0, 3: 1.5}.get(w.shape[0], 0.0)  # per window: 1 s alone, 0.5 s in threes
+        return pointwise(w)
+
+    memo: dict = {}
+    measured = MeasuredBatch((1, 3), memo, key="k", clock=lambda: now["t"])
+    out = sliding_window_inference(x, (4, 5), (3, 2), predictor, window_batch=measured)
+    n = len(window_starts(30, 4, 3)) * len(window_starts(17, 5, 2))
+    assert sum(seen) == n  # every window once, the measured ones included
+    assert seen[:4] == [1, 3, 1, 3] and set(seen[4:-1]) <= {3} and seen[-1] <= 3 and memo == {"k": 3}
+    torch.testing.assert_close(out, sliding_window_inference(x, (4, 5), (3, 2), pointwise, window_batch=1))
+    seen.clear()
+    sliding_window_inference(x, (4, 5), (3, 2), predictor, window_batch=MeasuredBatch((1, 3), memo, key="k"))
+    assert seen[0] == 3  # remembered: no second measurement

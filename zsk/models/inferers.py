@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -57,14 +58,65 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125, devic
     return weights.clamp_min(float(positive.min()) if positive.numel() else 1e-6)
 
 
+def default_clock(device: torch.device) -> Callable[[], float]:
+    """The clock to time work on ``device``: the process's CPU time when torch runs one CPU thread (other
+    processes' load does not count), else wall time after synchronising a GPU."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time
+    if device.type == "cuda":
+        return lambda: (torch.cuda.synchronize(device), time.perf_counter())[1]
+    return time.perf_counter
+
+
+class MeasuredBatch:
+    """A window batch chosen by timing the real windows of the first input: each candidate size runs once
+    as a warm-up (kernels, allocations) and once timed, then the fastest per window is kept, for the rest
+    of the input and in ``memo[key]`` for later inputs (no window is computed twice; the measured windows
+    are real output). Batching windows pays on a GPU and for small models, not for a large 3-D model on a
+    CPU (issue 19), so the choice is measured rather than fixed per device."""
+
+    def __init__(self, candidates: Sequence[int] = (1, 8), memo: dict | None = None, key: object = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.candidates = [max(1, int(c)) for c in candidates]
+        self.memo = memo if memo is not None else {}
+        self.key = key
+        self.clock = clock
+        self.queue = [*self.candidates, *self.candidates]  # warm-up round, then timed round
+        self.calls = 0
+        self.cost: dict[int, float] = {}
+
+    @property
+    def chosen(self) -> int | None:
+        return self.memo.get(self.key)
+
+    def next(self) -> int:
+        """The size of the next batch of windows."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.queue[0] if self.queue else self.candidates[0]
+
+    def done(self, size: int, requested: int, seconds: float) -> None:
+        """Record a batch of `size` windows (of `requested`) that took `seconds`."""
+        if self.chosen is not None or not self.queue:
+            return
+        self.queue.pop(0)
+        self.calls += 1
+        if self.calls > len(self.candidates) and size == requested:  # timed round, a full batch
+            self.cost[requested] = seconds / size
+        if not self.queue:
+            if self.cost:
+                self.memo[self.key] = min(self.cost, key=self.cost.__getitem__)
+            # an input too small for a full timed round: decide on a later, larger input
+
+
 @torch.no_grad()
 def sliding_window_inference(inputs: Tensor, window: Sequence[int], stride: Sequence[int], predictor: Predictor, *,
-                             window_batch: int = 1, blend: Literal["mean", "gaussian"] = "mean",
+                             window_batch: int | MeasuredBatch = 1, blend: Literal["mean", "gaussian"] = "mean",
                              pad: Literal["none", "symmetric"] = "none", sigma_scale: float = 0.125) -> Tensor:
     """Scores ``(K, *spatial)`` of an input ``(C, *spatial)`` scored window by window.
 
     Windows follow :func:`window_starts` on every axis (row-major order), go through ``predictor``
-    ``window_batch`` at a time, and overlapping scores are averaged (``blend="mean"``) or weighted by
+    ``window_batch`` at a time (or as many as a :class:`MeasuredBatch` picks), and overlapping scores are averaged (``blend="mean"``) or weighted by
     :func:`gaussian_importance`. ``pad="symmetric"`` zero-pads axes shorter than the window and crops
     the padding off the result (DTC); with ``pad="none"`` such an axis gets one window clipped to the
     input (mmseg), so the predictor sees a smaller window.
@@ -85,10 +137,18 @@ def sliding_window_inference(inputs: Tensor, window: Sequence[int], stride: Sequ
     weight = gaussian_importance(sizes, sigma_scale, x.device) if blend == "gaussian" else None
     total: Tensor | None = None
     count = torch.zeros((1, *shape), device=x.device)
-    for i in range(0, len(starts), max(1, window_batch)):
-        chunk = starts[i:i + max(1, window_batch)]
+    measured = window_batch if isinstance(window_batch, MeasuredBatch) else None
+    clock = (measured.clock or default_clock(x.device)) if measured is not None else None
+    i = 0
+    while i < len(starts):
+        requested = measured.next() if measured is not None else max(1, int(window_batch))  # type: ignore[arg-type]
+        chunk = starts[i:i + requested]
+        i += len(chunk)
         boxes = [tuple(slice(a, a + w) for a, w in zip(start, sizes, strict=True)) for start in chunk]
+        t0 = clock() if clock is not None else 0.0
         out = predictor(torch.stack([x[(slice(None), *box)] for box in boxes]))
+        if measured is not None and clock is not None:
+            measured.done(len(chunk), requested, clock() - t0)
         if total is None:
             total = torch.zeros((out.shape[1], *shape), device=out.device, dtype=out.dtype)
             count = count.to(out.device)

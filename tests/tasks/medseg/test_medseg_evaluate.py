@@ -46,8 +46,34 @@ def test_bench_spec_trains_and_batched_inference_matches():
     spec.infer_step()
     extra = spec.extra()
     assert spec.train_samples == 2 and spec.infer_unit == "volumes"
+    assert extra["window_batch"] == 2 and extra["window_batch_setting"] == 2  # _cfg sets 2
     assert extra["batched_vs_single_max_abs_diff"] < 1e-5
-    assert extra["s_per_volume_batched"] > 0 and extra["s_per_volume_one_window"] > 0
+    assert extra["s_per_volume_one_window"] > 0 and extra["s_per_volume_batched_8"] > 0
+    assert extra["batched_8_speedup_wall"] == pytest.approx(extra["s_per_volume_one_window"] / extra["s_per_volume_batched_8"])
+
+
+def test_window_batch_auto_is_measured_on_the_first_volume(monkeypatch):
+    from zsk.models.inferers import MeasuredBatch
+
+    cfg = parse_config(Config, {})
+    assert cfg.eval.window_batch == "auto"  # the default and the recipes' value
+    for name in ("la_16", "la_8", "pancreas_12", "demo"):
+        from zsk.core.recipe import load_recipe
+
+        assert parse_config(Config, load_recipe(f"medseg/{name}")).eval.window_batch == "auto"
+    assert evaluate.window_batch_for(3, torch.device("cpu")) == 3
+    monkeypatch.setattr(evaluate, "_measured_window_batches", {})
+    cfg = _cfg()
+    cfg.eval.window_batch = "auto"
+    model = hooks.build_model(cfg).eval()
+    volume = np.random.default_rng(0).normal(size=(40, 20, 20)).astype(np.float32)  # 9 windows of 16^3
+    choice = evaluate.window_batch_for("auto", torch.device("cpu"), model, cfg.eval_patch)
+    assert isinstance(choice, MeasuredBatch) and choice.chosen is None
+    _, auto = evaluate.infer_volume(model, volume, cfg, torch.device("cpu"))
+    chosen = evaluate.window_batch_for("auto", torch.device("cpu"), model, cfg.eval_patch).chosen
+    assert chosen in (1, 8)  # measured on this volume's windows and remembered
+    _, fixed = evaluate.infer_volume(model, volume, cfg, torch.device("cpu"), 1)
+    torch.testing.assert_close(auto, fixed, atol=1e-6, rtol=1e-5)
 
 
 def test_montage_outlines_the_mask():

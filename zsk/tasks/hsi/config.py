@@ -186,12 +186,21 @@ class TrainConfig(CoreTrainConfig):
 @dataclass
 class EvalConfig:
     split: Literal["test", "val", "train", "all"] = "test"
-    chunk_pixels: int = 1024  # patches per batched forward in dense prediction ("same" padding)
+    # patches per batched forward in dense prediction ("same" padding): a number, or "auto" (the fastest of a
+    # few sizes, timed on the first patches of the scene on its device; see evaluate.measured_chunk)
+    chunk_pixels: int | Literal["auto"] = "auto"
     tile_pixels: int = 16384  # pixels per fully convolutional tile ("valid" padding), CRF chunk and refinement band
+    # MiB of pairwise energies kept between mean-field iterations (computed once per run instead of once per
+    # iteration; same output bit for bit); chunks beyond the budget are recomputed. 0: recompute every time
+    crf_cache_mb: float = 1024.0
 
     def __post_init__(self) -> None:
-        _at_least("eval.chunk_pixels", self.chunk_pixels, 1)
+        if self.chunk_pixels != "auto":
+            if isinstance(self.chunk_pixels, bool) or not isinstance(self.chunk_pixels, int):
+                raise ZskError(f"eval.chunk_pixels must be a patch count >= 1 or auto, got {self.chunk_pixels!r}")
+            _at_least("eval.chunk_pixels", self.chunk_pixels, 1)
         _at_least("eval.tile_pixels", self.tile_pixels, 1)
+        _at_least("eval.crf_cache_mb", self.crf_cache_mb, 0)
 
 
 @dataclass

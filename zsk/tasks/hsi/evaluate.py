@@ -10,7 +10,7 @@ per-class accuracy and F1 on the recipe's split (redrawn from its seed, so it ma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.metrics.classification import accuracy as overall_accuracy
 from zsk.metrics.classification import average_accuracy, cohen_kappa, per_class_accuracy
 from zsk.metrics.confusion import ConfusionMatrix
-from zsk.models.inferers import Predictor, tiled_inference
+from zsk.models.inferers import Predictor, default_clock, tiled_inference
 from zsk.tasks.hsi import data as hsi_data
 from zsk.tasks.hsi.config import Config, EvalConfig
 from zsk.tasks.hsi.model import CRFGrid, DeconvRefinement, HSINet, mean_field
@@ -68,19 +68,58 @@ def _tiled(inputs: Tensor, tile: tuple[int, int], halo: tuple[int, int], predict
     return out
 
 
-@torch.no_grad()
-def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str = "features") -> Tensor:
-    """(B, Hp, Wp) padded cube -> (Hp - w + 1, Wp - w + 1, D) node features of every pixel, tile by tile.
+# patch counts tried by `eval.chunk_pixels: auto`, per device type (CPU caches favour small batches; a GPU
+# needs large ones to fill), and the choice made per device and model shape in this process
+CHUNK_CANDIDATES: dict[str, tuple[int, ...]] = {"cpu": (8, 16, 32, 64, 128, 256), "cuda": (256, 1024, 4096, 16384)}
+_measured_chunks: dict[tuple, int] = {}
 
-    `same` branches: the patches of `chunk_pixels` pixels are cut with one gather and run as one batch;
-    `valid` branches: rows of `tile_pixels` pixels run fully convolutionally. Never one patch per call.
+
+_clock = default_clock  # CPU time on one CPU thread (other processes' load does not count), else wall time
+
+
+def measured_chunk(run: Callable[[int, int], None], n: int, device: torch.device, key: tuple) -> tuple[int, int]:
+    """Pick the patch chunk of dense prediction by timing: `run(s, e)` computes patches s..e-1 (for real:
+    the timed chunks are the scene's first patches, so the measurement costs only their size's inefficiency).
+    Each candidate of `CHUNK_CANDIDATES` that fits the scene runs once after a warm-up; the fastest per
+    patch wins and is remembered for `key` (device and model shape). Returns (chunk, patches done)."""
+    if key in _measured_chunks:
+        return _measured_chunks[key], 0
+    pool = CHUNK_CANDIDATES.get(device.type) or CHUNK_CANDIDATES.get("cuda", (1024,))
+    candidates = [c for c in pool if 4 * c <= n]
+    if not candidates:
+        return max(1, n), 0
+    clock = _clock(device)
+    s = candidates[0]
+    run(0, s)  # warm-up: kernels, allocations
+    best, best_cost = candidates[0], math.inf
+    for c in candidates:
+        t0 = clock()
+        run(s, s + c)
+        cost = (clock() - t0) / c
+        s += c
+        if cost < best_cost:
+            best, best_cost = c, cost
+    _measured_chunks[key] = best
+    return best, s
+
+
+@torch.no_grad()
+def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str = "features",
+                  out: Tensor | None = None) -> Tensor:
+    """(B, Hp, Wp) padded cube -> (Hp - w + 1, Wp - w + 1, D) node features of every pixel, tile by tile,
+    written into `out` when given (a buffer reused across calls) or a new tensor.
+
+    `same` branches: the patches of `chunk_pixels` pixels (or the measured size, `auto`) are cut with one
+    gather and run as one batch; `valid` branches: rows of `tile_pixels` pixels run fully convolutionally
+    (each 3-D branch computed once per pixel, not once per patch: equal to the per-patch forward).
     """
     feats = net.potentials.features
     w = feats.patch
     ho, wo = padded.shape[1] - w + 1, padded.shape[2] - w + 1
     if ho < 1 or wo < 1:
         raise ZskError(f"the cube ({padded.shape[1]} x {padded.shape[2]} pixels) is smaller than the {w} x {w} patch")
-    out = torch.empty(ho, wo, feats.feature_dim, device=padded.device)
+    if out is None or out.shape != (ho, wo, feats.feature_dim) or out.device != padded.device:
+        out = torch.empty(ho, wo, feats.feature_dim, device=padded.device)
     if feats.spatial_padding == "valid":
         # a band of output rows reads w - 1 more input rows (output smaller than input): not tiled_inference's
         # same-size contract, so the bands are cut here
@@ -90,19 +129,31 @@ def node_features(net: HSINet, padded: Tensor, eval_cfg: EvalConfig, desc: str =
             out[r0:r1] = feats.forward_dense(padded[:, r0 : r1 + w - 1])
         return out
     n = ho * wo
-    chunk = max(1, eval_cfg.chunk_pixels)
     flat = out.view(n, -1)
-    for s in progress(range(0, n, chunk), desc=desc):
-        idx = torch.arange(s, min(n, s + chunk), device=padded.device)
-        patches = hsi_data.extract_patches(padded, idx // wo, idx % wo, w)
-        flat[s : s + len(idx)] = feats(patches)
+
+    def run(s: int, e: int) -> None:
+        idx = torch.arange(s, min(n, e), device=padded.device)
+        flat[s : s + len(idx)] = feats(hsi_data.extract_patches(padded, idx // wo, idx % wo, w))
+
+    start = 0
+    chunk = eval_cfg.chunk_pixels
+    if chunk == "auto":
+        key = (str(padded.device), padded.shape[0], w, feats.feature_dim, len(feats.groups),
+               tuple(b.out_channels for b in feats.branches), sum(p.numel() for p in feats.parameters()))
+        chunk, start = measured_chunk(run, n, padded.device, key)
+    chunk = max(1, int(chunk))
+    for s in progress(range(start, n, chunk), desc=desc):
+        run(s, s + chunk)
     return out
 
 
 @torch.no_grad()
 def crf_marginals(net: HSINet, features: Tensor, radius: int, iters: int, chunk_pixels: int,
-                  update: str = "full") -> dict[str, Tensor]:
+                  update: str = "full", cache_mb: float = 0.0) -> dict[str, Tensor]:
     """Node features (H, W, D) -> {"cnn": softmax(-U), "crf": mean-field Q (when the model has a CRF)}.
+
+    The pairwise energies are computed once per run and kept for the later iterations up to `cache_mb` MiB
+    (`eval.crf_cache_mb`; the same marginals bit for bit, see `CRFGrid`).
 
     A pairwise head that piecewise training never trained (no neighbouring training pixels) is left out:
     "crf" is then the unary marginals softmax(-U), with a warning (a random head would wreck the map).
@@ -116,7 +167,8 @@ def crf_marginals(net: HSINet, features: Tensor, radius: int, iters: int, chunk_
                  "or model.crf_radius to train it")
             out["crf"] = out["cnn"]
         else:
-            grid = CRFGrid(net.potentials.pairwise, features, radius, chunk_pixels, update)
+            grid = CRFGrid(net.potentials.pairwise, features, radius, chunk_pixels, update,
+                           cache_bytes=int(cache_mb * 2**20))
             out["crf"] = mean_field(unary, grid.message, iters)
     return out
 
@@ -147,7 +199,7 @@ def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "f
     net.eval()
     features = node_features(net, padded, cfg.eval, desc)
     out = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels,
-                        cfg.model.mean_field_update)
+                        cfg.model.mean_field_update, cfg.eval.crf_cache_mb)
     q = out.get("crf", out["cnn"])
     if net.refine is not None:
         logits = refine_logits(net.refine, q, features, cfg.eval.tile_pixels,

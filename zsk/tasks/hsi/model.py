@@ -201,10 +201,13 @@ MEAN_FIELD_UPDATES = ("full", "outgoing")
 
 
 class CRFGrid:
-    """Pairwise messages of a whole scene on the pixel grid, with V_pq computed on the fly in row chunks.
+    """Pairwise messages of a whole scene on the pixel grid, with V_pq computed in row chunks.
 
-    Holds the projected node terms (H, W, hidden) of every pixel; never stores all (H, W, |N|, K, K)
-    energies, so scenes of any size fit in memory.
+    Holds the projected node terms (H, W, hidden) of every pixel. The energies V_pq of a chunk are
+    computed on its first use and kept for the later mean-field iterations while they fit in
+    `cache_bytes` (the energies do not change between iterations, so this gives bit for bit the same
+    messages, with each V computed once per mean-field run instead of once per iteration); chunks beyond
+    the budget are recomputed on the fly, so scenes of any size fit in memory.
 
     `update="full"` (default) is the mean-field update of the energy over ordered pairs: node p receives
     V_pq Q_q from each pair (p, q) it starts and V_qp^T Q_q from each pair (q, p) it ends, since y_p appears
@@ -212,7 +215,7 @@ class CRFGrid:
     """
 
     def __init__(self, head: PairwiseHead, features: Tensor, radius: int, chunk_pixels: int = 65536,
-                 update: str = "full") -> None:
+                 update: str = "full", cache_bytes: int = 0) -> None:
         if update not in MEAN_FIELD_UPDATES:
             raise ValueError(f"unknown mean-field update {update!r}; choose {' or '.join(MEAN_FIELD_UPDATES)}")
         self.head = head
@@ -221,12 +224,31 @@ class CRFGrid:
         self.offsets = neighbour_offsets(radius)
         self.chunk_rows = max(1, chunk_pixels // max(1, self.width))
         self.incoming = update == "full"
+        self.cache_bytes = cache_bytes
+        self.cached: dict[tuple[int, int], Tensor] = {}
+        self.cached_bytes = 0
+        self.computed = 0  # energy chunks computed so far (cached or not)
+
+    def energies(self, i: int, r0: int, r1: int, x0: int, x1: int) -> Tensor:
+        """V_pq of offset `i` for p in rows r0:r1, cols x0:x1: from the cache, or computed (and cached if it fits)."""
+        key = (i, r0)
+        v = self.cached.get(key)
+        if v is not None:
+            return v
+        dy, dx = self.offsets[i]
+        v = self.head.combine(self.a[r0:r1, x0:x1], self.b[r0 + dy : r1 + dy, x0 + dx : x1 + dx])
+        self.computed += 1
+        size = v.numel() * v.element_size()
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cached[key] = v
+            self.cached_bytes += size
+        return v
 
     def message(self, q: Tensor) -> Tensor:
         """(H, W, K) marginals -> (H, W, K) messages (neighbours outside the scene omitted)."""
         h, w = self.height, self.width
         out = torch.zeros_like(q)
-        for dy, dx in self.offsets:
+        for i, (dy, dx) in enumerate(self.offsets):
             # rows/cols of p whose neighbour p + (dy, dx) lies inside the scene
             y0, y1 = max(0, -dy), min(h, h - dy)
             x0, x1 = max(0, -dx), min(w, w - dx)
@@ -234,7 +256,7 @@ class CRFGrid:
                 continue
             for r0 in range(y0, y1, self.chunk_rows):
                 r1 = min(y1, r0 + self.chunk_rows)
-                v = self.head.combine(self.a[r0:r1, x0:x1], self.b[r0 + dy : r1 + dy, x0 + dx : x1 + dx])
+                v = self.energies(i, r0, r1, x0, x1)
                 q_nb = q[r0 + dy : r1 + dy, x0 + dx : x1 + dx]
                 out[r0:r1, x0:x1] += torch.einsum("...kl,...l->...k", v, q_nb)
                 if self.incoming:  # the same pair seen from its second node q: V_pq(l, k) Q_p(l)

@@ -259,7 +259,10 @@ def piecewise_trainer(ctx: RunContext, tcfg: TrainConfig, net: HSINet, data: Sce
         return make_loader(_Indices(len(step)), tcfg.batch_size, epoch=epoch, seed=seed, start_batch=start_batch)
 
     val_map = _label_index_map(data.split.val, device)
-    eval_fn = _val_unary_fn(step, val_map, cfg.eval.chunk_pixels) if bool((val_map >= 0).any()) else None
+    # validation patches are few: `auto` takes a size that measured well on the device instead of timing again
+    # (CPU: 8-16 patches per batch were fastest for the Indian Pines model, tools/perf.py hsi-chunk)
+    chunk = cfg.eval.chunk_pixels if cfg.eval.chunk_pixels != "auto" else (16 if device.type == "cpu" else 1024)
+    eval_fn = _val_unary_fn(step, val_map, chunk) if bool((val_map >= 0).any()) else None
     if eval_fn is None:
         log("no validation pixels (data.split.val_share): keeping the last weights")
     return Trainer(ctx, net.potentials, tcfg, step, loader_fn, batches_per_epoch(len(step), tcfg.batch_size),
@@ -286,7 +289,7 @@ def refine_trainer(ctx: RunContext, tcfg: TrainConfig, net: HSINet, data: SceneD
     net.potentials.eval()
     features = node_features(net, padded, cfg.eval, desc="refine inputs")
     marg = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels,
-                         cfg.model.mean_field_update)
+                         cfg.model.mean_field_update, cfg.eval.crf_cache_mb)
     q = marg.get("crf", marg["cnn"]).permute(2, 0, 1)[None].contiguous()
     f = features.permute(2, 0, 1)[None].contiguous()
     ho, wo = q.shape[-2:]

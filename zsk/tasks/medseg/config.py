@@ -121,7 +121,9 @@ class EvalConfig:
     split: str = "test"
     patch_size: tuple[int, int, int] | None = None  # default: data.patch_size
     stride: tuple[int, int, int] = (18, 18, 4)  # stride_xy = 18, stride_z = 4 (test_LA.py)
-    window_batch: int = 4  # windows per forward pass (batched on the device)
+    # windows per forward pass: a number, or auto (1 or 8, whichever the first volume's windows run faster
+    # per window on the device; evaluate.window_batch_for)
+    window_batch: int | Literal["auto"] = "auto"
     threshold: float = 0.5
     largest_component: bool = True  # keep the largest connected component (test_LA.py nms=1)
     spacing: Literal["voxel", "header"] = "voxel"  # distances in voxels (paper) or mm from the header
@@ -133,8 +135,8 @@ class EvalConfig:
             check_patch("eval.patch_size", self.patch_size)
         if any(s <= 0 for s in self.stride):
             raise ZskError(f"eval.stride = {list(self.stride)}: strides must be positive")
-        if self.window_batch < 1:
-            raise ZskError(f"eval.window_batch must be >= 1, got {self.window_batch}")
+        if self.window_batch != "auto" and self.window_batch < 1:
+            raise ZskError(f"eval.window_batch must be >= 1 or auto, got {self.window_batch}")
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise ZskError(f"eval.threshold is a probability and must be in (0, 1), got {self.threshold}")
         if self.max_cases is not None and self.max_cases < 1:

@@ -21,18 +21,37 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, load_trained
 from zsk.data.volumes import Volume
 from zsk.metrics.medical import binary_case_metrics
-from zsk.models.inferers import sliding_window_inference
+from zsk.models.inferers import MeasuredBatch, sliding_window_inference
 from zsk.tasks.medseg.config import Config
 from zsk.tasks.medseg.data import CaseRef, check_window_fits, load_case, split_cases
 from zsk.tasks.medseg.model import seg_probabilities
 from zsk.tasks.medseg.train import METRICS, build_model
 
+# `eval.window_batch: auto` times these window batches on the first volume's real windows and keeps the
+# fastest per window (zsk.models.inferers.MeasuredBatch), once per device, model and window size in a process.
+# Measured on a CPU (tools/perf.py medseg-windows): one window at a time is faster for the LA V-Net's
+# 112x112x80 windows, batches of 8 are 3.5x faster for the demo's small model and windows.
+WINDOW_BATCH_CANDIDATES: tuple[int, ...] = (1, 8)
+_measured_window_batches: dict[tuple, int] = {}
+
+
+def window_batch_for(value: int | str, device: torch.device, model: nn.Module | None = None,
+                     patch: Sequence[int] = ()) -> int | MeasuredBatch:
+    """`eval.window_batch` for `device`: the number itself, or for `auto` a `MeasuredBatch` remembered per
+    device, model shape and window size."""
+    if value != "auto":
+        return int(value)
+    key = (str(device), type(model).__name__, sum(p.numel() for p in model.parameters()) if model is not None else 0,
+           tuple(patch))
+    return MeasuredBatch(WINDOW_BATCH_CANDIDATES, _measured_window_batches, key)
+
 
 @torch.no_grad()
 def sliding_window_scores(model: nn.Module, image: torch.Tensor, patch: Sequence[int], stride: Sequence[int],
-                          num_classes: int, window_batch: int = 4) -> torch.Tensor:
+                          num_classes: int, window_batch: int | MeasuredBatch = 4) -> torch.Tensor:
     """Averaged class scores of a (X, Y, Z) volume: (1, X, Y, Z) sigmoid scores for a binary model,
-    (C, X, Y, Z) softmax scores otherwise. ``window_batch`` windows go through the model at once."""
+    (C, X, Y, Z) softmax scores otherwise. ``window_batch`` windows go through the model at once (or as
+    many as a `MeasuredBatch` picks)."""
     device = next(model.parameters()).device
     image = image.to(device=device, dtype=torch.float32)
 
@@ -77,7 +96,8 @@ def infer_volume(model: nn.Module, image: np.ndarray, cfg: Config, device: torch
     with torch.no_grad(), autocast(device, autocast_dtype(device, cfg.runtime.precision)):
         scores = sliding_window_scores(model, torch.from_numpy(np.ascontiguousarray(image)), cfg.eval_patch,
                                        cfg.eval.stride, cfg.data.num_classes,
-                                       window_batch or cfg.eval.window_batch)
+                                       window_batch or window_batch_for(cfg.eval.window_batch, device, model,
+                                                                        cfg.eval_patch))
     model.train(was_training)
     pred = scores_to_labels(scores, cfg.data.num_classes, cfg.eval.threshold, cfg.eval.largest_component)
     return pred, scores

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zsk.core.bench import BenchSpec, count_flops, count_params
+from zsk.core.bench import BenchSpec, count_flops, count_params, synchronize
 from zsk.core.errors import ZskError
 from zsk.core.task import Loaded, run_demo
+from zsk.models.inferers import MeasuredBatch
 from zsk.tasks.medseg.config import Config
 from zsk.tasks.medseg.data import split_cases, write_sample
-from zsk.tasks.medseg.evaluate import infer_volume
+from zsk.tasks.medseg.evaluate import infer_volume, window_batch_for
 from zsk.tasks.medseg.train import build_model, make_step_fn
 
 LA_VOLUME = (180, 140, 88)  # a typical preprocessed LA case (observed shapes of the official h5 files)
@@ -86,8 +88,8 @@ def _task() -> Any:
 def bench_spec(cfg: Config, device: torch.device, batch_size: int | None,
                volume_shape: tuple[int, int, int] = LA_VOLUME) -> BenchSpec:
     """The Trainer's step on a synthetic two-stream batch of the recipe's patch size, and sliding-window
-    inference on an LA-sized volume (180×140×88); ``extra`` times batched against one-window-at-a-time
-    inference and checks they agree."""
+    inference on an LA-sized volume (180×140×88); ``extra`` times one window per forward against batches
+    of 8, paired, checks they agree, and reports the batch ``eval.window_batch: auto`` measured."""
     bs = batch_size or cfg.train.batch_size
     lbs = min(cfg.train.labeled_bs, bs)
     model = build_model(cfg).to(device)
@@ -104,22 +106,30 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None,
         infer_volume(model, volume, cfg, device)
 
     def extra() -> dict[str, Any]:
-        def timed(window_batch: int) -> tuple[float, torch.Tensor]:
-            infer_volume(model, volume, cfg, device, window_batch)  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            _, s = infer_volume(model, volume, cfg, device, window_batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - t0, s
-
-        batched_s, batched = timed(cfg.eval.window_batch)
-        single_s, single = timed(1)
-        return {"volume_shape": list(volume_shape), "window_batch": cfg.eval.window_batch,
-                "s_per_volume_batched": batched_s, "s_per_volume_one_window": single_s,
-                "batched_speedup": single_s / batched_s,
-                "batched_vs_single_max_abs_diff": float((batched - single).abs().max())}
+        """One window per forward against batches of 8, timed as pairs: interleaved runs, medians of CPU and
+        wall time, so both sides see the same machine load (issue 19); and the batch `auto` measured."""
+        choice = window_batch_for(cfg.eval.window_batch, device, model, cfg.eval_patch)
+        if isinstance(choice, MeasuredBatch) and choice.chosen is None:
+            infer_volume(model, volume, cfg, device)  # lets `auto` measure (bench runs infer_step first anyway)
+        chosen = choice.chosen if isinstance(choice, MeasuredBatch) else choice
+        times: dict[int, list[tuple[float, float]]] = {1: [], 8: []}
+        outputs: dict[int, torch.Tensor] = {}
+        for wb in times:
+            infer_volume(model, volume, cfg, device, wb)  # warm-up
+        for _ in range(3):
+            for wb in times:
+                c0, t0 = time.process_time(), time.perf_counter()
+                _, outputs[wb] = infer_volume(model, volume, cfg, device, wb)
+                synchronize(device)
+                times[wb].append((time.process_time() - c0, time.perf_counter() - t0))
+        med = {wb: (statistics.median(c for c, _ in ts), statistics.median(w for _, w in ts)) for wb, ts in times.items()}
+        return {"volume_shape": list(volume_shape), "window_batch": chosen,
+                "window_batch_setting": cfg.eval.window_batch,
+                "s_per_volume_one_window": med[1][1], "cpu_s_per_volume_one_window": med[1][0],
+                "s_per_volume_batched_8": med[8][1], "cpu_s_per_volume_batched_8": med[8][0],
+                "batched_8_speedup_cpu": med[1][0] / med[8][0] if med[8][0] > 0 else None,
+                "batched_8_speedup_wall": med[1][1] / med[8][1] if med[8][1] > 0 else None,
+                "batched_vs_single_max_abs_diff": float((outputs[8] - outputs[1]).abs().max())}
 
     return BenchSpec(model=model, step_fn=make_step_fn(cfg), batch=batch, train_cfg=cfg.train, infer_step=infer_step,
                      train_samples=bs, infer_samples=1, unit="patches", infer_unit="volumes", extra=extra)
