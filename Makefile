@@ -8,7 +8,7 @@ STAMP := $(VENV)/.zsk-installed
 # CPU-only torch build, which torchvision's default (CUDA) wheel cannot load its operators against.
 TORCH_PINS := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint perf clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/zsk demo
+
+perf: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/perf.py all --out perf.jsonl
 
 lint: $(STAMP)
 	$(BIN)/ruff check zsk tests
