@@ -41,9 +41,17 @@ def sample_dir(tmp_path_factory):
 def test_end_to_end(sample_dir, tmp_path):
     run = tmp_path / "run"
     r = invoke("train", "--recipe", "medseg/demo", "--set", f"data.root={sample_dir / 'la'}", *TINY,
-               "--set", "train.max_steps=3", "--out", run, "--device", "cpu", "--json")
+               "--set", "train.max_steps=3", "--out", run, "--device", "cpu", "--json",
+               "--set", "runtime.loggers=[tensorboard]", "--set", "runtime.preview_images=1")
     assert r.exit_code == 0, r.output
     assert set(last_json(r)) >= {"dice", "jaccard", "hd95", "asd", "run_dir"}
+    # the evaluation sent the first case's most-labelled axial slice (32 x 32: image | truth | prediction)
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(run / "tensorboard"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    (tag,) = acc.Tags()["images"]
+    shot = acc.Images(tag)[-1]
+    assert tag.startswith("preview/SAMPLE004_z") and (shot.width, shot.height, shot.step) == (3 * 32 + 8, 32, 3)
     for name in ("best.pt", "last.pt", "metrics.jsonl", "eval.json", "recipe.yaml"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -128,6 +128,26 @@ def case_metrics(pred: np.ndarray, vol: Volume, cfg: Config) -> dict[str, Any]:
     return {"case": vol.name, **mean, "per_class": per_class}
 
 
+def preview_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], device: torch.device) -> dict[str, np.ndarray]:
+    """``image | ground truth | prediction`` of the first ``runtime.preview_images`` cases, each at the axial
+    slice with the most labelled voxels (intensities min-max scaled), for the experiment trackers."""
+    from zsk.data.images import voc_palette
+    from zsk.data.overlay import preview_panel
+
+    out = {}
+    for ref in list(cases)[: cfg.runtime.preview_images]:
+        vol = load_case(ref, cfg.data, require_label=True)
+        check_window_fits(vol.shape, cfg.eval_patch, ref.image, cfg.eval_window_key)
+        pred, _ = infer_volume(model, vol.image, cfg, device)
+        assert vol.label is not None
+        z = int(np.argmax((vol.label > 0).sum(axis=(0, 1))))
+        img = vol.image[:, :, z].astype(np.float64)
+        span = float(img.max() - img.min()) or 1.0
+        grey = ((img - img.min()) / span * 255).round().astype(np.uint8)
+        out[f"{ref.name}_z{z}"] = preview_panel(grey, vol.label[:, :, z], pred[:, :, z], voc_palette(256), None)
+    return out
+
+
 def evaluate_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], device: torch.device) -> dict[str, Any]:
     """Sliding-window predictions and metrics over cases (split across ranks), averaged over cases."""
     info = dist.get_dist()

@@ -75,7 +75,7 @@ def make_step_fn(cfg: Config):
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train DTC with the recipe in ``ctx`` and return the final evaluation metrics."""
-    from zsk.tasks.medseg.evaluate import evaluate_cases
+    from zsk.tasks.medseg.evaluate import evaluate_cases, preview_cases
 
     cfg: Config = ctx.cfg
     d = cfg.data
@@ -109,8 +109,12 @@ def train(ctx: RunContext) -> dict[str, Any]:
             res = evaluate_cases(m, cfg, test_cases, ctx.device)
             return {k: res[k] for k in METRICS}
 
+        def preview_fn(m: nn.Module) -> dict[str, Any]:
+            return preview_cases(m, cfg, test_cases, ctx.device)
+
         extra = {"class_names": list(d.class_names), "num_classes": d.num_classes, "patch_size": list(d.patch_size)}
         return Trainer(ctx, build_model(cfg), tcfg, make_step_fn(cfg), loader_fn, len(sampler(0)),
-                       eval_fn=eval_fn if test_cases else None, extra=extra)
+                       eval_fn=eval_fn if test_cases else None, extra=extra,
+                       preview_fn=preview_fn if test_cases else None)
 
     return run_stages(ctx, [Stage("", build)])
