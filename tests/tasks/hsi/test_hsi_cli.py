@@ -43,10 +43,22 @@ def trained(tmp_path_factory):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["h5"].endswith("sample.h5")
     run = root / "run"
-    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *_sets([f"data.root={sample}", *TINY]),
+    r = runner.invoke(app, ["train", "--recipe", "hsi/demo", *_sets([f"data.root={sample}", *TINY,
+                                                                       "runtime.loggers=[tensorboard]"]),
                             "--out", str(run), "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     return runner, root, sample, run, _json_lines(r.stdout)[-1]
+
+
+def test_refine_evaluations_send_a_scene_preview(trained):
+    """False colour | validation labels | refined map of the whole scene, per refine-stage evaluation."""
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = trained[3]
+    acc = ea.EventAccumulator(str(run / "tensorboard" / "refine"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["refine/preview/scene"]
+    shot = acc.Images("refine/preview/scene")[-1]
+    assert (shot.width, shot.height) == (3 * 24 + 8, 24)  # the 24 x 24 sample scene, three panels
 
 
 def test_train_writes_the_run_directory(trained):

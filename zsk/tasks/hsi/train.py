@@ -321,9 +321,23 @@ def refine_trainer(ctx: RunContext, tcfg: TrainConfig, net: HSINet, data: SceneD
         mask = val_t >= 0
         return {"val_OA": float((pred[mask] == val_t[mask]).float().mean())}
 
+    def preview_fn(model: nn.Module) -> dict[str, np.ndarray]:
+        """False colour (bands at 1/4, 1/2, 3/4 of the cube) | validation labels | refined map, for the trackers."""
+        from zsk.data.images import voc_palette
+        from zsk.data.overlay import preview_panel
+
+        if ctx.cfg.runtime.preview_images < 1:
+            return {}
+        cube = data.cube[:, off : off + ho, off : off + wo].permute(1, 2, 0).float()  # (H, W, B')
+        bands = cube[..., [cube.shape[-1] // 4, cube.shape[-1] // 2, 3 * cube.shape[-1] // 4]]
+        lo, hi = bands.amin(dim=(0, 1)), bands.amax(dim=(0, 1))
+        rgb = ((bands - lo) / (hi - lo).clamp(min=1e-12) * 255).round().byte().cpu().numpy()
+        pred = model(q, f).argmax(1)[0].cpu().numpy()
+        return {"scene": preview_panel(rgb, val_t[0].cpu().numpy(), pred, voc_palette(256), -1)}
+
     has_val = bool((val_t >= 0).any())
     return Trainer(ctx, net.refine, tcfg, step_fn, loader_fn, 1, eval_fn=eval_fn if has_val else None, extra=extra,
-                   stage="refine")
+                   stage="refine", preview_fn=preview_fn if has_val else None)
 
 
 def train(ctx: RunContext) -> dict:
