@@ -1,4 +1,4 @@
-"""The ``zsk`` command: one sub-app per task plus ``recipes``, ``cache``, ``doctor``, ``demo``, ``bench`` and ``plot``."""
+"""The ``zsk`` command: one sub-app per task plus ``recipes``, ``cache``, ``doctor``, ``demo``, ``bench``, ``plot`` and ``runs``."""
 
 from __future__ import annotations
 
@@ -333,6 +333,43 @@ def plot(runs: Annotated[list[Path], typer.Argument(help="Run folders, or `train
     for r in rows:
         table.add_row(r["file"], r["kind"], r["key"], str(r["runs"]))
     result_console().print(table)
+
+
+@app.command("runs")
+@guarded
+def runs_(root: Annotated[Path, typer.Argument(help="A folder of runs (searched recursively), or one run folder.")] = Path("runs"),
+          status: Annotated[str | None, typer.Option("--status", help="Only runs with this status: finished, "
+                                                     "interrupted, failed or running.")] = None,
+          json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """The runs under a folder: task, recipe, seed, stage and step reached, best metric and its step, and
+    status (finished, interrupted, failed, running), to find the run to resume or compare."""
+    from zsk.core.errors import ZskError
+    from zsk.core.runs import STATUSES, list_runs
+
+    if not root.is_dir():
+        raise ZskError(f"{root} is not a folder; give the folder your runs are in (default: runs)")
+    if status is not None and status not in STATUSES:
+        raise ZskError(f"--status {status}: choose one of {', '.join(STATUSES)}")
+    rows = [r for r in list_runs(root) if status is None or r["status"] == status]
+    if json_out:
+        for r in rows:
+            emit_result(r, True)
+        return
+    from rich.table import Table
+
+    def fmt(v: object) -> str:
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = Table("run", "task", "recipe", "seed", "step", "best", "at step", "status", title=f"zsk runs {root}")
+    for r in rows:
+        step = f"{r['stage']}:{r['step']}" if r["stage"] and r["step"] is not None else fmt(r["step"])
+        best = f"{r['best_metric']} {fmt(r['best_value'])}" if r["best_metric"] else ""
+        recipe = fmt(r["recipe"])
+        recipe = recipe if len(recipe) <= 40 else recipe[:39] + "…"
+        table.add_row(r["run"], fmt(r["task"]), recipe, fmt(r["seed"]), step, best, fmt(r["best_step"]), r["status"])
+    result_console().print(table)
+    if not rows:
+        log(f"no runs under {root}" + (f" with status {status}" if status else ""))
 
 
 def run(argv: list[str] | None = None) -> int:

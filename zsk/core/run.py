@@ -139,11 +139,11 @@ _fresh_run_dir: Path | None = None
 
 
 def discard_fresh_run_dir() -> None:
-    """Remove the run directory this process just created if it still holds only ``recipe.yaml``
-    (a run that stopped on bad input before training leaves no empty folder behind)."""
+    """Remove the run directory this process just created if it still holds only ``recipe.yaml`` (and the
+    ``status.json`` of its start): a run that stopped on bad input before training leaves no folder behind."""
     global _fresh_run_dir
     d, _fresh_run_dir = _fresh_run_dir, None
-    if d is not None and d.is_dir() and {p.name for p in d.iterdir()} <= {"recipe.yaml"}:
+    if d is not None and d.is_dir() and {p.name for p in d.iterdir()} <= {"recipe.yaml", "status.json"}:
         _release(d)
         for p in d.iterdir():
             p.unlink()
@@ -155,7 +155,7 @@ def _default_run_dir(task: str, recipe: dict) -> Path:
     return Path("runs") / task / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-RUN_FILES = ("recipe.yaml", "metrics.jsonl", "eval.json", "summary.json")
+RUN_FILES = ("recipe.yaml", "metrics.jsonl", "eval.json", "summary.json", "status.json")
 _locks: dict[Path, int] = {}  # run folders this process holds (folder fds), released at exit
 
 

@@ -331,6 +331,34 @@ def _pick(kwargs: dict[str, Any], options: Sequence[Option]) -> dict[str, Any]:
     return {o.name: kwargs[o.name] for o in options}
 
 
+def _with_status(task: Task, recipe: str | None) -> Callable[[RunContext], dict[str, Any]]:
+    """``task.train`` that records the run in ``RUN/status.json`` (rank 0): running, then finished,
+    interrupted (with the exit code the signal gives) or failed (with the error), for ``zsk runs``."""
+    from zsk.core.errors import Interrupted
+    from zsk.core.runs import write_status
+
+    def train(ctx: RunContext) -> dict[str, Any]:
+        main = ctx.dist.is_main
+        if main:
+            write_status(ctx.run_dir, "running", task=task.name, recipe=recipe, seed=int(ctx.cfg.runtime.seed))
+        try:
+            metrics = task.train(ctx)
+        except Interrupted as e:
+            if main:
+                write_status(ctx.run_dir, "interrupted", exit_code=e.exit_code)
+            raise
+        except BaseException as e:
+            if main and ctx.run_dir.is_dir():
+                write_status(ctx.run_dir, "failed", exit_code=2 if isinstance(e, ZskError) else 1,
+                             error=f"{type(e).__name__}: {e}"[:500])
+            raise
+        if main:
+            write_status(ctx.run_dir, "finished", exit_code=0)
+        return metrics
+
+    return train
+
+
 def _option_sets(kw: dict[str, Any], options: tuple[Option, ...]) -> list[str]:
     """``--set key=value`` overrides for the train options given on the command line (``None`` = not given)."""
     import json
@@ -358,15 +386,16 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
         from zsk.metrics.summary import summarize_runs
 
         kw["set_"] = [*(kw["set_"] or []), *_option_sets(kw, task.train_options)] or None
+        train_fn = _with_status(task, str(kw["recipe"]) if kw["recipe"] is not None else None)
         if kw["runs"] == 1:
             ctx = start_run(task.name, task.Config, kw["recipe"], kw["set_"], out=kw["out"], resume=kw["resume"],
                             device=kw["device"], seed=kw["seed"], sample=task, overwrite=kw["overwrite"])
-            metrics = task.train(ctx)
+            metrics = train_fn(ctx)
             release_run(ctx)
             if ctx.dist.is_main:  # one result line under torchrun
                 emit_result({"run_dir": str(ctx.run_dir), **metrics}, kw["json_out"], title=f"{task.name} train")
             return
-        result = train_seeds(task.name, task.Config, kw["recipe"], kw["set_"], runs=kw["runs"], train_fn=task.train,
+        result = train_seeds(task.name, task.Config, kw["recipe"], kw["set_"], runs=kw["runs"], train_fn=train_fn,
                              summarize=lambda rows: summarize_runs(rows, task.summary_keys or _scalar_keys(rows)),
                              out=kw["out"], resume=kw["resume"], device=kw["device"], seed=kw["seed"],
                              sample=task, overwrite=kw["overwrite"])
