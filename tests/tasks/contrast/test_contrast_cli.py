@@ -113,3 +113,36 @@ def test_online_probe_protocol(trained, tmp_path) -> None:  # noqa: ANN001
     assert _json(r.stdout)["protocol"] == "online"
     r = CliRunner().invoke(app, ["contrast", "eval", "--checkpoint", str(out), "--json", "--quiet"])
     assert r.exit_code == 0 and _json(r.stdout)["protocol"] == "online"
+
+
+def test_linear_stage_follows_its_own_epochs_not_train_steps(trained) -> None:  # noqa: ANN001
+    # FAST sets train.steps=6 (pretraining) and train.stages.linear.epochs=2: the probe must run 2 epochs of the
+    # 36 labelled images in batches of 32, not inherit the pretraining's 6 steps
+    from zsk.core.trainer import batches_per_epoch
+
+    _, run = trained
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = {s: max(r["step"] for r in rows if r.get("stage") == s and "step" in r) for s in ("pretrain", "linear")}
+    assert steps == {"pretrain": 6, "linear": 2 * batches_per_epoch(36, 32)}
+
+
+def test_pretraining_checkpoint_has_no_probe_score_only_embeddings(trained, tmp_path, one_error_line) -> None:  # noqa: ANN001
+    d, run = trained
+    # its probe was never trained: a top-1 of it would be noise labelled "metaug"
+    r = CliRunner().invoke(app, ["contrast", "eval", "--checkpoint", str(run / "last-pretrain.pt"), "--json"])
+    one_error_line(r, ["last-pretrain.pt", "no trained linear probe", "zsk contrast linear"])
+    img = sorted((d / "data" / "val").rglob("*.png"))[0]
+    r = CliRunner().invoke(app, ["contrast", "predict", str(img), "--checkpoint", str(run / "last-pretrain.pt"),
+                                 "--out", str(tmp_path / "p"), "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    row = _json(r.stdout)
+    assert "class" not in row and "top" not in row and len(row["embedding"]) == 3 * 32
+
+
+@pytest.mark.parametrize("verb", ["eval", "linear"])
+def test_probe_only_checkpoint_names_the_whole_network_file(trained, verb, tmp_path, one_error_line) -> None:  # noqa: ANN001
+    _, run = trained
+    r = CliRunner().invoke(app, ["contrast", verb, "--checkpoint", str(run / "last-linear.pt"), "--out",
+                                 str(tmp_path / "o")])
+    one_error_line(r, ["last-linear.pt", "probe head only", "best.pt"])
+    assert not (tmp_path / "o").exists()

@@ -102,9 +102,10 @@ class TrainConfig(CoreTrainConfig):
     """`train.*`: the pretraining stage; `train.stages.linear`: the linear evaluation (defaults below)."""
 
     STAGES: ClassVar[tuple[str, ...]] = ("pretrain", "linear")
-    # LinearProbing_MetAug.py: SGD lr 0.1, momentum 0.9, no weight decay, batch 256, 60 epochs, x0.2 at 30/40/50
+    # LinearProbing_MetAug.py: SGD lr 0.1, momentum 0.9, no weight decay, batch 256, 60 epochs, x0.2 at 30/40/50;
+    # steps: None so that the probe follows its own epochs, not the pretraining's train.steps
     STAGE_DEFAULTS: ClassVar[dict[str, dict]] = {
-        "linear": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256, "epochs": 60,
+        "linear": {"steps": None, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256, "epochs": 60,
                    "milestone_epochs": [30, 40, 50], "gamma": 0.2, "select": "last", "best_metric": "top1"},
     }
 

@@ -25,9 +25,33 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
     if "n_data" not in extra or "class_names" not in extra:
         raise ZskError(f"{checkpoint} is not a contrast training checkpoint (no n_data / class_names): pass a run's "
                        "best.pt, last.pt or last-pretrain.pt")
+    check_whole_network(state, checkpoint)
     net = build_model(cfg, int(extra["n_data"]), len(extra["class_names"]))
     load_model_state(net, state.get("model") or {}, source=str(checkpoint))
-    return loaded_model(net, cfg, state, checkpoint, device)
+    return loaded_model(net, cfg, state, checkpoint, device, parts={"probe_trained": probe_trained(state)})
+
+
+def check_whole_network(state: dict, checkpoint: Path) -> None:
+    """The linear stage's own checkpoints (last-linear.pt, best-linear.pt) hold the probe head only: say which file
+    holds the whole network instead of listing missing weights."""
+    if state.get("stage") == "linear":
+        raise ZskError(f"{checkpoint} holds the linear probe head only: pass the run folder or its best.pt (the "
+                       "whole network), or last-pretrain.pt for a new linear evaluation")
+
+
+def probe_trained(state: dict) -> bool:
+    """Whether the checkpoint's linear probe was trained: not in a pretraining-stage checkpoint
+    (last-pretrain.pt, best-pretrain.pt), nor in a run whose recipe had no linear stage (eval.protocol online)."""
+    protocol = ((state.get("recipe") or {}).get("eval") or {}).get("protocol", "metaug")
+    return state.get("stage") != "pretrain" and protocol != "online"
+
+
+def check_probe(loaded: Loaded) -> None:
+    """A score or label of the untrained linear probe would be noise reported as a protocol's number: refuse."""
+    if loaded.cfg.eval.protocol != "online" and not loaded.parts.get("probe_trained", True):
+        raise ZskError(f"{loaded.checkpoint} has no trained linear probe (a pretraining checkpoint, or a run without "
+                       f"the linear stage): run `zsk contrast linear --checkpoint {loaded.checkpoint}` and use that "
+                       "run's best.pt, or --set eval.protocol=online for a run trained with model.online_probe")
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) -> dict[str, Any]:
@@ -40,6 +64,7 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) 
     if images.classes != classes:
         raise ZskError(f"{images.source}: its {len(images.classes)} classes differ from the {len(classes)} the "
                        f"checkpoint {loaded.checkpoint} was trained on")
+    check_probe(loaded)
     online = cfg.eval.protocol == "online"
     head = loaded.model.online_probe if online else loaded.model.probe
     if head is None:

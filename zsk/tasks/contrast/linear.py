@@ -13,6 +13,7 @@ from zsk.core.recipe import dump_recipe
 from zsk.core.run import release_run, start_run
 from zsk.core.task import read_trained
 from zsk.tasks.contrast.config import Config
+from zsk.tasks.contrast.evaluate import check_whole_network
 from zsk.tasks.contrast.train import build_model, run_linear
 
 PROBES = ("probe.", "online_probe.")  # trained anew here (their shape follows eval.layer / eval.features)
@@ -26,6 +27,7 @@ def linear_evaluation(checkpoint: Path, out: Path | None, sets: list[str] | None
     if "n_data" not in extra or "class_names" not in extra:
         raise ZskError(f"{checkpoint} is not a contrast checkpoint (no n_data / class_names): pass a run's best.pt, "
                        "last.pt or last-pretrain.pt")
+    check_whole_network(state, checkpoint)
     # the network first: a checkpoint that does not fit the recipe fails before a run folder is claimed
     net = build_model(cfg, int(extra["n_data"]), len(extra["class_names"]))
     weights = {k: v for k, v in (state.get("model") or {}).items() if not k.startswith(PROBES)}
