@@ -75,7 +75,10 @@ def test_train_eval_predict(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     again = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert [[m["photo"] for m in row["matches"]] for row in again] == [[m["photo"] for m in row["matches"]] for row in rows]
-    assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())
+    # --no-strip writes no PNG; both runs write their rows to <out>/predictions.jsonl, as printed
+    assert sorted(p.name for p in (tmp_path / "pred2").iterdir()) == ["predictions.jsonl"]
+    assert [json.loads(x) for x in (tmp_path / "pred2" / "predictions.jsonl").read_text().splitlines()] == again
+    assert [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()] == rows
 
 
 def test_select_last_keeps_the_last_weights(tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ app = task_app(TASK, docs={
     "train": "Train ACNet's generator, discriminator and extractor jointly; selects best.pt by the mean of P@100, "
              "P@200, mAP@200 and mAP@all on the unseen split (train.select=last for the last epoch).",
     "eval": "Zero-shot retrieval on the unseen split: mAP@all, mAP@200, P@100, P@200 (SAKE's protocol, fractions).",
-    "predict": "Nearest gallery photos per sketch (JSON lines) and a PNG strip: sketch, generated photo, top matches "
-               "with class names, correct ones framed green.",
+    "predict": "Nearest gallery photos per sketch (JSON lines, also OUT/predictions.jsonl) and a PNG strip: sketch, "
+               "generated photo, top matches with class names, correct ones framed green.",
     "info": "Seen/unseen classes (the unseen list in full), image counts, parameters and GFLOPs.",
     "sample": "Write a synthetic sketch/photo set in ACNet's <root>/{train,val}/{sketch,photo}/<class>/ layout.",
 })

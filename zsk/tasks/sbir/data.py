@@ -83,7 +83,7 @@ def read_unseen_list(d: DataConfig) -> tuple[list[str], str]:
     if not path.is_file():
         if d.unseen_list:
             raise ZskError(f"unseen-class list {path} (data.unseen_list) not found; give an existing file (one class "
-                           f"per line, or SAKE's cname_cid_zero.txt), or drop it to use the {d.split} list zsk ships")
+                           f"per line, or SAKE's cname_cid_zero.txt), or --set data.unseen_list=null for the {d.split} list zsk ships")
         return list(split.classes), f"the {d.split} split ({split.source.split(':')[0]})"
     try:
         names = parse_class_list(path.read_text(encoding="utf-8"))

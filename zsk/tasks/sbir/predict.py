@@ -1,7 +1,8 @@
 """``zsk sbir predict``: retrieve the nearest gallery photos of query sketches. One JSON row per sketch (the
-top-k photos with class names and cosine scores) and a PNG strip: the sketch, its generated photo G(s), then
-the matches with their class names, framed green when of the sketch's class and red otherwise (no frame
-when the sketch's class is unknown). The gallery is embedded once per checkpoint and cached."""
+top-k photos with class names and cosine scores; all rows also in ``OUT/predictions.jsonl``) and a PNG strip:
+the sketch, its generated photo G(s), then the matches with their class names, framed green when of the
+sketch's class and red otherwise (no frame when the sketch's class is unknown). The gallery is embedded once
+per checkpoint and cached."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 
 from zsk.core.errors import ZskError
-from zsk.core.io import StdinInput, atomic_path, output_folder, output_names
+from zsk.core.io import StdinInput, atomic_open, atomic_path, output_folder, output_names
+from zsk.core.progress import to_json
 from zsk.core.task import Loaded
 from zsk.metrics.ranking import top_k as nearest
 from zsk.tasks.sbir.config import Config
@@ -81,7 +83,8 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, g
             top_k: int = 10, strip: bool = True) -> Iterator[dict[str, Any]]:
     """Rank the gallery for each sketch: E(G(s)) against the cached E(p), cosine similarity (a faiss flat
     index from ``eval.faiss_min_gallery`` photos on). The sketch's class is its parent folder's name when the
-    gallery has that class. Writes ``<name>_strip.png`` per sketch under ``out`` (unless ``strip`` is off)."""
+    gallery has that class. Writes the rows to ``out/predictions.jsonl`` (atomically, once every sketch is
+    done) and ``<name>_strip.png`` per sketch under ``out`` (unless ``strip`` is off)."""
     cfg: Config = loaded.cfg
     items = list(inputs)
     if any(isinstance(i, StdinInput) for i in items):
@@ -95,8 +98,9 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, g
     g_emb = gallery_embeddings(model, cfg, photos, device, loaded.checkpoint)
     known = {c for c in classes if c is not None}
     names = output_names(paths)
-    out = output_folder(out) if strip else Path(out)
+    out = output_folder(out)
     use_faiss = len(photos) >= cfg.eval.faiss_min_gallery
+    rows = []
     for path, name in zip(paths, names, strict=True):
         x = load_image(path, cfg.data.image_size)[None].to(device)
         with torch.no_grad():
@@ -120,4 +124,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, g
             except OSError as e:
                 raise ZskError(f"--out {out}: cannot write {png.name} ({e.strerror or e}); choose a writable --out") from None
             row["strip"] = str(png)
+        rows.append(row)
         yield row
+    with atomic_open(out / "predictions.jsonl", "w") as f:
+        f.write("".join(to_json(r) + "\n" for r in rows))
