@@ -84,7 +84,7 @@ def test_losses(figures):
         torch.manual_seed(seed + 6)
         z = zl.contrastive_loss(t(f, "contra/reps"), oh_l, oh_u, t(f, "contra/prob_l"), t(f, "contra/prob_u"),
                                 t(f, "contra/low"), t(f, "contra/high"),
-                                ContraConfig(low_rank=1, high_rank=4, num_queries=16, num_negatives=4,
+                                ContraConfig(low_rank=1, high_rank=4, num_queries=16, num_negatives=4, negatives="official_code",
                                              indexing=indexing), bank, t(f, "contra/reps_t"))
         if indexing == "official_code":
             close(z, f["L_contra indexing=official_code"])

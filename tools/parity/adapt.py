@@ -166,7 +166,7 @@ def run(root: Path, seed: int) -> Report:
                                                         ptr, [30000] * c, reps_t)
         bank = zl.MemoryBank(c, 30000, 30000)
         bank.queues = [t.clone() for t in bank0]
-        zcfg = ContraConfig(low_rank=1, high_rank=4, num_queries=16, num_negatives=4, indexing=indexing)
+        zcfg = ContraConfig(low_rank=1, high_rank=4, num_queries=16, num_negatives=4, negatives="official_code", indexing=indexing)
         torch.manual_seed(seed + 6)
         z = zl.contrastive_loss(reps, oh_l, oh_u, prob_l, prob_u, low, high, zcfg, bank, reps_t)
         name = f"L_contra indexing={indexing}"

@@ -126,3 +126,29 @@ def test_memory_bank_keeps_the_newest_keys() -> None:
     assert bank.queues[1].view(-1).tolist() == [2.0, 3.0, 9.0]
     bank.push(0, torch.arange(4.0).view(4, 1))
     assert len(bank.queues[0]) == 4 and math.isclose(bank.sizes[0], 5)
+
+
+def test_negatives_official_mask_keeps_the_banks_empty_and_paper_fills_them() -> None:
+    """U2PL Eq. 13-16 by hand on 1 labelled + 1 unlabelled image of 1 x 2 pixels, 4 classes, ranks [1, 3):
+    labelled pixel 0 (label 0, prediction order 1 > 0 > ...) is a negative of class 1 (not its class, in its
+    top 1); unlabelled pixel 1 (high entropy, order 0 > 2 > 3 > 1) is a negative of classes 2 and 3. With the
+    official mask (one-hot label x pixel mask) no pixel qualifies (U2PL issue #171)."""
+    rep_t = torch.arange(16.0).view(2, 4, 1, 2)  # (B, D, 1, 2): embedding of pixel (b, x) = rep_t[b, :, 0, x]
+    label_l = torch.tensor([[[0, 255]]])
+    pseudo_u = torch.tensor([[[0, 0]]])
+    oh_l, oh_u = label_onehot(label_l, 4).long(), label_onehot(pseudo_u, 4).long()
+    prob_l = torch.tensor([0.3, 0.4, 0.2, 0.1]).view(1, 4, 1, 1).expand(1, 4, 1, 2)
+    prob_u = torch.tensor([0.4, 0.1, 0.3, 0.2]).view(1, 4, 1, 1).expand(1, 4, 1, 2)
+    low = torch.zeros(2, 1, 1, 2)
+    high = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])  # labelled: valid pixels; unlabelled: high entropy
+    sizes = {}
+    for negatives in ("official_code", "paper"):
+        bank = MemoryBank(4, 10, 10)
+        cfg = ContraConfig(low_rank=1, high_rank=3, negatives=negatives)
+        contrastive_loss(rep_t.clone(), oh_l, oh_u, prob_l, prob_u, low, high, cfg, bank, rep_t)
+        sizes[negatives] = [int(q.shape[0]) for q in bank.queues]
+        if negatives == "paper":
+            assert torch.equal(bank.queues[1], rep_t[0, :, 0, 0][None])
+            assert torch.equal(bank.queues[2], rep_t[1, :, 0, 1][None])
+            assert torch.equal(bank.queues[3], rep_t[1, :, 0, 1][None])
+    assert sizes == {"official_code": [0, 0, 0, 0], "paper": [0, 1, 1, 1]}

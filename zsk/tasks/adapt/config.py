@@ -126,6 +126,12 @@ class ContraConfig:
     # which anchors meet which negatives: by_class (zsk) or official_code (U2PL/STAL index the anchors by the
     # position among the batch's valid classes but the class id elsewhere; equal when every class is present)
     indexing: Literal["by_class", "official_code"] = "by_class"
+    # which pixels may become negatives of class c: official_code (U2PL/STAL ``compute_contra_memobank_loss``:
+    # the pixel mask times the one-hot label, so a negative of c must be labelled/pseudo-labelled c and, at once,
+    # not c (labelled) or c at rank low_rank..high_rank (unlabelled): the banks stay (almost) empty and L_contra
+    # is 0; Haochen-Wang409/U2PL issue #171) or paper (U2PL Eq. 13-16: any valid labelled pixel whose label is
+    # not c with c in its top low_rank, any high-entropy unlabelled pixel with c at rank low_rank..high_rank)
+    negatives: Literal["official_code", "paper"] = "paper"
 
 
 @dataclass

@@ -128,7 +128,10 @@ def contrastive_loss(rep: Tensor, label_l: Tensor, label_u: Tensor, prob_l: Tens
     [low_rank, high_rank) (labelled pixels: < low_rank, not the true class); InfoNCE at temperature t."""
     num_classes = label_l.shape[1]
     low_valid = torch.cat([label_l, label_u]) * low_mask
-    high_valid = torch.cat([label_l, label_u]) * high_mask
+    if cfg.negatives == "paper":  # the pixel mask alone: the class conditions below pick the negatives
+        high_valid = high_mask.expand(-1, num_classes, -1, -1)
+    else:
+        high_valid = torch.cat([label_l, label_u]) * high_mask
     rep = rep.permute(0, 2, 3, 1)
     rep_teacher = rep_teacher.permute(0, 2, 3, 1)
     idx_l = torch.sort(prob_l, 1, True)[1].permute(0, 2, 3, 1)
