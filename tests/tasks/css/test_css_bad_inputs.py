@@ -82,7 +82,8 @@ RECIPE_ROWS = [
     (["--set", "train.sats.wieght=3"], "train.sats.wieght"),
     (["--set", "train.sats.head_layout=reshape"], "train.sats.head_layout"),
     (["--set", "train.stages.step0.lr=-1"], "train.stages.step0.lr"),
-    (["--from-step", "5"], "train.from_step=5"),
+    (["--from-step", "5"], ["train.from_step=5", "data.steps has steps 0..2"]),  # the demo's steps, not data.task
+    (["--from-step", "5", "--set", "data.steps=null", "--set", "data.task=19-1"], ["from_step=5", "task 19-1", "0..1"]),
     (["--from-step", "1"], ["step0", "train.init_checkpoint"]),
     (["--from-step", "1", "--set", "train.init_checkpoint=/nonexistent/last-step0.pt"], "/nonexistent/last-step0.pt"),
 ]

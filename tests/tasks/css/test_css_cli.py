@@ -83,6 +83,18 @@ def test_from_step_restarts_the_sequence_midway(trained: Path, tmp_path: Path) -
     a = json.loads((trained / "eval-step2.json").read_text())["all"]
     b = json.loads((run / "eval-step2.json").read_text())["all"]
     assert abs(a - b) < 1e-6  # the same step-2 training from the same step-1 weights
+    # steps 0 and 1 were scored in the init checkpoint's run: the history and PLOP's avg are complete
+    final = json.loads((run / "eval.json").read_text())
+    assert [s["step"] for s in final["per_step"]] == [0, 1, 2]
+    full = json.loads((trained / "eval.json").read_text())
+    assert [s["all"] for s in final["per_step"][:2]] == [s["all"] for s in full["per_step"][:2]]
+    assert final["avg"] is not None and abs(final["avg"] - sum(s["all"] for s in final["per_step"]) / 3) < 1e-12
+    # a checkpoint saved mid-sequence: its run folder's records of the earlier steps, then this evaluation
+    mid = json.loads(_run("css", "eval", "--checkpoint", str(trained / "last-step1.pt"), "--json", "--quiet")
+                     .splitlines()[-1])
+    assert mid["step"] == 1 and [s["step"] for s in mid["per_step"]] == [0, 1]
+    assert mid["per_step"][0]["all"] == full["per_step"][0]["all"] and mid["per_step"][1]["all"] == mid["all"]
+    assert abs(mid["avg"] - (full["per_step"][0]["all"] + mid["all"]) / 2) < 1e-12
     # --resume of a finished run skips every finished step
     result = CliRunner().invoke(app, ["css", "train", "--recipe", "css/demo", "--out", str(trained), "--resume"])
     assert result.exit_code == 0 and result.output.count("finished earlier") == 3, result.output

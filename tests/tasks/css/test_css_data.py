@@ -79,6 +79,10 @@ def test_voc_mib_layout_sample_and_mmseg_layout(tmp_path) -> None:  # noqa: ANN0
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("val_0000\nval_0002\n")
     mm = load_items(DataConfig(root=str(tmp_path)), "val")
     assert [it.name for it in mm] == ["val_0000", "val_0002"] and mm[1].label.is_file()
+    # official index lists number the lines of MiB's split files: refused on the mmseg layout, read on MiB's
+    with pytest.raises(ZskError, match="data.index_dir holds indices into MiB's splits/val.txt"):
+        load_items(DataConfig(root=str(tmp_path), index_dir=str(tmp_path)), "val")
+    assert len(load_items(DataConfig(root=str(tmp_path / "s"), index_dir=str(tmp_path)), "val")) == 3
 
 
 def test_ade_layout(tmp_path) -> None:  # noqa: ANN001

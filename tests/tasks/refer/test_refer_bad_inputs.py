@@ -59,6 +59,7 @@ CASES = {
     "bad polygon": (lambda r: _edit_inst(r, lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]])),
                     ["instances.json", "polygon"]),
     "unreadable image": (lambda r: _first_train_image(r).write_bytes(b"not a jpeg"), ["COCO_train2014_", "cannot be read"]),
+    "missing image": (lambda r: _first_train_image(r).unlink(), ["COCO_train2014_", "not found", "data.image_dir"]),
     "image of another size": (lambda r: _edit_inst(r, lambda d: [im.update(height=50) for im in d["images"]]),
                               ["COCO_train2014_", "instances.json says"]),
 }
@@ -89,6 +90,7 @@ def test_bad_data_exits_2(case, clean, tmp_path, one_error_line):
     (["model.swin_weights=/nonexistent/swin.pth"], ["model.swin_weights", "/nonexistent/swin.pth"]),
     (["model.tokenizer=/nonexistent/vocab.txt"], ["model.tokenizer", "/nonexistent/vocab.txt"]),
     (["model.vocab_size=8"], ["model.vocab_size"]),
+    (["data.root=/nonexistent/refer-root"], ["data.root", "/nonexistent/refer-root", "zsk refer sample"]),
 ])
 def test_bad_recipe_values_exit_2(sets, fragments, clean, tmp_path, one_error_line):
     args = ["train", "--recipe", "refer/demo", "--set", f"data.root={clean}", "--set", "train.max_steps=1",
@@ -113,6 +115,9 @@ def test_bad_predict_and_eval_usage(tmp_path, one_error_line):
                    ["--text"])
     one_error_line(runner.invoke(app, ["predict", image, "--checkpoint", ckpt, "--texts-file",
                                        str(tmp_path / "none.txt")]), ["--texts-file", "none.txt"])
+    one_error_line(runner.invoke(app, ["predict", image, "--checkpoint", ckpt, "--texts-file", "-", "--out",
+                                       str(tmp_path / "p")], input=""), ["--texts-file -", "--text"])
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
     one_error_line(runner.invoke(app, ["eval", "--checkpoint", ckpt, "--resolution", "full"]), ["--resolution", "full"])
     one_error_line(runner.invoke(app, ["eval", "--checkpoint", ckpt, "--split", "nosuch"]), ["nosuch", "has no refs"])
     bad = tmp_path / "bad.png"

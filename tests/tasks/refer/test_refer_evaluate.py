@@ -48,3 +48,19 @@ def test_evaluate_refs_equals_a_hand_computation(tmp_path) -> None:
             assert np.isclose(got[k], want[k]), (resolution, k, got[k], want[k])
         assert 0 < got["oIoU"] < 100
         assert decode_mask(items[0]).shape == (40, 40)
+
+
+def test_overlay_wraps_a_long_expression_to_the_image_width() -> None:
+    """A long expression is written on several lines inside the image instead of running off its edge."""
+    from zsk.tasks.refer.predict import overlay
+
+    rgb = np.full((200, 160, 3), 128, dtype=np.uint8)
+    mask = np.zeros((200, 160), dtype=bool)
+
+    def text_rows(text: str) -> int:
+        out = overlay(rgb, mask, text)
+        return int((out[:, :4] == 0).all(axis=(1, 2)).sum())  # rows of the black band at the left edge
+
+    short = text_rows("man")
+    long = text_rows("the man in the blue shirt standing on the left next to the small white dog")
+    assert long >= 3 * short

@@ -52,3 +52,28 @@ def test_bert_folder_loads_without_a_pooler(tmp_path) -> None:
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(ZskError, match="model.text_dim"):
         build_text_encoder(cfg_with(f"model.text_encoder={tmp_path / 'bert'}", "model.text_dim=64"), pretrained=True)
+
+
+def test_swin_hub_id_loads_timm_weights_from_the_hf_cache(tmp_path, monkeypatch) -> None:
+    """``model.swin_weights=timm/<name>``: timm's hub layout (``model.safetensors`` in a snapshot of
+    ``models--timm--<name>``, timm key names with a classifier head) read offline from the HF cache."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = build_model(cfg_with()).backbone.swin
+    state = {k: v.contiguous() for k, v in source.state_dict().items() if "relative_position_index" not in k}
+    state["head.fc.weight"] = torch.zeros(5, source.num_features)  # real timm files carry their head
+    snapshot = tmp_path / "hub" / "models--timm--swin_tiny_zsk_test" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hub" / "models--timm--swin_tiny_zsk_test" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--swin_tiny_zsk_test" / "refs" / "main").write_text("a" * 40)
+    save_file(state, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(1)
+    model = build_model(cfg_with("model.swin_weights=timm/swin_tiny_zsk_test"), pretrained=True)
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.backbone.swin.state_dict()[k], v), k
+    with pytest.raises(ZskError, match="model.swin_weights.*timm/not_cached.*local Hugging Face cache"):
+        build_model(cfg_with("model.swin_weights=timm/not_cached"), pretrained=True)

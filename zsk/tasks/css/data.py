@@ -92,6 +92,10 @@ def load_items(dcfg: DataConfig, split: str) -> list[img_io.SegItem]:
     items = img_io.voc_items(dcfg.root, split) if dcfg.dataset == "voc" else ade_items(dcfg.root, split)
     if not items:
         raise ZskError(f"split {split!r} of {dcfg.root} lists no images; fill its list file")
+    if dcfg.index_dir is not None and dcfg.dataset == "voc" and (items[0].image.parents[1] / "ImageSets").is_dir():
+        # the official .npy lists number the lines of MiB's splits/<split>.txt; mmseg's lists hold another order
+        raise ZskError(f"data.index_dir holds indices into MiB's splits/{split}.txt but {dcfg.root} is read in the "
+                       "mmseg layout (ImageSets/Segmentation); set data.root to the MiB layout or unset data.index_dir")
     return items
 
 

@@ -6,6 +6,7 @@ and the IoU of every class.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,5 +130,22 @@ def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None) 
     step = loaded.model.active_step
     metrics = evaluate_step(loaded.model, data.test_dataset(cfg, step), cfg, step, loaded.parts["class_names"],
                             loaded.device)
-    per_step = list(loaded.extra.get("per_step") or [])
+    per_step = list(loaded.extra.get("per_step") or []) or _folder_history(loaded, step, metrics)
     return {**metrics, "avg": average_over_steps(per_step, step + 1), "step": step, "per_step": per_step}
+
+
+def _folder_history(loaded: Loaded, step: int, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """``per_step`` of a checkpoint saved mid-sequence (``RUN/last-step<t>.pt`` holds none): the
+    ``eval-step<k>.json`` records of the earlier steps in its run folder that scored the same classes, then
+    this evaluation as step ``t``."""
+    names, sizes = loaded.parts["class_names"], loaded.model.classes_per_step
+    keys = ("old", "new", "all", "per_class")
+    rows = []
+    for k in range(step):
+        try:
+            row = json.loads((Path(loaded.checkpoint).parent / f"eval-step{k}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and list(row.get("per_class") or {}) == list(names[: sum(sizes[: k + 1])]):
+            rows.append({"step": k, **{key: row.get(key) for key in keys}})
+    return rows + [{"step": step, **{key: metrics[key] for key in keys}}]

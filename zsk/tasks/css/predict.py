@@ -1,6 +1,6 @@
 """``zsk css predict``: segment images with every class the checkpoint has learned so far: a palette PNG
-mask in the dataset's own ids (VOC / ADE20K colours), an overlay with a legend of every learned class,
-and a JSON legend per image."""
+mask in the dataset's own ids (the PASCAL VOC colour map, for ADE20K ids too), an overlay with a legend of
+every learned class, and a JSON legend per image."""
 
 from __future__ import annotations
 

@@ -301,7 +301,8 @@ def train(ctx: RunContext) -> dict[str, Any]:
     steps = data.steps
     first = cfg.train.from_step or 0
     if first >= len(steps):
-        raise ZskError(f"train.from_step={first} but task {cfg.data.task} has steps 0..{len(steps) - 1}")
+        task = f"task {cfg.data.task}" if cfg.data.steps is None else "data.steps"
+        raise ZskError(f"train.from_step={first} but {task} has steps 0..{len(steps) - 1}")
     for t in range(first, len(steps)):  # a step without images fails now, not after hours of earlier steps
         data.train_indices(cfg, t)
         data.test_dataset(cfg, t)
@@ -360,12 +361,32 @@ def train(ctx: RunContext) -> dict[str, Any]:
     stages = [Stage(f"step{t}", builder(t)) for t in range(first, len(steps))]
     extra: dict[str, Any] = dict(base_extra)
 
+    # --from-step N with train.init_checkpoint: steps < N were evaluated in that checkpoint's run folder
+    earlier = [Path(cfg.train.init_checkpoint).expanduser().parent] if first and cfg.train.init_checkpoint else []
+
+    def step_record(t: int) -> dict[str, Any] | None:
+        """eval-step<t>.json of this run, or for t < from_step of the init checkpoint's run when it scored the
+        same classes (its per-class names equal this task's first classes)."""
+        seen = names[: sum(len(s) for s in steps[: t + 1])]
+        for folder in [ctx.run_dir] + (earlier if t < first else []):
+            path = folder / f"eval-step{t}.json"
+            if folder == ctx.run_dir:
+                if path.is_file():
+                    return json.loads(path.read_text(encoding="utf-8"))
+                continue
+            try:
+                row = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(row, dict) and list(row.get("per_class") or {}) == seen:
+                return row
+        return None
+
     def final_eval(m: nn.Module) -> dict[str, Any]:
         per_step = []
         for t in range(len(steps)):
-            path = ctx.run_dir / f"eval-step{t}.json"
-            if path.is_file():
-                row = json.loads(path.read_text(encoding="utf-8"))
+            row = step_record(t)
+            if row is not None:
                 per_step.append({"step": t, **{k: row.get(k) for k in ("old", "new", "all", "per_class")}})
         last = len(steps) - 1
         model.active_step = last

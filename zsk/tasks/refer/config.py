@@ -64,7 +64,9 @@ class ModelConfig:
     # the official Swin pads to whole windows and then shifts; timm shifts and then pads (they differ
     # where a stage's size is not a multiple of the window: 30 and 15 at 480 px)
     swin_padding: Literal["pad_then_shift", "timm"] = "pad_then_shift"
-    swin_weights: str | None = None  # a Swin checkpoint (.pth of microsoft/Swin-Transformer or timm); null = random
+    # a Swin checkpoint (.pth of microsoft/Swin-Transformer, timm .pth/.safetensors) or a timm hub id
+    # (timm/swin_base_patch4_window12_384.ms_in22k); null = random
+    swin_weights: str | None = None
     # BERT: a Hugging Face name or folder; null = random init from the sizes below (tests, demo)
     text_encoder: str | None = "bert-base-uncased"
     tokenizer: str = "bert-base-uncased"  # name, folder, or a vocab.txt file ({root} is data.root)
@@ -154,9 +156,12 @@ class LossConfig:
 @dataclass
 class TrainConfig(CoreTrainConfig):
     """AdamW lr 5e-5, weight decay 0.01 (0 for Swin norms, position tables), poly 0.9 per iteration,
-    40 epochs, batch 16 (2 GPUs x 8), best checkpoint by val oIoU."""
+    40 epochs, 32 expressions per optimizer step (the official script runs 2 processes with ``--batch_size 16``
+    each): ``batch_size`` 16 per process and ``effective_batch`` 32, so one GPU accumulates 2 micro-batches and
+    two GPUs none (:func:`zsk.core.trainer.grad_accum_for`), best checkpoint by val oIoU."""
 
     batch_size: int = 16
+    effective_batch: int | None = 32  # expressions per optimizer step over all processes; null: grad_accum as set
     lr: float = 5e-5
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     weight_decay: float = 0.01

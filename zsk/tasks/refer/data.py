@@ -104,11 +104,27 @@ def load_pair(item: RefItem, d: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return rgb, decode_mask(item, d.mask_parts)
 
 
+def check_root(d: DataConfig) -> None:
+    """``data.root`` must be a folder (checked before anything under it is read, so the error names the root)."""
+    if not Path(d.root).is_dir():
+        raise ZskError(f"data.root {d.root} is not a folder; give the refer layout root (<root>/{d.dataset}/"
+                       f"refs({d.split_by}).p, instances.json, images/mscoco/images/train2014) or write one with "
+                       "`zsk refer sample DIR`")
+
+
 def refs_of(cfg: Config, split: str, limit: int | None = None) -> list[RefItem]:
-    """The refs of a split of the recipe's dataset (the first ``limit`` when given)."""
+    """The refs of a split of the recipe's dataset (the first ``limit`` when given), every image checked to
+    exist up front so that a missing file stops the run before training or evaluation starts."""
     d = cfg.data
-    items = load_refer(d.root, d.dataset, d.split_by, split, fill_root(d.image_dir, d.root))
-    return items[:limit] if limit else items
+    check_root(d)
+    image_dir = fill_root(d.image_dir, d.root)
+    items = load_refer(d.root, d.dataset, d.split_by, split, image_dir)
+    items = items[:limit] if limit else items
+    missing = sorted({it.image for it in items if not it.image.is_file()})
+    if missing:
+        raise ZskError(f"image {missing[0]} not found ({len(missing)} of the {split} images missing); put the COCO "
+                       f"train2014 images in data.image_dir = {image_dir}")
+    return items
 
 
 class TrainSet(Dataset):

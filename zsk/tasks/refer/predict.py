@@ -27,6 +27,9 @@ def read_texts(texts: Sequence[str] | None, texts_file: Path | None) -> list[str
     if texts_file is not None:
         if str(texts_file) == "-":
             lines = sys.stdin.read().splitlines()
+            if not out and not any(ln.strip() for ln in lines):
+                raise ZskError("--texts-file -: standard input held no expressions (if '-' also gave the image "
+                               "paths, stdin is used up: pass the expressions with --text or --texts-file FILE)")
         else:
             try:
                 lines = Path(texts_file).read_text(encoding="utf-8").splitlines()
@@ -49,7 +52,8 @@ def _font(size: int) -> Any:
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
-    """The image with the mask tinted (50 %) and outlined, and ``text`` in a black band along the top."""
+    """The image with the mask tinted (50 %) and outlined, and ``text`` in a black band along the top,
+    wrapped at word boundaries to the image's width (long G-Ref expressions stay readable)."""
     from PIL import Image, ImageDraw
     from scipy import ndimage
 
@@ -62,10 +66,18 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, text: str, colour: tuple[int, int
     draw = ImageDraw.Draw(canvas)
     size = int(min(max(rgb.shape[0] // 20, 10), 28))
     font = _font(size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(size // 4, 2)
-    draw.rectangle([0, 0, min(right - left + 2 * pad, rgb.shape[1] - 1), bottom - top + 2 * pad], fill=(0, 0, 0))
-    draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= rgb.shape[1] - 2 * pad:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    body = "\n".join(lines)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), body, font=font)
+    draw.rectangle([0, 0, min(right - left + 2 * pad, rgb.shape[1] - 1), min(bottom - top + 2 * pad,
+                                                                             rgb.shape[0] - 1)], fill=(0, 0, 0))
+    draw.multiline_text((pad - left, pad - top), body, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
 
 

@@ -5,6 +5,8 @@ checkpoint by oIoU; one stage through the shared Trainer."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, grad_accum_for, make_loader
 from zsk.tasks.refer.config import Config
-from zsk.tasks.refer.data import Tokenizer, TrainSet, refs_of
+from zsk.tasks.refer.data import Tokenizer, TrainSet, check_root, refs_of
 from zsk.tasks.refer.losses import refer_loss
 from zsk.tasks.refer.model import AlignFormer
 
@@ -43,17 +45,53 @@ def build_text_encoder(cfg: Config, pretrained: bool) -> nn.Module:
     return BertModel(config, add_pooling_layer=False)
 
 
+HUB_PREFIXES = ("hf-hub:", "timm/")
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def swin_weights_file(spec: str) -> Path:
+    """The local file of ``model.swin_weights``: a path, or a Hugging Face hub id of timm weights
+    (``timm/swin_base_patch4_window12_384.ms_in22k`` or ``hf-hub:owner/name``) taken from the HF cache,
+    or downloaded into it when the hub is reachable."""
+    p = Path(spec).expanduser()
+    if p.is_file() or not spec.startswith(HUB_PREFIXES):
+        return p
+    from huggingface_hub import hf_hub_download
+
+    from zsk.models.hf import _hub_reachable
+
+    repo = spec.removeprefix("hf-hub:")
+    for local_only in (True, False):
+        if not local_only and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
+            break
+        for name in HUB_FILES:
+            try:
+                return Path(hf_hub_download(repo, name, local_files_only=local_only))
+            except Exception:  # noqa: BLE001 - not cached / not in the repo: try the next file, then fail below
+                continue
+    raise ZskError(f"model.swin_weights: {spec!r} is not in the local Hugging Face cache and could not be "
+                   "downloaded; fetch it on a machine with network (huggingface-cli download "
+                   f"{repo}) or give a local .pth / .safetensors file")
+
+
 def load_swin_weights(model: AlignFormer, path: str) -> None:
     """Swin weights from a microsoft/Swin-Transformer ``.pth`` (e.g. swin_base_patch4_window12_384_22k.pth,
-    as the official training script) or a timm state dict, converted by timm's ``checkpoint_filter_fn``."""
+    as the official training script), a timm state dict (``.pth``, ``.bin`` or ``.safetensors``) or a timm
+    hub id (:func:`swin_weights_file`), converted by timm's ``checkpoint_filter_fn``."""
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    p = Path(path).expanduser()
+    p = swin_weights_file(path)
     if not p.is_file():
         raise ZskError(f"model.swin_weights: {p} not found; download swin_base_patch4_window12_384_22k.pth "
-                       "(microsoft/Swin-Transformer) or set model.swin_weights=null for random init")
+                       "(microsoft/Swin-Transformer), give a timm hub id (timm/swin_base_patch4_window12_384."
+                       "ms_in22k) or set model.swin_weights=null for random init")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or pickled-object files
         raise ZskError(f"model.swin_weights: {p} is not a readable state dict ({type(e).__name__})") from None
     if not isinstance(state, dict):
@@ -129,6 +167,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     from zsk.tasks.refer.evaluate import METRICS, evaluate_refs, preview_refs
 
     cfg: Config = ctx.cfg
+    check_root(cfg.data)
     tokenizer = make_tokenizer(cfg)
     items = refs_of(cfg, cfg.data.train_split, cfg.data.max_train_refs)
     eval_items = refs_of(cfg, cfg.eval.split, cfg.eval.max_refs) if cfg.eval.split else []
@@ -141,6 +180,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
              "split_by": cfg.data.split_by}
 
     def build(tcfg: TrainConfig) -> Trainer:
+        tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
         steps_per_epoch = len(dataset) // (tcfg.batch_size * ctx.dist.world_size)
         if steps_per_epoch < 1:
             raise ZskError(f"train.batch_size = {tcfg.batch_size} is larger than the {len(dataset)} training refs")
