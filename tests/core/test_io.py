@@ -53,3 +53,23 @@ def test_output_names_are_unique_and_stable() -> None:
     assert len(set(names)) == 3 and names[2] == "we_ird_"
     # the same inputs give the same names every time
     assert output_names([Path("a/img.png"), Path("b/img.png")]) == output_names([Path("a/img.png"), Path("b/img.png")])
+
+
+def test_atomic_files_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; outputs (checkpoints, eval.json, masks) must be readable as the umask allows."""
+    import os
+    import stat
+
+    from zsk.core.io import atomic_open
+
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "a.json", "w") as f:
+            f.write("{}")
+        os.umask(0o027)
+        with atomic_open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640

@@ -490,6 +490,21 @@ def test_worker_loaders_pass_a_batch_samplers_pair_items_through(monkeypatch) ->
     assert [b.tolist() for b in batches] == [[[0, 11], [3, 12]], [[5, 13], [6, 14]]]
 
 
+def test_worker_loaders_leave_the_main_rng_alone(monkeypatch) -> None:  # noqa: ANN001
+    """Iterating a loader with worker processes draws nothing from the main process's torch RNG (its
+    iterators seed from the loader's own generator; the samples' draws happen in the workers), so dropout in
+    the training step sees the same stream whatever the number of workers."""
+    from zsk.core import trainer as core_trainer
+
+    monkeypatch.setattr(core_trainer, "worker_count", lambda n: min(n, 1))
+    ds = _RandomAugment()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    for epoch in range(2):
+        list(make_loader(ds, 4, epoch=epoch, seed=5, workers=1))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_callbacks_see_every_optimizer_step_and_evaluation(tmp_path) -> None:  # noqa: ANN001
     from zsk.core.trainer import Callback
 

@@ -264,8 +264,11 @@ def make_loader(dataset: Dataset, batch_size: int, *, epoch: int = 0, seed: int 
     cached = _PERSISTENT.get(key)
     if cached is None or cached[0]() is not dataset:
         sampler = _EpochBatches()
+        # its own generator: a DataLoader without one draws its base seed from the global RNG at every epoch's
+        # iterator, which would shift dropout and every later draw, so results would depend on the worker count
         loader = DataLoader(_Seeded(dataset), batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=True)
+                            pin_memory=torch.cuda.is_available(), persistent_workers=True,
+                            generator=torch.Generator().manual_seed(seed * 100_003 + rank))
         while len(_PERSISTENT) >= 4:  # bounded: an old run's loader (and its workers) is released
             _PERSISTENT.pop(next(iter(_PERSISTENT)))
         _PERSISTENT[key] = cached = (weakref.ref(dataset), loader, sampler)
