@@ -103,3 +103,17 @@ def test_autocast_context_on_cpu() -> None:
     with autocast(cpu, torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16
     assert layer(x).dtype == torch.float32
+
+
+def test_fp16_on_a_cpu_warns_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """fp16 autocast on a CPU is kept (the recipe asked for it) but named as slow, once per process."""
+    import torch
+
+    from zsk.core import device as core_device
+
+    core_device._warned.clear()
+    assert core_device.autocast_dtype(torch.device("cpu"), "fp16") == torch.float16
+    assert core_device.autocast_dtype(torch.device("cpu"), "fp16") == torch.float16
+    assert core_device.autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    err = capsys.readouterr().err
+    assert err.count("runtime.precision fp16 on a CPU") == 1 and "runtime.precision=fp32" in err
