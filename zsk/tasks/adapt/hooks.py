@@ -57,8 +57,6 @@ def sample(out: Path, seed: int = 0, *, num_source: int = 12, num_train: int = 1
     if min(num_source, num_train, num_val) < 1:
         raise ZskError("sample: --source, --train and --val must be at least 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"sample: {out} is a file; give a folder to write the sample sets into")
     roots = write_sample(out, num_source, num_train, num_val, hw, seed)  # type: ignore[arg-type]
     return {"cityscapes": str(roots["cityscapes"]), "gtav": str(roots["gtav"]), "source": num_source,
             "train": num_train, "val": num_val,

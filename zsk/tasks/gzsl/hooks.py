@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from zsk.core.bench import BenchSpec, count_params
-from zsk.core.errors import ZskError
 from zsk.core.progress import log, warn
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
@@ -115,10 +114,7 @@ def info(cfg: Config) -> dict[str, Any]:
 def sample(out: Path, seed: int = 0) -> dict[str, Any]:
     """Write a small synthetic hierarchy in DGP's file formats (the data of ``recipes/gzsl/demo.yaml``)."""
     check_out_dir(Path(out), "sample OUT_DIR")
-    try:
-        summary = write_sample(out, seed=seed)
-    except OSError as e:
-        raise ZskError(f"cannot write the sample to {out}: {e.strerror or e}") from None
+    summary = write_sample(out, seed=seed)
     log(f"sample written to {out}: train with `zsk gzsl train --recipe gzsl/demo --set data.root={out}`")
     return summary
 

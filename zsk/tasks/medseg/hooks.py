@@ -55,12 +55,7 @@ def sample(out: Path, seed: int = 0, *, num_train: int = 12, num_test: int = 4, 
     if len(size) != 3 or min(size) < 8 or max(size) > 512:
         raise ZskError(f"sample: --shape {shape!r} must be three sizes from 8 to 512, e.g. 48,40,32")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"sample: {out} is a file; give a folder to write the sample set into")
-    try:
-        paths = write_sample(out, num_train=num_train, num_test=num_test, shape=size, seed=seed)
-    except OSError as e:
-        raise ZskError(f"sample: cannot write into {out} ({e.strerror or e}); choose a writable folder") from None
+    paths = write_sample(out, num_train=num_train, num_test=num_test, shape=size, seed=seed)
     return {"la": str(paths["la"]), "nifti": str(paths["nifti"]), "train": num_train, "test": num_test,
             "next": f"zsk medseg train --recipe medseg/demo --set data.root={paths['la']}"}
 

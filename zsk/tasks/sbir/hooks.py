@@ -64,12 +64,7 @@ def sample(out: Path, seed: int = 0, *, sketches: int = 8, photos: int = 10, siz
     if not 16 <= size <= 512:
         raise ZskError(f"sample: --size {size} must be from 16 to 512 pixels")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ZskError(f"sample: {out} is a file; give a folder to write the sample set into")
-    try:
-        root = write_sample(out, sketches=sketches, photos=photos, size=size, seed=seed)
-    except OSError as e:
-        raise ZskError(f"sample: cannot write into {out} ({e.strerror or e}); choose a writable folder") from None
+    root = write_sample(out, sketches=sketches, photos=photos, size=size, seed=seed)
     return {"root": str(root), "train_classes": 6, "val_classes": 3, "sketches_per_class": sketches,
             "photos_per_class": photos, "next": f"zsk sbir train --recipe sbir/demo --set data.root={root}"}
 
