@@ -104,6 +104,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def cleanup() -> None:
-    """Leave the process group."""
+    """Leave the process group once every rank is done: a barrier first, so no rank tears its connections
+    down while another still uses them (gloo then aborts the late rank: "terminate called without an
+    active exception")."""
     if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        try:
+            torch_dist.barrier()
+        finally:
+            torch_dist.destroy_process_group()

@@ -392,6 +392,7 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
                             device=kw["device"], seed=kw["seed"], sample=task, overwrite=kw["overwrite"])
             metrics = train_fn(ctx)
             release_run(ctx)
+            dist.cleanup()  # leave the process group together (under torchrun)
             if ctx.dist.is_main:  # one result line under torchrun
                 emit_result({"run_dir": str(ctx.run_dir), **metrics}, kw["json_out"], title=f"{task.name} train")
             return
@@ -399,7 +400,9 @@ def task_app(task: Task, docs: dict[str, str] | None = None) -> typer.Typer:
                              summarize=lambda rows: summarize_runs(rows, task.summary_keys or _scalar_keys(rows)),
                              out=kw["out"], resume=kw["resume"], device=kw["device"], seed=kw["seed"],
                              sample=task, overwrite=kw["overwrite"])
-        if dist.is_main():
+        main = dist.is_main()
+        dist.cleanup()
+        if main:
             emit_result(result, kw["json_out"], title=f"{task.name} train: {kw['runs']} runs")
 
     app.command("train", cls=_ResumeCommand)(_command(
