@@ -65,8 +65,7 @@ class DataConfig:
                 raise ZskError(f"data.{key} = [{lo}, {hi}] must be 0 < min <= max")
         if any(s <= 0 for s in self.std):
             raise ZskError(f"data.std must be positive, got {list(self.std)}")
-        if self.max_val is not None and self.max_val < 1:
-            raise ZskError(f"data.max_val must be >= 1 or null, got {self.max_val}")
+        check_ranges("data", self, at_least_one=("max_val",))
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Literal
 from zsk.core.errors import ZskError
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
+from zsk.core.trainer import check_ranges
 
 SPLITS_BY = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"),
              "refclef": ("unc", "berkeley")}
@@ -46,8 +47,7 @@ class DataConfig:
             raise ZskError(f"data.max_tokens must be >= 3 ([CLS], a word, [SEP]), got {self.max_tokens}")
         if any(s <= 0 for s in self.std):
             raise ZskError(f"data.std must be positive, got {list(self.std)}")
-        if self.max_train_refs is not None and self.max_train_refs < 1:
-            raise ZskError(f"data.max_train_refs must be >= 1 or null, got {self.max_train_refs}")
+        check_ranges("data", self, at_least_one=("max_train_refs",))
 
 
 @dataclass
@@ -131,12 +131,7 @@ class ContrastiveConfig:
     dim: int = 256  # the anchor projection Linear(text_dim -> dim); equals model.mask_dim
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ZskError(f"train.loss.contrastive.weight must be >= 0, got {self.weight}")
-        if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ZskError(f"train.loss.contrastive.tau must be > 0, got {self.tau}")
-        if self.boundary_width < 0:
-            raise ZskError(f"train.loss.contrastive.boundary_width must be >= 0, got {self.boundary_width}")
+        check_ranges("train.loss.contrastive", self, positive=("tau",), non_negative=("weight", "boundary_width"))
         if self.positive == "instance_mean" and self.negatives == "image":
             raise ZskError("train.loss.contrastive.positive=instance_mean contrasts each expression with the other "
                            "expressions' instances; it needs negatives=batch")
@@ -149,8 +144,7 @@ class LossConfig:
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.pos_weight) and self.pos_weight > 0):
-            raise ZskError(f"train.loss.pos_weight must be > 0, got {self.pos_weight}")
+        check_ranges("train.loss", self, positive=("pos_weight",))
 
 
 @dataclass
@@ -188,10 +182,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise ZskError(f"eval.threshold is a probability in (0, 1), got {self.threshold}")
-        if self.expressions_per_batch < 1:
-            raise ZskError(f"eval.expressions_per_batch must be >= 1, got {self.expressions_per_batch}")
-        if self.max_refs is not None and self.max_refs < 1:
-            raise ZskError(f"eval.max_refs must be >= 1 or null, got {self.max_refs}")
+        check_ranges("eval", self, at_least_one=("expressions_per_batch", "max_refs"))
 
 
 @dataclass

@@ -111,9 +111,7 @@ class EvalConfig:
     max_queries: int | None = None  # evaluate only the first N sketches (quick checks)
 
     def __post_init__(self) -> None:
-        check_ranges("eval", self, positive=("batch_size", "faiss_min_gallery"))
-        if self.max_queries is not None and self.max_queries < 1:
-            raise ZskError(f"eval.max_queries must be >= 1 (or null for every sketch), got {self.max_queries}")
+        check_ranges("eval", self, positive=("batch_size", "faiss_min_gallery"), at_least_one=("max_queries",))
 
 
 @dataclass
