@@ -128,36 +128,36 @@ def case_metrics(pred: np.ndarray, vol: Volume, cfg: Config) -> dict[str, Any]:
     return {"case": vol.name, **mean, "per_class": per_class}
 
 
-def preview_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], device: torch.device) -> dict[str, np.ndarray]:
-    """``image | ground truth | prediction`` of the first ``runtime.preview_images`` cases, each at the axial
-    slice with the most labelled voxels (intensities min-max scaled), for the experiment trackers."""
+def case_panel(vol: Volume, pred: np.ndarray) -> tuple[str, np.ndarray]:
+    """``image | ground truth | prediction`` of one case at the axial slice with the most labelled voxels
+    (intensities min-max scaled): what training sends to the experiment trackers."""
     from zsk.data.images import voc_palette
     from zsk.data.overlay import preview_panel
 
-    out = {}
-    for ref in list(cases)[: cfg.runtime.preview_images]:
-        vol = load_case(ref, cfg.data, require_label=True)
-        check_window_fits(vol.shape, cfg.eval_patch, ref.image, cfg.eval_window_key)
-        pred, _ = infer_volume(model, vol.image, cfg, device)
-        assert vol.label is not None
-        z = int(np.argmax((vol.label > 0).sum(axis=(0, 1))))
-        img = vol.image[:, :, z].astype(np.float64)
-        span = float(img.max() - img.min()) or 1.0
-        grey = ((img - img.min()) / span * 255).round().astype(np.uint8)
-        out[f"{ref.name}_z{z}"] = preview_panel(grey, vol.label[:, :, z], pred[:, :, z], voc_palette(256), None)
-    return out
+    assert vol.label is not None
+    z = int(np.argmax((vol.label > 0).sum(axis=(0, 1))))
+    img = vol.image[:, :, z].astype(np.float64)
+    span = float(img.max() - img.min()) or 1.0
+    grey = ((img - img.min()) / span * 255).round().astype(np.uint8)
+    return f"{vol.name}_z{z}", preview_panel(grey, vol.label[:, :, z], pred[:, :, z], voc_palette(256), None)
 
 
-def evaluate_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], device: torch.device) -> dict[str, Any]:
-    """Sliding-window predictions and metrics over cases (split across ranks), averaged over cases."""
+def evaluate_cases(model: nn.Module, cfg: Config, cases: Sequence[CaseRef], device: torch.device,
+                   panels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Sliding-window predictions and metrics over cases (split across ranks), averaged over cases; with
+    ``panels``, the :func:`case_panel` of this rank's first ``runtime.preview_images`` cases is put there
+    from the predictions already made (no case inferred twice)."""
     info = dist.get_dist()
     mine = list(cases)[info.rank::info.world_size]
     rows = []
-    for ref in progress(mine, desc="evaluating"):
+    for i, ref in enumerate(progress(mine, desc="evaluating")):
         vol = load_case(ref, cfg.data, require_label=True)
         check_window_fits(vol.shape, cfg.eval_patch, ref.image, cfg.eval_window_key)
         pred, _ = infer_volume(model, vol.image, cfg, device)
         rows.append(case_metrics(pred, vol, cfg))
+        if panels is not None and i < cfg.runtime.preview_images:
+            name, panel = case_panel(vol, pred)
+            panels[name] = panel
     rows = [r for part in dist.all_gather_object(rows) for r in part] if info.enabled else rows
     order = {ref.name: i for i, ref in enumerate(cases)}
     rows.sort(key=lambda r: order.get(r["case"], 0))

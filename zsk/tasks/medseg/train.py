@@ -75,7 +75,7 @@ def make_step_fn(cfg: Config):
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train DTC with the recipe in ``ctx`` and return the final evaluation metrics."""
-    from zsk.tasks.medseg.evaluate import evaluate_cases, preview_cases
+    from zsk.tasks.medseg.evaluate import evaluate_cases
 
     cfg: Config = ctx.cfg
     d = cfg.data
@@ -105,12 +105,15 @@ def train(ctx: RunContext) -> dict[str, Any]:
             return make_loader(dataset, tcfg.batch_size, epoch=epoch, seed=seed, batch_sampler=sampler(epoch),
                                start_batch=start_batch, workers=cfg.runtime.workers)
 
+        panels: dict[str, Any] = {}  # the evaluation's preview pictures, for the trackers
+
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            res = evaluate_cases(m, cfg, test_cases, ctx.device)
+            panels.clear()
+            res = evaluate_cases(m, cfg, test_cases, ctx.device, panels)
             return {k: res[k] for k in METRICS}
 
         def preview_fn(m: nn.Module) -> dict[str, Any]:
-            return preview_cases(m, cfg, test_cases, ctx.device)
+            return dict(panels)  # made by the evaluation that just ran
 
         extra = {"class_names": list(d.class_names), "num_classes": d.num_classes, "patch_size": list(d.patch_size)}
         return Trainer(ctx, build_model(cfg), tcfg, make_step_fn(cfg), loader_fn, len(sampler(0)),

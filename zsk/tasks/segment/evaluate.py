@@ -127,38 +127,29 @@ def segmentation_metrics(cm: Tensor, class_names: Sequence[str], seen: Sequence[
 
 @torch.no_grad()
 def evaluate_model(model: ZegCLIP, dataset: SegEvalDataset, text: Tensor, bench: Benchmark, cfg: Config,
-                   calibration: float, device: torch.device, workers: int = 0) -> dict:
-    """Run inference over an evaluation split and compute :func:`segmentation_metrics` (reduced over ranks)."""
+                   calibration: float, device: torch.device, workers: int = 0,
+                   panels: dict[str, np.ndarray] | None = None) -> dict:
+    """Run inference over an evaluation split and compute :func:`segmentation_metrics` (reduced over ranks);
+    with ``panels``, the ``image | ground truth | prediction`` pictures of this rank's first
+    ``runtime.preview_images`` images are put there from the predictions already made."""
     was_training = model.training
     model.eval()
     amp = autocast_dtype(device, cfg.runtime.precision)
     cm = ConfusionMatrix(bench.num_classes, ignore_index=img_io.IGNORE_INDEX, device=device)
     text = text.to(device)
     loader = make_eval_loader(dataset, 1, workers=workers, collate_fn=first_item)
-    for sample in progress(loader, total=len(loader), desc="eval"):
+    for i, sample in enumerate(progress(loader, total=len(loader), desc="eval")):
         scores = segment_scores(model, sample["image"], text, cfg.eval, cfg.data.normalize, bench.seen, calibration,
                                 device, amp, source=f"image {sample['path']}")
-        cm.update(scores.argmax(0), sample["label"].to(device))
+        pred = scores.argmax(0)
+        cm.update(pred, sample["label"].to(device))
+        if panels is not None and i < cfg.runtime.preview_images:
+            panels[f"{i}_{sample['name']}"] = preview_panel(sample["image"].numpy(), sample["label"].numpy(),
+                                                            pred.cpu().numpy(), img_io.voc_palette(256),
+                                                            img_io.IGNORE_INDEX)
     cm.reduce()
     model.train(was_training)
     return segmentation_metrics(cm.matrix.cpu(), bench.class_names, bench.seen, bench.unseen)
-
-
-@torch.no_grad()
-def preview_images(model: ZegCLIP, dataset: SegEvalDataset, text: Tensor, bench: Benchmark, cfg: Config,
-                   calibration: float, device: torch.device) -> dict[str, np.ndarray]:
-    """``image | ground truth | prediction`` panels of the first ``runtime.preview_images`` evaluation
-    images, in VOC palette colours by class index (what training sends to TensorBoard, MLflow or W&B)."""
-    amp = autocast_dtype(device, cfg.runtime.precision)
-    palette = img_io.voc_palette(256)
-    out = {}
-    for i in range(min(cfg.runtime.preview_images, len(dataset))):
-        sample = dataset[i]
-        scores = segment_scores(model, sample["image"], text.to(device), cfg.eval, cfg.data.normalize, bench.seen,
-                                calibration, device, amp, source=f"image {sample['path']}")
-        out[f"{i}_{sample['name']}"] = preview_panel(sample["image"].numpy(), sample["label"].numpy(),
-                                                     scores.argmax(0).cpu().numpy(), palette, img_io.IGNORE_INDEX)
-    return out
 
 
 def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = None,

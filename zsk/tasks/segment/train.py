@@ -136,7 +136,7 @@ def stage_settings(cfg: Config) -> list[tuple[str, str]]:
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train ZegCLIP in the recipe's setting (inductive, transductive in two stages, or fully supervised)."""
-    from zsk.tasks.segment.evaluate import calibration_for, evaluate_model, preview_images
+    from zsk.tasks.segment.evaluate import calibration_for, evaluate_model
 
     stage_list = stage_settings(ctx.cfg)
     cfg: Config = ctx.cfg
@@ -171,11 +171,15 @@ def train(ctx: RunContext) -> dict[str, Any]:
                 return make_loader(train_ds, tcfg.batch_size, epoch=epoch, seed=cfg.runtime.seed,
                                    workers=cfg.runtime.workers, start_batch=start)
 
+            panels: dict[str, Any] = {}  # the evaluation's preview pictures, for the trackers
+
             def eval_fn(m: nn.Module) -> dict[str, Any]:
-                return evaluate_model(m, eval_ds, all_text, bench, cfg, calibration, device, cfg.runtime.workers)
+                panels.clear()
+                return evaluate_model(m, eval_ds, all_text, bench, cfg, calibration, device, cfg.runtime.workers,
+                                      panels)
 
             def preview_fn(m: nn.Module) -> dict[str, Any]:
-                return preview_images(m, eval_ds, all_text, bench, cfg, calibration, device)
+                return dict(panels)  # made by the evaluation that just ran
 
             extra = {"class_names": list(bench.class_names), "seen": seen, "unseen": list(bench.unseen),
                      "setting": setting, "text_embeddings": all_text.cpu(), "clip": loaded.source,
