@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from zsk.metrics.retrieval import (
+    FaissSearch,
     chunked_ranks,
     coco_1k,
+    depth_rank_metrics,
     evaluate_embeddings,
+    faiss_ranks,
     i2t_ranks,
     rank_metrics,
     retrieval_metrics,
@@ -117,3 +120,55 @@ def test_one_pass_ranks_by_hand() -> None:
     r_i, r_t = chunked_ranks(img, cap, 5, chunk=1)
     assert r_i.tolist() == [1, 5]
     assert r_t.tolist() == [1, 0, 1, 1, 0, 1, 1, 1, 1, 0]
+
+
+def _pairs(n_img: int = 120, dim: int = 24, noise: float = 0.9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(n_img, dim, generator=g), dim=1)
+    cap = img.repeat_interleave(5, 0) + noise * torch.randn(n_img * 5, dim, generator=g)
+    return img, torch.nn.functional.normalize(cap, dim=1)
+
+
+def test_faiss_flat_ranks_equal_the_scan_below_depth() -> None:
+    """Every rank below the search depth is the exact scan's; every other rank reads as the depth."""
+    img, cap = _pairs()
+    r_i, r_t = chunked_ranks(img, cap, 5, chunk=32)
+    f_i, f_t, depth = faiss_ranks(img, cap, 5, FaissSearch(depth=30))
+    assert depth == 30
+    for exact, found in ((r_i, f_i), (r_t, f_t)):
+        assert (exact >= 30).any() and (exact < 30).any()  # both cases occur
+        assert torch.equal(found, exact.clamp(max=30))
+
+
+def test_depth_rank_metrics_by_hand() -> None:
+    out = depth_rank_metrics(torch.tensor([0, 3, 12, 12]), depth=12)
+    assert out == {"r1": 25.0, "r5": 50.0, "r10": 50.0, "medr": None, "meanr": None, "beyond_depth": 2}
+    # middle ranks 1 and 2: numpy median 1.5, floored, + 1
+    assert depth_rank_metrics(torch.tensor([0, 1, 2, 12]), depth=12)["medr"] == 2.0
+    assert depth_rank_metrics(torch.tensor([0, 4, 12]), depth=12)["medr"] == 5.0
+
+
+def test_faiss_evaluation_and_folds_match_the_exact_metrics() -> None:
+    img, cap = _pairs()
+    exact, fast = evaluate_embeddings(img, cap, 5), evaluate_embeddings(img, cap, 5, search=FaissSearch(depth=60))
+    for d in ("i2t", "t2i"):
+        assert {k: fast[d][k] for k in ("r1", "r5", "r10", "medr")} == {k: exact[d][k] for k in ("r1", "r5", "r10", "medr")}
+    assert fast["rsum"] == exact["rsum"] and fast["search"]["exact"]
+    folds = coco_1k(img, cap, 5, folds=4, search=FaissSearch(depth=10))
+    assert folds["i2t"]["meanr"] is None and folds["search"]["depth"] == 10
+    assert folds["i2t"]["beyond_depth"] == sum(f["i2t"]["beyond_depth"] for f in folds["folds"])
+    assert folds["t2i"]["r5"] == pytest.approx(coco_1k(img, cap, 5, folds=4)["t2i"]["r5"])
+
+
+def test_faiss_ivf_visiting_every_list_is_exhaustive_and_one_list_misses() -> None:
+    img, cap = _pairs(200)
+    flat = evaluate_embeddings(img, cap, 5, search=FaissSearch(depth=20))
+    every = evaluate_embeddings(img, cap, 5, search=FaissSearch(depth=20, nlist=8, nprobe=8))
+    one = evaluate_embeddings(img, cap, 5, search=FaissSearch(depth=20, nlist=8, nprobe=1))
+    assert every["i2t"] == flat["i2t"] and every["t2i"] == flat["t2i"] and not every["search"]["exact"]
+    assert one["rsum"] < flat["rsum"]  # an approximate search: ground truths in unvisited lists are missed
+
+
+def test_faiss_search_needs_depth_for_r10() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        FaissSearch(depth=5)

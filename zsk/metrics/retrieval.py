@@ -18,6 +18,7 @@ bounded memory and costs one matrix product.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -169,28 +170,133 @@ def two_pass_ranks(
     return r_i2t, r_t2i
 
 
+@dataclass(frozen=True)
+class FaissSearch:
+    """Evaluation by nearest-neighbour search instead of the exact scan: for galleries too large to scan.
+
+    ``depth``: results returned per query (every R@K needs ``K <= depth``); ``nlist``: 0 searches a flat
+    inner-product index (the same top ``depth`` as the exact scan), > 0 an IVF index of that many lists
+    of which ``nprobe`` are visited per query (approximate: a ground truth in an unvisited list is missed).
+    """
+
+    depth: int = 100
+    nlist: int = 0
+    nprobe: int = 16
+
+    def __post_init__(self) -> None:
+        if self.depth < max(KS):
+            raise ValueError(f"depth must be >= {max(KS)} (R@{max(KS)}), got {self.depth}")
+        if self.nlist < 0 or self.nprobe < 1:
+            raise ValueError(f"nlist must be >= 0 and nprobe >= 1, got {self.nlist} and {self.nprobe}")
+
+    @property
+    def exact(self) -> bool:
+        return self.nlist == 0
+
+    def index(self, gallery: Tensor):
+        """A faiss inner-product index holding ``gallery`` (N, D): flat, or IVF trained on it."""
+        import faiss
+
+        g = gallery.detach().float().cpu().contiguous().numpy()
+        dim = g.shape[1]
+        if self.exact:
+            index = faiss.IndexFlatIP(dim)
+        else:
+            lists = min(self.nlist, g.shape[0])
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.train(g)
+            index.nprobe = min(self.nprobe, lists)
+        index.add(g)
+        return index
+
+    def search(self, query: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores, indices), each (Q, min(depth, N)), best first; index -1 where IVF found fewer items."""
+        k = min(self.depth, gallery.shape[0])
+        scores, idx = self.index(gallery).search(query.detach().float().cpu().contiguous().numpy(), k)
+        return torch.from_numpy(scores), torch.from_numpy(idx).long()
+
+
+def _ranks_from_lists(scores: Tensor, idx: Tensor, is_truth: Tensor, depth: int) -> Tensor:
+    """0-based rank of the best ground truth of each query from its returned list: the number of listed items
+    scored strictly higher than the first listed ground truth (the exact scan's count, since every item that
+    beats it is listed); ``depth`` (a lower bound) where no ground truth is listed."""
+    q, k = idx.shape
+    found = is_truth & (idx >= 0)
+    first = torch.where(found.any(dim=1), found.float().argmax(dim=1), torch.full((q,), k))
+    truth_score = scores.gather(1, first.clamp(max=k - 1)[:, None])
+    ranks = (scores > truth_score).sum(dim=1)
+    return torch.where(first < k, ranks, torch.full_like(ranks, depth))
+
+
+def faiss_ranks(img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5,
+                search: FaissSearch = FaissSearch()) -> tuple[Tensor, Tensor, int]:
+    """(i2t ranks, t2i ranks, depth) by faiss search of the captions for each image and of the images for
+    each caption. Ranks below ``depth`` equal :func:`chunked_ranks` (flat index; ties aside); a rank of
+    ``depth`` means "not in the top ``depth``" (:func:`depth_rank_metrics` reports what that still allows)."""
+    n_img, n_cap = img_emb.shape[0], cap_emb.shape[0]
+    _check(n_img, n_cap, captions_per_image)
+    s, i = search.search(img_emb, cap_emb)  # (n_img, k) captions per image
+    r_i2t = _ranks_from_lists(s, i, (i // captions_per_image) == torch.arange(n_img)[:, None], search.depth)
+    s, i = search.search(cap_emb, img_emb)  # (n_cap, k) images per caption
+    r_t2i = _ranks_from_lists(s, i, i == (torch.arange(n_cap) // captions_per_image)[:, None], search.depth)
+    return r_i2t, r_t2i, search.depth
+
+
+def depth_rank_metrics(ranks: Tensor, depth: int, ks: tuple[int, ...] = KS) -> dict[str, float | int | None]:
+    """:func:`rank_metrics` from ranks known only below ``depth`` (``depth`` = "not found in the top depth"):
+    R@K exact for K <= depth; ``medr`` exact when the middle rank(s) are below ``depth``, else None; ``meanr``
+    None (it needs every rank: use the exact scan)."""
+    r = ranks.double().cpu()
+    out: dict[str, float | int | None] = {f"r{k}": 100.0 * float((r < k).double().mean()) for k in ks if k <= depth}
+    n = len(r)
+    middle = torch.sort(r).values[[(n - 1) // 2, n // 2]]
+    out["medr"] = float(math.floor(float(middle.mean())) + 1) if bool((middle < depth).all()) else None
+    out["meanr"] = None
+    out["beyond_depth"] = int((r >= depth).sum())
+    return out
+
+
 def evaluate_embeddings(
-    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, chunk: int = 1024
+    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, chunk: int = 1024,
+    search: FaissSearch | None = None,
 ) -> dict:
-    """Retrieval metrics from L2-normalised embeddings (cosine similarity), chunked."""
-    r_i2t, r_t2i = chunked_ranks(img_emb, cap_emb, captions_per_image, chunk)
-    out = {"i2t": rank_metrics(r_i2t), "t2i": rank_metrics(r_t2i)}
+    """Retrieval metrics from L2-normalised embeddings (cosine similarity): the exact one-pass scan, or
+    ``search`` (faiss; R@K and medr only, see :func:`depth_rank_metrics`)."""
+    if search is None:
+        r_i2t, r_t2i = chunked_ranks(img_emb, cap_emb, captions_per_image, chunk)
+        out = {"i2t": rank_metrics(r_i2t), "t2i": rank_metrics(r_t2i)}
+    else:
+        r_i2t, r_t2i, depth = faiss_ranks(img_emb, cap_emb, captions_per_image, search)
+        out = {"i2t": depth_rank_metrics(r_i2t, depth), "t2i": depth_rank_metrics(r_t2i, depth),
+               "search": {"backend": "faiss", "index": "flat" if search.exact else "ivf", "depth": depth,
+                          "exact": search.exact, **({} if search.exact else {"nlist": search.nlist,
+                                                                             "nprobe": search.nprobe})}}
     out["rsum"] = rsum(out)
     return out
 
 
 def average_metrics(results: list[dict]) -> dict:
-    """Average each metric over folds (the COCO 1K protocol averages R@K, medr and meanr)."""
+    """Average each metric over folds (the COCO 1K protocol averages R@K, medr and meanr); a metric some
+    fold could not give (None, faiss search) is None; ``beyond_depth`` counts are summed."""
     out: dict = {}
     for direction in ("i2t", "t2i"):
         keys = results[0][direction].keys()
-        out[direction] = {k: sum(r[direction][k] for r in results) / len(results) for k in keys}
+        out[direction] = {}
+        for k in keys:
+            vals = [r[direction][k] for r in results]
+            if k == "beyond_depth":
+                out[direction][k] = int(sum(vals))
+            else:
+                out[direction][k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
     out["rsum"] = sum(r["rsum"] for r in results) / len(results)
+    if "search" in results[0]:
+        out["search"] = results[0]["search"]
     return out
 
 
 def coco_1k(
-    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, folds: int = 5, chunk: int = 1024
+    img_emb: Tensor, cap_emb: Tensor, captions_per_image: int = 5, folds: int = 5, chunk: int = 1024,
+    search: FaissSearch | None = None,
 ) -> dict:
     """COCO 1K: split the 5K test set into ``folds`` consecutive folds of images (and their captions),
     evaluate each and average every metric (VSE++ ``fold5``); ``folds`` holds the per-fold results."""
@@ -203,7 +309,7 @@ def coco_1k(
     for f in range(folds):
         im = img_emb[f * size : (f + 1) * size]
         cap = cap_emb[f * size * captions_per_image : (f + 1) * size * captions_per_image]
-        per_fold.append(evaluate_embeddings(im, cap, captions_per_image, chunk))
+        per_fold.append(evaluate_embeddings(im, cap, captions_per_image, chunk, search))
     out = average_metrics(per_fold)
     out["folds"] = per_fold
     return out

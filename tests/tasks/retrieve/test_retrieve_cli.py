@@ -72,6 +72,24 @@ def test_eval_coco_protocols(trained) -> None:
     assert one_k["rsum"] >= five_k["rsum"]
 
 
+def test_eval_faiss_search_equals_the_exact_scan(trained) -> None:
+    """--search faiss (flat index): the same R@K and medr as the exact scan; meanr is not given (None)."""
+    _, run_dir = trained
+    exact = json.loads(run("eval", "-c", str(run_dir / "best.pt"), "--json").stdout)
+    fast = json.loads(run("eval", "-c", str(run_dir / "best.pt"), "--search", "faiss", "--set", "eval.faiss_depth=40",
+                          "--json").stdout)
+    assert fast["search"] == {"backend": "faiss", "index": "flat", "depth": 40, "exact": True}
+    for d in ("i2t", "t2i"):
+        for k in ("r1", "r5", "r10"):
+            assert fast[d][k] == pytest.approx(exact[d][k])
+        assert fast[d]["meanr"] is None
+        assert fast[d]["medr"] is None or fast[d]["medr"] == exact[d]["medr"]
+    assert fast["rsum"] == pytest.approx(exact["rsum"])
+    ivf = json.loads(run("eval", "-c", str(run_dir / "best.pt"), "--search", "faiss", "--set", "eval.faiss_nlist=4",
+                         "--set", "eval.faiss_nprobe=4", "--json").stdout)  # every list visited: exhaustive
+    assert ivf["search"]["index"] == "ivf" and ivf["rsum"] == pytest.approx(exact["rsum"])
+
+
 def test_predict_both_directions(trained, tmp_path) -> None:
     data, run_dir = trained
     res = run("predict", "a dog sitting on the beach", "-c", str(run_dir / "best.pt"), "-k", "4", "--json",

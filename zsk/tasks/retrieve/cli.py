@@ -29,6 +29,10 @@ TASK = TaskModules(
         Option("ensemble", Annotated[list[Path] | None, typer.Option(
             "--ensemble", help="Another checkpoint whose scores are averaged with --checkpoint's (repeatable; "
                                "SGRAF = an SGR and an SAF checkpoint).")], None),
+        Option("search", Annotated[str | None, typer.Option(
+            "--search", help="exact (every rank, the papers' protocol) | faiss (R@K and medr from a faiss search "
+                             "of the top eval.faiss_depth; for galleries too large to scan). Default: eval.search.")],
+               None),
     ),
     predict_options=(
         Option("split", Annotated[str | None, typer.Option(

@@ -196,8 +196,19 @@ class EvalConfig:
     val_max_images: int = 0  # >0: validate on the first N images only (official loaders: dev cut to 5,000 captions = 1,000 images)
     folds: int = 5  # COCO 1K: number of folds
     shard: int = 100  # SGR/SAF: images and captions per block of pair scores (official shard_attn_scores: 100)
+    # exact: every rank by the one-pass scan (the papers' protocol); faiss: nearest-neighbour search of the top
+    # faiss_depth per query, for galleries too large to scan (R@K and medr only; meanr needs every rank)
+    search: Literal["exact", "faiss"] = "exact"
+    faiss_depth: int = 100
+    faiss_nlist: int = 0  # 0: flat index (the exact top faiss_depth); > 0: IVF lists (approximate)
+    faiss_nprobe: int = 16  # IVF lists visited per query
 
     def __post_init__(self) -> None:
+        if self.search not in ("exact", "faiss"):
+            raise ZskError(f"eval.search={self.search!r}: choose exact or faiss")
+        at_least("eval.faiss_depth", self.faiss_depth, 10, "R@10 needs the top 10")
+        at_least("eval.faiss_nlist", self.faiss_nlist, 0, "0 = a flat (exact) index")
+        at_least("eval.faiss_nprobe", self.faiss_nprobe, 1)
         at_least("eval.batch_size", self.batch_size, 1)
         at_least("eval.chunk", self.chunk, 1)
         at_least("eval.shard", self.shard, 1)

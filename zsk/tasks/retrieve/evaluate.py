@@ -19,7 +19,13 @@ from zsk.core.progress import progress
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.core.trainer import make_eval_loader
 from zsk.data.captions import PrecompSplit
-from zsk.metrics.retrieval import average_metrics, coco_1k, evaluate_embeddings, retrieval_metrics
+from zsk.metrics.retrieval import (
+    FaissSearch,
+    average_metrics,
+    coco_1k,
+    evaluate_embeddings,
+    retrieval_metrics,
+)
 from zsk.tasks.retrieve.config import Config
 from zsk.tasks.retrieve.data import ImageFeatures, ImageFiles, load_split
 from zsk.tasks.retrieve.model import VSEModel
@@ -111,11 +117,19 @@ def encode_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.d
 def flat_metrics(m: dict) -> dict[str, float]:
     """``{"i2t": {"r1": ..}, ...}`` -> ``{"i2t_r1": .., ..., "rsum": .., "r1r5_sum": ..}`` for the trainer's log."""
     out = {"rsum": float(m["rsum"])}
-    for d in ("i2t", "t2i"):
-        out.update({f"{d}_{k}": float(v) for k, v in m[d].items()})
+    for d in ("i2t", "t2i"):  # None: a metric faiss search cannot give (meanr)
+        out.update({f"{d}_{k}": float(v) for k, v in m[d].items() if v is not None})
     # VSRN's model selection (train.py validate: r1 + r5 + r1i + r5i), train.best_metric: r1r5_sum
     out["r1r5_sum"] = out["i2t_r1"] + out["i2t_r5"] + out["t2i_r1"] + out["t2i_r5"]
     return out
+
+
+def faiss_search(cfg: Config) -> FaissSearch | None:
+    """The faiss search of ``eval.search=faiss`` (``eval.faiss_depth``, ``faiss_nlist``, ``faiss_nprobe``), or
+    None for the exact scan."""
+    if cfg.eval.search != "faiss":
+        return None
+    return FaissSearch(cfg.eval.faiss_depth, cfg.eval.faiss_nlist, cfg.eval.faiss_nprobe)
 
 
 def score_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.device,
@@ -129,11 +143,16 @@ def score_split(model: VSEModel, split, tokenizer, cfg: Config, device: torch.de
         raise ZskError(f"--protocol coco1k: {split.num_images} images do not split into {cfg.eval.folds} folds; "
                        "use the 5K testall split")
     members = [(model, tokenizer, cfg), *ensemble]
+    search = faiss_search(cfg)
+    if search is not None and (len(members) > 1 or is_pairwise(model)):
+        raise ZskError(f"eval.search=faiss searches embeddings, but model.base={cfg.model.base}"
+                       f"{' with an ensemble' if len(members) > 1 else ''} scores each (image, caption) pair; "
+                       "use eval.search=exact")
     if len(members) == 1 and not is_pairwise(model):
         img, cap = encode_split(model, split, tokenizer, cfg, device)
         if protocol == "coco1k":
-            return coco_1k(img, cap, cpi, cfg.eval.folds, cfg.eval.chunk)
-        return evaluate_embeddings(img, cap, cpi, cfg.eval.chunk)
+            return coco_1k(img, cap, cpi, cfg.eval.folds, cfg.eval.chunk, search)
+        return evaluate_embeddings(img, cap, cpi, cfg.eval.chunk, search)
     encoded = [encode_split(m, split, tok, c, device) for m, tok, c in members]
 
     def sims(i0: int, i1: int) -> Tensor:
@@ -172,12 +191,18 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
 
 
 def evaluate(loaded: Loaded, split: str | None = None, out: Path | None = None, *,
-             protocol: str | None = None, ensemble: list[Path] | None = None) -> dict[str, Any]:
+             protocol: str | None = None, ensemble: list[Path] | None = None,
+             search: str | None = None) -> dict[str, Any]:
     """Metrics on a split: ``{"i2t": {...}, "t2i": {...}, "rsum": ...}`` plus the split, protocol and
     gallery sizes; ``protocol`` (default ``eval.protocol``): standard, coco1k (five 1K folds averaged,
     with ``folds``) or coco5k. ``ensemble``: further checkpoints whose scores are averaged with this one's
-    (the SGRAF paper's SGR + SAF ensemble). Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
+    (the SGRAF paper's SGR + SAF ensemble). ``search`` (default ``eval.search``): exact, or faiss (R@K and medr
+    from the top ``eval.faiss_depth`` of a faiss search, for galleries too large to scan). Writes nothing (``zsk retrieve eval --out DIR`` saves the result)."""
     cfg: Config = loaded.cfg
+    if search is not None:
+        if search not in ("exact", "faiss"):
+            raise ZskError(f"--search {search!r}: choose exact or faiss")
+        cfg.eval.search = search
     protocol = protocol or cfg.eval.protocol
     if protocol not in PROTOCOLS:
         raise ZskError(f"--protocol {protocol!r}: choose standard, coco1k or coco5k")
