@@ -193,3 +193,15 @@ def test_time_steps_reports_medians_in_wall_and_cpu_time() -> None:
     assert len(calls) == 2 + 3  # two warm-up calls, three timed
     assert out["cpu_s"] >= 0.0019 and out["wall_s"] >= 0.0019
     assert out["user_s"] + out["sys_s"] <= out["cpu_s"] * 2 and 0 <= out["sys_share"] <= 1
+
+
+def test_grid_sample_counts_four_multiply_adds_per_sample_and_channel() -> None:
+    """Bilinear grid_sample (deformable attention): 2·4 FLOPs per sampled point and channel forward; the
+    backward repeats them for each input that needs a gradient (here the map and the grid)."""
+    x = torch.randn(2, 3, 5, 7, requires_grad=True)
+    grid = (torch.rand(2, 4, 6, 2) * 2 - 1).requires_grad_()
+    fwd = 2 * 4 * 2 * 3 * 4 * 6
+    assert count_flops(lambda: torch.nn.functional.grid_sample(x, grid, align_corners=False)) == fwd
+    assert count_flops(lambda: torch.nn.functional.grid_sample(x, grid, align_corners=False).sum().backward()) == 3 * fwd
+    near = lambda: torch.nn.functional.grid_sample(x, grid, mode="nearest", align_corners=False)  # noqa: E731
+    assert count_flops(near) == 0  # a gather: no arithmetic

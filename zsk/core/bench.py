@@ -4,7 +4,10 @@ Honest figures (issue 19):
 
 - FLOPs are counted for every op the models run, attention included: torch's counter has no formula for
   the CPU attention kernel nor for the fused ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer``
-  fast paths (which also hide their projections), so zsk adds them; a sparse x dense product counts 2·nnz·d.
+  fast paths (which also hide their projections), so zsk adds them; a sparse x dense product counts 2·nnz·d;
+  ``grid_sample`` (deformable attention's bilinear sampling) counts one multiply-add per corner pixel per
+  sampled point and channel. Elementwise ops, norms, softmax, pooling and plain resizes (``interpolate``)
+  count 0, as in torch's counter. Each task's inference count equals a hand count (``tests/tasks/*/test_*_flops.py``).
 - The FLOPs are split by op class (matmul-like, convolution) and each class is held against a peak
   measured for that class on the same device, dtype and thread count, in the same run (best of several
   repetitions, so a busy machine lowers the peak less than it would a single timing). MFU is the time
@@ -122,6 +125,25 @@ def _sdpa_cpu_backward(grad_out: Sequence[int], query: Sequence[int], key: Seque
     return int(sdpa_backward_flop_count(grad_out, query, key, value))
 
 
+_GRID_SAMPLE_TERMS = {0: 4, 1: 0, 2: 16}  # grid_sample modes bilinear, nearest, bicubic: input pixels per output
+
+
+def _grid_sampler_2d(input: Sequence[int], grid: Sequence[int], interpolation_mode: int, *args: object,
+                     out_val: object = None, **kwargs: object) -> int:
+    """Bilinear sampling (multi-scale deformable attention's value gathering): one multiply-add per corner
+    pixel, per sampled point and channel (as a sparse product with 4 non-zeros per point)."""
+    terms = _GRID_SAMPLE_TERMS[int(interpolation_mode)]
+    return 2 * terms * int(input[0]) * int(input[1]) * int(grid[1]) * int(grid[2])
+
+
+def _grid_sampler_2d_backward(grad_output: Sequence[int], input: Sequence[int], grid: Sequence[int],
+                              interpolation_mode: int, padding_mode: int, align_corners: bool,
+                              output_mask: Sequence[bool], *args: object, out_val: object = None,
+                              **kwargs: object) -> int:
+    """Its backward: the forward's products once per input that needs a gradient."""
+    return _grid_sampler_2d(input, grid, interpolation_mode) * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def attention_flops(tokens_q: int, tokens_kv: int, dim: int, batch: int) -> int:
     """Multi-head attention with its projections: Q, K, V and output projections (4 dim x dim products
     over the tokens) plus Q Kᵀ and the weighted sum of V (2·L·S·dim each); the heads split dim, not FLOPs."""
@@ -165,6 +187,8 @@ _CUSTOM_FLOPS: dict[Any, Callable[..., int]] = {
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
     _aten._native_multi_head_attention: _native_mha,
     _aten._transformer_encoder_layer_fwd: _encoder_layer,
+    _aten.grid_sampler_2d: _grid_sampler_2d,
+    _aten.grid_sampler_2d_backward: _grid_sampler_2d_backward,
 }
 _SPARSE_AWARE = _CUSTOM_FLOPS  # the name before issue 19
 

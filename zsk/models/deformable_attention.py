@@ -35,9 +35,10 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]]
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (N·M, Lq, P, 2)
         samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     sampled = torch.stack(samples, dim=-2).flatten(-2)  # (N·M, D, Lq, L·P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
-    out = (sampled * weights).sum(-1)  # (N·M, D, Lq)
-    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+    weights = attention_weights.transpose(1, 2).reshape(n * m, lq, num_levels * num_points)
+    # the weighted sum as a product (a batched matrix-vector product per query), so FLOP counters see it
+    out = torch.einsum("bdqk,bqk->bdq", sampled, weights)  # (N·M, D, Lq)
+    return out.reshape(n, m * d, lq).transpose(1, 2).contiguous()
 
 
 def ms_deform_attn_loop(value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor,
