@@ -144,6 +144,32 @@ def _grid_sampler_2d_backward(grad_output: Sequence[int], input: Sequence[int], 
     return _grid_sampler_2d(input, grid, interpolation_mode) * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def _cudnn_rnn(input: Sequence[int], weight: Sequence[Sequence[int]], weight_stride0: int, weight_buf: object,
+               hx: object, cx: object, mode: int, hidden_size: int, proj_size: int, num_layers: int,
+               batch_first: bool, dropout: float, train: bool, bidirectional: bool, batch_sizes: object,
+               *args: object, out_val: object = None, **kwargs: object) -> int:
+    """cuDNN's fused RNN (nn.RNN / GRU / LSTM on CUDA: every layer, direction and time step in one op): each
+    sequence element goes once through every 2-D weight matrix (W_ih, W_hh, LSTM's W_hr), 2·elements·numel(W)
+    each; a GRU: 2·(3H·I + 3H·H) per element. Input (T, B, I), (B, T, I) or packed (sum of lengths, I)."""
+    tokens = math.prod(input[:-1])
+    return 2 * tokens * sum(math.prod(w) for w in weight if len(w) == 2)
+
+
+def _cudnn_rnn_backward(input: Sequence[int], weight: Sequence[Sequence[int]], weight_stride0: int,
+                        weight_buf: object, hx: object, cx: object, output: object, grad_output: object,
+                        grad_hy: object, grad_cy: object, mode: int, hidden_size: int, proj_size: int,
+                        num_layers: int, batch_first: bool, dropout: float, train: bool, bidirectional: bool,
+                        batch_sizes: object, dropout_state: object, reserve: object, output_mask: Sequence[bool],
+                        *args: object, out_val: object = None, **kwargs: object) -> int:
+    """Its backward: gradients through every weight matrix (less layer 0's input products when the input needs
+    no gradient) plus, when the weights need gradients, their products (as the forward)."""
+    tokens = math.prod(input[:-1])
+    mats = [(i, math.prod(w)) for i, w in enumerate(weight) if len(w) == 2]
+    first_input = {0, weight_stride0} if bidirectional else {0}  # layer 0's W_ih of each direction
+    data = sum(n for i, n in mats if output_mask[0] or i not in first_input)
+    return 2 * tokens * (data + (sum(n for _, n in mats) if output_mask[3] else 0))
+
+
 def attention_flops(tokens_q: int, tokens_kv: int, dim: int, batch: int) -> int:
     """Multi-head attention with its projections: Q, K, V and output projections (4 dim x dim products
     over the tokens) plus Q Kᵀ and the weighted sum of V (2·L·S·dim each); the heads split dim, not FLOPs."""
@@ -189,6 +215,8 @@ _CUSTOM_FLOPS: dict[Any, Callable[..., int]] = {
     _aten._transformer_encoder_layer_fwd: _encoder_layer,
     _aten.grid_sampler_2d: _grid_sampler_2d,
     _aten.grid_sampler_2d_backward: _grid_sampler_2d_backward,
+    _aten._cudnn_rnn: _cudnn_rnn,  # the GRUs of retrieve on a GPU (on the CPU they run as counted matmuls)
+    _aten._cudnn_rnn_backward: _cudnn_rnn_backward,
 }
 _SPARSE_AWARE = _CUSTOM_FLOPS  # the name before issue 19
 
