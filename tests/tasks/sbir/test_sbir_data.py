@@ -49,13 +49,38 @@ def test_flat_layout_with_sake_list(tmp_path: Path) -> None:
         _img(tmp_path / "sketch" / c / "a.png")
         _img(tmp_path / "photo" / c / "a.jpg")
     unseen = names[1:26]  # 25 classes, one with spaces in its name
-    (tmp_path / "zeroshot0").mkdir()
-    (tmp_path / "zeroshot0" / "cname_cid_zero.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(unseen)))
+    (tmp_path / "zeroshot1").mkdir()  # where SAKE's dataset.zip keeps the 25-class list
+    (tmp_path / "zeroshot1" / "cname_cid_zero.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(unseen)))
     cfg = _cfg(tmp_path, "data.split=sake25")
     val = read_split(cfg.data, "val")
     assert sorted(val.classes) == sorted(unseen)
     assert read_split(cfg.data, "train").classes == ["c00", "zebra"]
     assert SPLITS["sake25"].num_unseen == 25 and SPLITS["yelamarthi21"].num_unseen == 21
+
+
+def test_sake_archive_layout_gives_each_split_its_own_list(tmp_path: Path, capsys) -> None:
+    """SAKE's dataset.zip: Sketchy/zeroshot1 holds the 25-class list (as in qliu24/SAKE), the 21-class list is
+    zeroshot2 (SAKE-derived code) or zeroshot0 (ZSE-SBIR's data); a split never takes another split's file."""
+    y21, s25 = SPLITS["yelamarthi21"].classes, SPLITS["sake25"].classes
+    for c in sorted({*y21, *s25, "zebra"}):
+        _img(tmp_path / "sketch" / c / "a.png")
+        _img(tmp_path / "photo" / c / "a.jpg")
+
+    def write(folder: str, classes: tuple[str, ...]) -> None:  # SAKE's "<name> <id>" lines, in its own order
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "cname_cid_zero.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(reversed(classes))))
+
+    write("zeroshot1", s25)
+    assert read_split(_cfg(tmp_path, "data.split=sake25").data, "val").classes == sorted(s25)
+    # only the 25-class file present: the 21-class split keeps its published list
+    assert read_split(_cfg(tmp_path, "data.split=yelamarthi21").data, "val").classes == sorted(y21)
+    write("zeroshot0", s25)  # a 25-class list where a 21-class one may be: not taken, with a note
+    assert read_split(_cfg(tmp_path, "data.split=yelamarthi21").data, "val").classes == sorted(y21)
+    assert "zeroshot0/cname_cid_zero.txt lists 25 classes, not the 21 of yelamarthi21; not used" in capsys.readouterr().err
+    for folder in ("zeroshot0", "zeroshot2"):
+        write(folder, y21[:-1] + ("zebra",))  # a file that differs from the published list shows it is read
+        assert "zebra" in read_split(_cfg(tmp_path, "data.split=yelamarthi21").data, "val").classes
+        (tmp_path / folder / "cname_cid_zero.txt").unlink()
 
 
 def test_published_split_lists_are_used_without_a_list_file(tmp_path: Path) -> None:
@@ -113,7 +138,7 @@ def test_sample_is_deterministic_and_in_acnet_layout(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(SPLITS))
 def test_every_split_cites_its_source(name: str) -> None:
-    assert SPLITS[name].source and SPLITS[name].default_list.endswith("cname_cid_zero.txt")
+    assert SPLITS[name].source and all(p.endswith("cname_cid_zero.txt") for p in SPLITS[name].default_lists)
 
 
 def test_predict_gallery_layouts(tmp_path: Path) -> None:

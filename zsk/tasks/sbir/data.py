@@ -75,29 +75,46 @@ def _fill(root: str, template: str) -> Path:
     return Path(template.replace("{root}", root))
 
 
-def read_unseen_list(d: DataConfig) -> tuple[list[str], str]:
-    """The unseen classes of a named split and where they came from: ``data.unseen_list``, else the split's
-    file in the dataset (SAKE's ``cname_cid_zero.txt``), else the list shipped in :mod:`zsk.tasks.sbir.splits`."""
-    split = SPLITS[d.split]
-    path = _fill(d.root, d.unseen_list or split.default_list)
-    if not path.is_file():
-        if d.unseen_list:
-            raise ZskError(f"unseen-class list {path} (data.unseen_list) not found; give an existing file (one class "
-                           f"per line, or SAKE's cname_cid_zero.txt), or --set data.unseen_list=null for the {d.split} list zsk ships")
-        return list(split.classes), f"the {d.split} split ({split.source.split(':')[0]})"
+def _read_list(path: Path) -> list[str]:
     try:
         names = parse_class_list(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ZskError(f"unseen-class list {path} cannot be read ({type(e).__name__}); give a UTF-8 text file") from None
     if len(set(names)) != len(names):
         raise ZskError(f"unseen-class list {path} names a class twice; list each unseen class once")
-    if len(names) != split.num_unseen:
-        raise ZskError(f"unseen-class list {path} has {len(names)} classes, split {d.split} has {split.num_unseen} "
-                       f"({split.source.split(':')[0]}); give the split's list or choose another data.split")
-    if not d.unseen_list and set(names) != set(split.classes):
-        log(f"note: {path} differs from the published {d.split} list in {len(set(names) ^ set(split.classes))} "
-            "class names; the file is used")
-    return names, str(path)
+    return names
+
+
+def read_unseen_list(d: DataConfig) -> tuple[list[str], str]:
+    """The unseen classes of a named split and where they came from: ``data.unseen_list``, else the first of the
+    split's files in the dataset (SAKE's ``cname_cid_zero.txt``) with the split's class count, else the list
+    shipped in :mod:`zsk.tasks.sbir.splits`."""
+    split = SPLITS[d.split]
+    name = split.source.split(":")[0]
+    if d.unseen_list:
+        path = _fill(d.root, d.unseen_list)
+        if not path.is_file():
+            raise ZskError(f"unseen-class list {path} (data.unseen_list) not found; give an existing file (one class "
+                           f"per line, or SAKE's cname_cid_zero.txt), or --set data.unseen_list=null for the {d.split} list zsk ships")
+        names = _read_list(path)
+        if len(names) != split.num_unseen:
+            raise ZskError(f"unseen-class list {path} has {len(names)} classes, split {d.split} has {split.num_unseen} "
+                           f"({name}); give the split's list or choose another data.split")
+        return names, str(path)
+    # SAKE's archive keeps other splits' lists in sibling folders (zeroshot1 = 25 classes), so a file with another
+    # class count is another split's, not this one's
+    for template in split.default_lists:
+        path = _fill(d.root, template)
+        if path.is_file():
+            names = _read_list(path)
+            if len(names) != split.num_unseen:
+                log(f"note: {path} lists {len(names)} classes, not the {split.num_unseen} of {d.split}; not used")
+                continue
+            if set(names) != set(split.classes):
+                log(f"note: {path} differs from the published {d.split} list in {len(set(names) ^ set(split.classes))} "
+                    "class names; the file is used")
+            return names, str(path)
+    return list(split.classes), f"the {d.split} split ({name})"
 
 
 def _paired(sketches: dict[str, list[Path]], photos: dict[str, list[Path]], classes: list[str], where: str,

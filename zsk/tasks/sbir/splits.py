@@ -2,9 +2,13 @@
 
 Each split's unseen classes are listed below (``ZeroShotSplit.classes``), so a dataset unpacked without
 the split files still trains on the published split. SAKE's ``dataset.zip`` (Liu et al., ICCV 2019,
-qliu24/SAKE; cs.jhu.edu/~qliu24/ZSSBIR/dataset.zip) ships the same lists as ``cname_cid_zero.txt`` (one
+qliu24/SAKE; cs.jhu.edu/~qliu24/ZSSBIR/dataset.zip) ships the lists as ``cname_cid_zero.txt`` (one
 ``<class name> <class id>`` per line; names may contain spaces), next to ``cname_cid.txt`` for the seen
-classes; when that file is in the dataset (or ``data.unseen_list`` names one) it is read instead. ACNet's own
+classes: ``Sketchy/zeroshot1`` holds the 25-class split and ``TUBerlin/zeroshot`` the 30-class one (both files
+are also in the qliu24/SAKE repository, commit 3b32cd5, and equal the lists below); the 21-class split is
+``zeroshot2`` in SAKE's test script (104 seen classes) and ``zeroshot0`` in ZSE-SBIR's data (Lin et al., CVPR
+2023). When such a file with the split's class count is in the dataset (or ``data.unseen_list`` names one) it
+is read instead. ACNet's own
 data (the authors' Google Drive) encodes its split as folders: ``<root>/{train,val}/{sketch,photo}/<class>/``
 with ``val`` holding the unseen classes.
 """
@@ -21,31 +25,33 @@ class ZeroShotSplit:
     name: str
     dataset: str
     num_unseen: int
-    default_list: str  # relative to data.root
-    min_val_photos: int
+    default_lists: tuple[str, ...]  # where the split's list file may be ({root} = data.root), first match wins
     source: str
     classes: tuple[str, ...]  # the unseen classes, as the dataset's class folders name them
 
 
 SPLITS: dict[str, ZeroShotSplit] = {
     "yelamarthi21": ZeroShotSplit(
-        "yelamarthi21", "Sketchy Extended", 21, "{root}/zeroshot1/cname_cid_zero.txt", 0,
+        "yelamarthi21", "Sketchy Extended", 21,
+        ("{root}/zeroshot2/cname_cid_zero.txt", "{root}/zeroshot0/cname_cid_zero.txt"),
         "Yelamarthi et al., ECCV 2018 (test_split_ref.npy): the 21 unseen classes not in ImageNet-1K, 104 seen; "
-        "SAKE dataset.zip Sketchy/zeroshot1. ACNet's released Sketchy folders use this split.",
+        "SAKE dataset.zip Sketchy/zeroshot2 (ZSE-SBIR's data: zeroshot0). ACNet's released Sketchy folders use "
+        "this split.",
         ("bat", "cabin", "cow", "dolphin", "door", "giraffe", "helicopter", "mouse", "pear", "raccoon", "rhinoceros",
          "saw", "scissors", "seagull", "skyscraper", "songbird", "sword", "tree", "wheelchair", "windmill", "window")),
     "sake25": ZeroShotSplit(
-        "sake25", "Sketchy Extended", 25, "{root}/zeroshot0/cname_cid_zero.txt", 0,
+        "sake25", "Sketchy Extended", 25, ("{root}/zeroshot1/cname_cid_zero.txt",),
         "Shen et al., CVPR 2018 / SAKE (Liu et al., ICCV 2019): 25 random unseen classes, 100 seen; "
-        "SAKE dataset.zip Sketchy/zeroshot0 (the list below as distributed with peer ZS-SBIR code; not checked "
-        "against the archive's file, which wins when present).",
+        "SAKE dataset.zip Sketchy/zeroshot1 (the list below equals qliu24/SAKE's "
+        "dataset/Sketchy/zeroshot1/cname_cid_zero.txt).",
         ("airplane", "bell", "butterfly", "camel", "chicken", "cup", "deer", "harp", "horse", "parrot", "pineapple",
          "ray", "rifle", "scissors", "snail", "squirrel", "swan", "tank", "teddy_bear", "tree", "umbrella", "volcano",
          "wheelchair", "windmill", "wine_bottle")),
     "tuberlin30": ZeroShotSplit(
-        "tuberlin30", "TU-Berlin Extended", 30, "{root}/zeroshot/cname_cid_zero.txt", 400,
+        "tuberlin30", "TU-Berlin Extended", 30, ("{root}/zeroshot/cname_cid_zero.txt",),
         "Shen et al., CVPR 2018 / SAKE: 30 random unseen classes with >= 400 photos each, 220 seen; "
-        "SAKE dataset.zip TUBerlin/zeroshot. ACNet drops val classes with < 400 photos (utils.py).",
+        "SAKE dataset.zip TUBerlin/zeroshot (the list below equals qliu24/SAKE's file). ACNet drops val "
+        "classes with < 400 photos (utils.py; recipe key data.min_val_photos).",
         ("ant", "banana", "bottle opener", "brain", "bread", "bridge", "bus", "canoe", "fan", "frying-pan", "horse",
          "hot air balloon", "laptop", "lighter", "parachute", "penguin", "pizza", "rollerblades", "shoe", "snowboard",
          "space shuttle", "streetlight", "suitcase", "t-shirt", "table", "teacup", "telephone", "tractor", "trombone",
