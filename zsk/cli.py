@@ -308,7 +308,15 @@ def bench(recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Any task'
     dtype = autocast_dtype(dev, cfg.runtime.precision)
     log(f"bench {task} {recipe} on {dev} ({dtype or 'fp32'})")
     spec = definition.bench_spec(cfg, dev, batch_size)
-    result = {"task": task, "recipe": str(recipe), **run_bench(spec, steps, dev, dtype, cfg)}
+    try:
+        timed = run_bench(spec, steps, dev, dtype, cfg)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        # BatchNorm in training mode cannot normalise one sample (torch's message names no option)
+        raise ZskError(f"--batch-size {batch_size or 1}: {task}'s model trains BatchNorm layers, which need at least "
+                       "2 samples per batch; use --batch-size 2 or more") from None
+    result = {"task": task, "recipe": str(recipe), **timed}
     emit_result(result, json_out, title=f"zsk bench {recipe}")
 
 

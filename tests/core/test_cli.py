@@ -124,6 +124,11 @@ def test_bad_usage_exits_2_with_one_error_line(recipes_root: Path) -> None:
     bad_section.write_text("trian: {lr: 0.1}\n")
     res = runner.invoke(app, ["bench", "--recipe", str(bad_section)])
     assert res.exit_code == 2 and "trian" in res.stderr and "valid sections" in res.stderr
+    demo = Path(__file__).resolve().parents[2] / "recipes" / "contrast" / "demo.yaml"
+    res = runner.invoke(app, ["bench", "--recipe", str(demo), "--steps", "1", "--batch-size", "1"])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1] == (  # torch's BatchNorm error, named
+        "error: --batch-size 1: contrast's model trains BatchNorm layers, which need at least 2 samples per batch; "
+        "use --batch-size 2 or more")
     res = runner.invoke(app, ["recipes", "--no-such-option"])
     assert res.exit_code == 2  # click's own usage errors are exit 2 too
     res = runner.invoke(app, ["demo", "no-such-task"])
