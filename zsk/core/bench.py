@@ -11,8 +11,9 @@ Honest figures (issue 19):
 - The FLOPs are split by op class (matmul-like, convolution) and each class is held against a peak
   measured for that class on the same device, dtype and thread count, in the same run (best of several
   repetitions, so a busy machine lowers the peak less than it would a single timing). MFU is the time
-  the model would take at those peaks divided by its measured time (its CPU time when torch runs one CPU
-  thread, so other processes' load does not count; wall time otherwise: ``mfu_clock``).
+  the model would take at those peaks divided by its measured time, the peaks and the model timed on the
+  same clock (this process's CPU time when torch runs one CPU thread, so other processes' load does not
+  count; wall time otherwise: ``mfu_clock``).
 - Model timings are medians of the timed steps, in wall time and in CPU time (user and system apart:
   the system share shows memory churn, pages returned to the OS and faulted in again).
 - An MFU above 1 is a measurement error (peaks timed while the machine was busier than during the
@@ -255,18 +256,25 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def peak_clock(device: torch.device) -> Callable[[], float]:
+    """The clock peaks are timed with, the one MFU divides by: this process's CPU time when torch runs one CPU
+    thread (other processes' load does not count), wall time otherwise."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
 def _best_rate(fn: Callable[[], object], flops: float, device: torch.device, reps: int) -> float:
-    """Best achieved FLOP/s of ``fn`` over ``reps`` timed calls after a warm-up (wall time: load from other
-    processes can only lower a rate, so the best call is the closest to the machine's own)."""
+    """Best achieved FLOP/s of ``fn`` over ``reps`` timed calls after a warm-up (load from other processes can
+    only lower a rate, so the best call is the closest to the machine's own), on :func:`peak_clock`."""
+    clock = peak_clock(device)
     fn()
     synchronize(device)
     best = math.inf
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return flops / best
+        best = min(best, clock() - t0)
+    return flops / max(best, 1e-9)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype | None, reps: int = 5) -> float:
@@ -399,8 +407,8 @@ def run_bench(spec: BenchSpec, steps: int, device: torch.device, dtype: torch.dt
         "infer_gflops_by_class": {k: v / 1e9 for k, v in infer_flops.items()},
         "matmul_peak_tflops": peaks["matmul"] / 1e12,
         "conv_peak_tflops": peaks["conv"] / 1e12,
-        "train_tflops": train_total / train_s / 1e12,
-        "infer_tflops": infer_total / infer_s / 1e12,
+        "train_tflops": train_total / train_t[f"{clock}_s"] / 1e12,  # per second of mfu_clock
+        "infer_tflops": infer_total / infer_t[f"{clock}_s"] / 1e12,
         "train_mfu": train_mfu,
         "infer_mfu": infer_mfu,
         "mfu_clock": clock,

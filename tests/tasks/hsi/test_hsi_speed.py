@@ -132,3 +132,22 @@ def test_bench_flops_of_the_patch_cnn_equal_a_hand_count():
     hand += 2 * n * width * cfg.model.feature_dim + 2 * n * cfg.model.feature_dim * 4  # fuse Linear, unary Linear
     with torch.no_grad():
         assert count_flops(lambda: net(patches)) == hand
+
+
+def test_scene_probabilities_reuse_the_feature_buffer_across_scenes():
+    """predict and bench keep one node-feature buffer across scenes of the same size: same probabilities,
+    no new allocation; a scene of another size gets its own buffer."""
+    net, cfg = _net("valid", 7)
+    cubes = [torch.randn(6, 13, 12, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    buffers: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        first = hsi_eval.scene_probabilities(net, hsi_train.padded_cube(cubes[0], cfg), cfg, buffers=buffers)
+        ptr = buffers["features"].data_ptr()
+        second = hsi_eval.scene_probabilities(net, hsi_train.padded_cube(cubes[1], cfg), cfg, buffers=buffers)
+        assert buffers["features"].data_ptr() == ptr
+        fresh = hsi_eval.scene_probabilities(net, hsi_train.padded_cube(cubes[1], cfg), cfg)
+        torch.testing.assert_close(second["final"], fresh["final"], rtol=0, atol=0)
+        assert not torch.equal(first["final"], second["final"])
+        other = torch.randn(6, 9, 10, generator=torch.Generator().manual_seed(7))
+        hsi_eval.scene_probabilities(net, hsi_train.padded_cube(other, cfg), cfg, buffers=buffers)
+        assert buffers["features"].shape[:2] == (9, 10)

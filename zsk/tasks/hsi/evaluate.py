@@ -194,10 +194,16 @@ def refine_logits(refine: DeconvRefinement, q: Tensor, features: Tensor, tile_pi
 
 
 @torch.no_grad()
-def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "features") -> dict[str, Tensor]:
-    """Class probabilities (Ho, Wo, K) of every stage the model has: cnn, crf, refined; `final` is the last."""
+def scene_probabilities(net: HSINet, padded: Tensor, cfg: Config, desc: str = "features",
+                        buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Class probabilities (Ho, Wo, K) of every stage the model has: cnn, crf, refined; `final` is the last.
+
+    `buffers`: a dict the caller keeps across scenes (predict's inputs, bench's calls); the node features are
+    written into the buffer it holds when the scene's shape repeats, instead of a fresh allocation per scene."""
     net.eval()
-    features = node_features(net, padded, cfg.eval, desc)
+    features = node_features(net, padded, cfg.eval, desc, out=None if buffers is None else buffers.get("features"))
+    if buffers is not None:
+        buffers["features"] = features
     out = crf_marginals(net, features, cfg.model.crf_radius, cfg.model.mean_field_iters, cfg.eval.tile_pixels,
                         cfg.model.mean_field_update, cfg.eval.crf_cache_mb)
     q = out.get("crf", out["cnn"])

@@ -96,8 +96,10 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
                          train_cfg.unary_weight, train_cfg.pairwise_weight)
     batch = torch.randperm(len(step), generator=g)[:bs]
 
+    buffers: dict[str, torch.Tensor] = {}  # the node features reused from call to call, as predict does
+
     def infer_step() -> None:
-        scene_probabilities(net, padded, cfg)
+        scene_probabilities(net, padded, cfg, buffers=buffers)
 
     return BenchSpec(model=net.potentials, step_fn=step, batch=batch, train_cfg=train_cfg, infer_step=infer_step,
                      train_samples=len(batch), infer_samples=h * w, unit="nodes", infer_unit="pixels",

@@ -80,6 +80,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, k
     names = list(extra["class_names"])
     palette = extra["palette"].numpy().astype(np.uint8)
     out = output_folder(out)
+    buffers: dict[str, torch.Tensor] = {}  # node features of one cube, reused by the next of the same size
     for source, name in zip(inputs, output_names(inputs), strict=True):
         raw = read_input_cube(source, key)
         where = source.name if isinstance(source, StdinInput) else str(source)
@@ -91,7 +92,7 @@ def predict(loaded: Loaded, inputs: Sequence[Path | StdinInput], out: Path, *, k
         invalid = hsi_data.non_finite_pixels(raw, where, cfg.data.non_finite)
         cube = hsi_data.apply_preprocess(raw, extra["preprocess"], where)
         padded = padded_cube(torch.from_numpy(cube).permute(2, 0, 1).contiguous(), cfg).to(loaded.device)
-        p = scene_probabilities(net, padded, cfg, desc=f"predict {name}")["final"]
+        p = scene_probabilities(net, padded, cfg, desc=f"predict {name}", buffers=buffers)["final"]
         full = to_image_grid(p, raw.shape[:2], grid_offset(cfg), fill=0).cpu()
         if invalid.any():
             full[torch.from_numpy(invalid)] = 0.0
