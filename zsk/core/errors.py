@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ZskError(Exception):
     """Bad usage or bad input: the CLI prints ``error: <message>`` and exits 2.
@@ -10,6 +12,14 @@ class ZskError(Exception):
     """
 
     exit_code = 2
+
+
+def require(ok: bool, key: str, want: str, value: Any) -> None:
+    """Raise the one-line ``ZskError`` "<key> must be <want>, got <value>" unless ``ok`` (the range checks of
+    the tasks' config dataclasses; lists and tuples shown as lists, as a recipe writes them)."""
+    if not ok:
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        raise ZskError(f"{key} must be {want}, got {shown!r}")
 
 
 class ZskFailure(Exception):

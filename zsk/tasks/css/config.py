@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from zsk.core.errors import ZskError
+from zsk.core.errors import require
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
 
 MAX_STEPS = 151  # ADE20K one class per step is the longest possible sequence (150 steps after the base)
 
 
-def _require(ok: bool, key: str, want: str, value: Any) -> None:
-    if not ok:
-        raise ZskError(f"{key} must be {want}, got {value!r}")
-
-
 def _finite_nonneg(key: str, value: float) -> None:
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key, "a finite number >= 0",
+    require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key, "a finite number >= 0",
              value)
 
 
@@ -42,19 +37,19 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for key in ("root", "train_split", "val_split", "task"):
-            _require(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
-        _require(self.crop_size >= 32, "data.crop_size", ">= 32 (SATS: 512)", self.crop_size)
+            require(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
+        require(self.crop_size >= 32, "data.crop_size", ">= 32 (SATS: 512)", self.crop_size)
         lo, hi = self.scale_range
-        _require(0 < lo <= hi, "data.scale_range", "[low, high] with 0 < low <= high (SATS: [0.5, 2.0])",
+        require(0 < lo <= hi, "data.scale_range", "[low, high] with 0 < low <= high (SATS: [0.5, 2.0])",
                  list(self.scale_range))
-        _require(0 <= self.flip_prob <= 1, "data.flip_prob", "in [0, 1]", self.flip_prob)
+        require(0 <= self.flip_prob <= 1, "data.flip_prob", "in [0, 1]", self.flip_prob)
         if self.steps is not None:
-            _require(len(self.steps) >= 1 and all(self.steps), "data.steps", "a non-empty list of non-empty class "
+            require(len(self.steps) >= 1 and all(self.steps), "data.steps", "a non-empty list of non-empty class "
                      "lists, e.g. [[0, 1, 2], [3]]", self.steps)
             flat = [c for s in self.steps for c in s]
-            _require(len(set(flat)) == len(flat), "data.steps", "lists without repeated classes", self.steps)
-            _require(0 in self.steps[0], "data.steps", "a first step holding the background 0", self.steps)
-            _require(all(0 <= c < 255 for c in flat), "data.steps", "class ids in 0..254", self.steps)
+            require(len(set(flat)) == len(flat), "data.steps", "lists without repeated classes", self.steps)
+            require(0 in self.steps[0], "data.steps", "a first step holding the background 0", self.steps)
+            require(all(0 <= c < 255 for c in flat), "data.steps", "class ids in 0..254", self.steps)
 
 
 @dataclass
@@ -74,15 +69,15 @@ class ModelConfig:
     decoder_dim: int = 256
 
     def __post_init__(self) -> None:
-        _require(all(d >= 1 for d in self.embed_dims), "model.embed_dims", "four widths >= 1", list(self.embed_dims))
+        require(all(d >= 1 for d in self.embed_dims), "model.embed_dims", "four widths >= 1", list(self.embed_dims))
         for d, h in zip(self.embed_dims, self.num_heads, strict=True):
-            _require(h >= 1 and d % h == 0, "model.num_heads", "four head counts dividing model.embed_dims",
+            require(h >= 1 and d % h == 0, "model.num_heads", "four head counts dividing model.embed_dims",
                      list(self.num_heads))
-        _require(all(d >= 1 for d in self.depths), "model.depths", "four depths >= 1", list(self.depths))
-        _require(all(r >= 1 for r in self.sr_ratios), "model.sr_ratios", "four ratios >= 1", list(self.sr_ratios))
-        _require(0 <= self.drop_path_rate < 1, "model.drop_path_rate", "in [0, 1) (SATS: 0.1)", self.drop_path_rate)
-        _require(self.decoder_dim >= 1, "model.decoder_dim", ">= 1 (SATS: 256)", self.decoder_dim)
-        _require(self.mlp_ratio > 0, "model.mlp_ratio", "> 0 (SATS: 4)", self.mlp_ratio)
+        require(all(d >= 1 for d in self.depths), "model.depths", "four depths >= 1", list(self.depths))
+        require(all(r >= 1 for r in self.sr_ratios), "model.sr_ratios", "four ratios >= 1", list(self.sr_ratios))
+        require(0 <= self.drop_path_rate < 1, "model.drop_path_rate", "in [0, 1) (SATS: 0.1)", self.drop_path_rate)
+        require(self.decoder_dim >= 1, "model.decoder_dim", ">= 1 (SATS: 256)", self.decoder_dim)
+        require(self.mlp_ratio > 0, "model.mlp_ratio", "> 0 (SATS: 4)", self.mlp_ratio)
 
 
 @dataclass
@@ -113,7 +108,7 @@ class PseudoLabelConfig:
 
     def __post_init__(self) -> None:
         _finite_nonneg("train.pseudo_label.min_threshold", self.min_threshold)
-        _require(self.nb_bins >= 2, "train.pseudo_label.nb_bins", ">= 2 (PLOP: 100)", self.nb_bins)
+        require(self.nb_bins >= 2, "train.pseudo_label.nb_bins", ">= 2 (PLOP: 100)", self.nb_bins)
 
 
 @dataclass
@@ -151,12 +146,12 @@ class TrainConfig(CoreTrainConfig):
         _finite_nonneg("train.kd_weight", self.kd_weight)
         _finite_nonneg("train.kd_alpha", self.kd_alpha)
         _finite_nonneg("train.sats.weight", self.sats.weight)
-        _require(self.effective_batch is None or self.effective_batch >= 1, "train.effective_batch",
+        require(self.effective_batch is None or self.effective_batch >= 1, "train.effective_batch",
                  ">= 1 or unset (SATS: 24)", self.effective_batch)
-        _require(self.memory >= 0, "train.memory", ">= 0 (SATS-M: 100 VOC, 300 ADE)", self.memory)
-        _require(self.memory_batch_size is None or self.memory_batch_size >= 1, "train.memory_batch_size",
+        require(self.memory >= 0, "train.memory", ">= 0 (SATS-M: 100 VOC, 300 ADE)", self.memory)
+        require(self.memory_batch_size is None or self.memory_batch_size >= 1, "train.memory_batch_size",
                  ">= 1 or unset", self.memory_batch_size)
-        _require(self.from_step is None or self.from_step >= 0, "train.from_step", ">= 0", self.from_step)
+        require(self.from_step is None or self.from_step >= 0, "train.from_step", ">= 0", self.from_step)
 
 
 @dataclass
@@ -177,9 +172,9 @@ class EvalConfig:
     max_images: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.crop_size >= 32, "eval.crop_size", ">= 32 (SATS: 512)", self.crop_size)
-        _require(self.max_images is None or self.max_images >= 1, "eval.max_images", ">= 1 or unset", self.max_images)
-        _require(self.stride is None or 1 <= self.stride <= self.crop_size, "eval.stride",
+        require(self.crop_size >= 32, "eval.crop_size", ">= 32 (SATS: 512)", self.crop_size)
+        require(self.max_images is None or self.max_images >= 1, "eval.max_images", ">= 1 or unset", self.max_images)
+        require(self.stride is None or 1 <= self.stride <= self.crop_size, "eval.stride",
                  f"in 1..eval.crop_size ({self.crop_size}) or unset", self.stride)
 
 

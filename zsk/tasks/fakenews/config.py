@@ -11,24 +11,18 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from zsk.core.errors import ZskError
+from zsk.core.errors import ZskError, require
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
 
 
-def _check(ok: bool, key: str, want: str, value: object) -> None:
-    """Raise the one-line range error ``<key> must be <want>, got <value>`` unless ``ok``."""
-    if not ok:
-        raise ZskError(f"{key} must be {want}, got {value!r}")
-
-
 def _at_least(key: str, value: int | float, low: int | float) -> None:
-    _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= low, key, f">= {low}", value)
+    require(isinstance(value, (int, float)) and math.isfinite(value) and value >= low, key, f">= {low}", value)
 
 
 def _probability(key: str, value: float) -> None:
     """A dropout rate: [0, 1)."""
-    _check(math.isfinite(value) and 0.0 <= value < 1.0, key, "in [0, 1)", value)
+    require(math.isfinite(value) and 0.0 <= value < 1.0, key, "in [0, 1)", value)
 
 
 # The six whole-word tokens the paper adds to CT-BERT's vocabulary (spec: Token vocabulary expansion).
@@ -65,7 +59,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for key in ("train_file", "val_file", "test_file", "text_column", "label_column"):
-            _check(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
+            require(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
         if self.text_column == self.label_column:
             raise ZskError(f"data.text_column and data.label_column both name {self.text_column!r}; "
                            f"the texts and the labels need their own columns")
@@ -237,19 +231,19 @@ class TrainConfig(CoreTrainConfig):
 
     def _check_task_keys(self) -> None:
         """Ranges of the fakenews train keys (warm-up fraction, heated softmax, FGM, hard examples)."""
-        _check(math.isfinite(self.warmup_fraction) and 0.0 <= self.warmup_fraction <= 1.0, "train.warmup_fraction",
+        require(math.isfinite(self.warmup_fraction) and 0.0 <= self.warmup_fraction <= 1.0, "train.warmup_fraction",
                "in [0, 1]", self.warmup_fraction)
         hs = self.heated_softmax
         if not hs.alphas:
             raise ZskError("train.heated_softmax.alphas is empty: give one alpha per phase, e.g. [4, 1, 0.5]")
         for i, a in enumerate(hs.alphas):
-            _check(math.isfinite(a) and a > 0, f"train.heated_softmax.alphas[{i}]", "> 0", a)
+            require(math.isfinite(a) and a > 0, f"train.heated_softmax.alphas[{i}]", "> 0", a)
         if len(hs.milestones) != len(hs.alphas) - 1:
             raise ZskError(f"train.heated_softmax.milestones: {len(hs.alphas)} alphas need {len(hs.alphas) - 1} "
                            f"milestones (epochs where alpha changes), got {list(hs.milestones)}")
         if any(m < 1 for m in hs.milestones) or list(hs.milestones) != sorted(set(hs.milestones)):
             raise ZskError(f"train.heated_softmax.milestones must be increasing epochs >= 1, got {list(hs.milestones)}")
-        _check(math.isfinite(self.fgm.epsilon) and self.fgm.epsilon > 0, "train.fgm.epsilon", "> 0", self.fgm.epsilon)
+        require(math.isfinite(self.fgm.epsilon) and self.fgm.epsilon > 0, "train.fgm.epsilon", "> 0", self.fgm.epsilon)
         he = self.hard_examples
         _at_least("train.hard_examples.max_edits", he.max_edits, 1)
         _at_least("train.hard_examples.max_pool", he.max_pool, 0)

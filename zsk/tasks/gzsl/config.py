@@ -7,16 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from zsk.core.errors import ZskError
+from zsk.core.errors import require
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
-
-
-def _require(ok: bool, key: str, want: str, value: Any) -> None:
-    """Raise the ``ZskError`` "<key> must be <want>, got <value>" unless ``ok``."""
-    if not ok:
-        shown = list(value) if isinstance(value, (list, tuple)) else value
-        raise ZskError(f"{key} must be {want}, got {shown!r}")
 
 
 def _finite(x: float) -> bool:
@@ -45,9 +38,9 @@ class DataConfig:
     crop: int = 224
 
     def __post_init__(self) -> None:
-        _require(self.resize >= 1, "data.resize", ">= 1", self.resize)
-        _require(self.crop >= 1, "data.crop", ">= 1", self.crop)
-        _require(self.crop <= self.resize, "data.crop", f"<= data.resize ({self.resize}): the centre crop is taken "
+        require(self.resize >= 1, "data.resize", ">= 1", self.resize)
+        require(self.crop >= 1, "data.crop", ">= 1", self.crop)
+        require(self.crop <= self.resize, "data.crop", f"<= data.resize ({self.resize}): the centre crop is taken "
                  "from the resized image", self.crop)
 
 
@@ -76,14 +69,14 @@ class ModelConfig:
     pretrained: str | None = "imagenet"  # CNN weights: "imagenet" (torchvision cache), a local file, or null (random)
 
     def __post_init__(self) -> None:
-        _require(len(self.hidden) >= 1 and _ints_at_least(self.hidden, 1), "model.hidden",
+        require(len(self.hidden) >= 1 and _ints_at_least(self.hidden, 1), "model.hidden",
                  "a list of hidden widths >= 1 (DGP/SGCN: [2048])", self.hidden)
-        _require(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
-        _require(_finite(self.negative_slope) and self.negative_slope >= 0.0, "model.negative_slope",
+        require(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
+        require(_finite(self.negative_slope) and self.negative_slope >= 0.0, "model.negative_slope",
                  "a finite number >= 0 (LeakyReLU slope; DGP: 0.2)", self.negative_slope)
-        _require(self.max_distance >= 1, "model.max_distance", ">= 1 (DGP: 4, groups 0, 1, 2, 3, >=4)",
+        require(self.max_distance >= 1, "model.max_distance", ">= 1 (DGP: 4, groups 0, 1, 2, 3, >=4)",
                  self.max_distance)
-        _require(bool(self.cnn.strip()), "model.cnn", "a torchvision model name (e.g. resnet50)", self.cnn)
+        require(bool(self.cnn.strip()), "model.cnn", "a torchvision model name (e.g. resnet50)", self.cnn)
 
 
 # Stage two's own defaults (DGP's fine-tuning, Kampffmeyer et al. CVPR 2019, Sec. 3.4: SGD, lr 1e-4,
@@ -133,7 +126,7 @@ class TrainConfig(CoreTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared train.* checks and the stage blocks
-        _require(self.checkpoint_every >= 0, "train.checkpoint_every", ">= 0 (0: only the last snapshot)",
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", ">= 0 (0: only the last snapshot)",
                  self.checkpoint_every)
 
 
@@ -150,12 +143,12 @@ class EvalConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _require(bool(self.testset.strip()), "eval.testset", "a test-set name (2-hops, 3-hops, all, awa2)",
+        require(bool(self.testset.strip()), "eval.testset", "a test-set name (2-hops, 3-hops, all, awa2)",
                  self.testset)
-        _require(_finite(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "eval.keep_ratio", "in (0, 1]",
+        require(_finite(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "eval.keep_ratio", "in (0, 1]",
                  self.keep_ratio)
-        _require(len(self.ks) >= 1 and _ints_at_least(self.ks, 1), "eval.ks", "a list of k >= 1 (hit@k)", self.ks)
-        _require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+        require(len(self.ks) >= 1 and _ints_at_least(self.ks, 1), "eval.ks", "a list of k >= 1 (hit@k)", self.ks)
+        require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass
