@@ -169,3 +169,23 @@ def test_model_state_excludes_frozen_pretrained_parts() -> None:
     with pytest.raises(ZskError, match=r"the file has weights the model lacks \['x\.weight'\]"):
         load_model_state(nn.Sequential(), {"x.weight": torch.ones(1)})
     assert sorted(model_state(model)) == ["clip.bias", "clip.weight", "head.bias", "head.weight"]
+
+
+def test_read_state_dict_reads_torch_and_safetensors_files_and_names_bad_ones(tmp_path) -> None:
+    """Pretrained and official weights files: unwrapped from ``state_dict`` (unless told not to), safetensors
+    read too; a missing, unreadable or non-dict file is a ZskError naming the file and the fix."""
+    from safetensors.torch import save_file
+
+    from zsk.core.checkpoint import read_state_dict
+
+    w = {"a.weight": torch.arange(3.0)}
+    torch.save({"state_dict": w}, tmp_path / "wrapped.pth")
+    assert torch.equal(read_state_dict(tmp_path / "wrapped.pth", "weights", "fix")["a.weight"], w["a.weight"])
+    assert set(read_state_dict(tmp_path / "wrapped.pth", "weights", "fix", unwrap=False)) == {"state_dict"}
+    save_file(w, str(tmp_path / "w.safetensors"))
+    assert torch.equal(read_state_dict(tmp_path / "w.safetensors", "weights", "fix")["a.weight"], w["a.weight"])
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    torch.save([1, 2], tmp_path / "list.pth")
+    for name, says in (("missing.pth", "not found"), ("junk.pth", "cannot be read"), ("list.pth", "is not a state dict")):
+        with pytest.raises(ZskError, match=rf"MiT weights .*{name} {says}.*; set model\.pretrained"):
+            read_state_dict(tmp_path / name, "MiT weights", "set model.pretrained")

@@ -50,6 +50,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def read_state_dict(path: str | Path, what: str, fix: str, *, unwrap: bool = True) -> dict[str, Any]:
+    """A weights file that is not a zsk checkpoint (pretrained backbones, official checkpoints): a
+    ``.safetensors`` file, or a torch file read with ``torch.load(weights_only=True)`` and, with ``unwrap``,
+    taken from under a ``state_dict`` key. A missing, unreadable or non-dict file is bad input: ``ZskError``
+    naming ``what`` and the file, ending in ``fix``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ZskError(f"{what} {p} not found; {fix}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise ZskError(f"{what} {p} cannot be read ({_first_line(e)}); {fix}") from None
+    if unwrap and isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ZskError(f"{what} {p} is not a state dict; {fix}")
+    return state
+
+
 def _first_line(exc: BaseException) -> str:
     """The exception's first line without terminal escapes (``EOFError`` when it has no message)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()

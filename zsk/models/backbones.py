@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from zsk.core.checkpoint import read_state_dict
 from zsk.core.errors import ZskError
 
 
@@ -51,16 +52,7 @@ def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
     """Load a state-dict file (plain, or under a ``state_dict`` key) into ``model`` non-strictly, so
     classifier heads may differ; a file none of whose keys match ``what`` is refused (exit 2)."""
     path = Path(path)
-    if not path.is_file():
-        raise ZskError(f"weights for {what} not found at {path}; pass a local file with --set model.pretrained=PATH")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise ZskError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ZskError(f"weights {path} are not a state dict")
+    state = read_state_dict(path, f"weights for {what}", "pass a local file with --set model.pretrained=PATH")
     if not set(state) & set(model.state_dict()):
         raise ZskError(f"weights {path} do not match {what} (no key matched)")
     try:

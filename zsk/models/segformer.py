@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
+from zsk.core.checkpoint import read_state_dict
 from zsk.core.errors import ZskError
 
 
@@ -193,17 +194,8 @@ def load_mit_weights(model: MixVisionTransformer, path: str | Path) -> dict[str,
     loaded non-strictly as the official code does (the ImageNet ``head.*`` is dropped). A missing file, a
     file of another variant (wrong shapes) or one sharing no key with the encoder is a ``ZskError``."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ZskError(f"MiT weights {p} do not exist; download mit_b2.pth (NVlabs/SegFormer ImageNet-1K weights) "
-                       "and set model.pretrained to its path, or null for random weights")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ZskError(f"MiT weights {p} cannot be read ({type(e).__name__}); give a torch state-dict file") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ZskError(f"MiT weights {p} hold no state dict")
+    state = read_state_dict(p, "MiT weights", "download mit_b2.pth (NVlabs/SegFormer ImageNet-1K weights) and set "
+                            "model.pretrained to its path, or null for random weights")
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if wrong:

@@ -76,7 +76,7 @@ ROWS: list[tuple[str, str, list[str], list[str]]] = [
     ("", "", [*TRAIN, "--set", "model.layers=[1,1,1,2]"], ["model.multi_grid"]),
     ("", "", [*TRAIN, "--set", "train.al.rounds=9"], ["train.al.rounds"]),
     ("", "", [*TRAIN, "--set", "model.pretrained={d}/none.pth"], ["model.pretrained", "none.pth"]),
-    ("", "", [*TRAIN, "--set", "model.pretrained={d}/junk.pth"], ["junk.pth", "cannot read weights"]),
+    ("", "", [*TRAIN, "--set", "model.pretrained={d}/junk.pth"], ["junk.pth", "cannot be read"]),
     ("", "", [*TRAIN, "--set", "data.synthia_label_map=cs16"], ["data.synthia_label_map"]),
     ("", "ckpt", ["adapt", "select", "-c", "{ckpt}", "--budget", "0", "--out", "{d}/l.txt"], ["--budget"]),
     ("", "ckpt", ["adapt", "select", "-c", "{ckpt}", "--budget", "99", "--out", "{d}/l.txt"], ["--budget 99"]),

@@ -35,7 +35,7 @@ def test_mit_weights_round_trip_and_errors(tmp_path) -> None:  # noqa: ANN001
     assert report["unused"] == ["head.weight"] and not report["missing"]
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     torch.save(MixVisionTransformer(MiTConfig((16, 16, 20, 32), depths=(1, 1, 1, 1))).state_dict(), tmp_path / "b.pth")
-    for path, fragment in ((tmp_path / "none.pth", "do not exist"), (tmp_path / "b.pth", "do not fit")):
+    for path, fragment in ((tmp_path / "none.pth", "none.pth not found"), (tmp_path / "b.pth", "do not fit")):
         try:
             load_mit_weights(b, path)
         except ZskError as e:

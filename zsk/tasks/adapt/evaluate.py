@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsk.core.checkpoint import read_state_dict
 from zsk.core.device import autocast, autocast_dtype
 from zsk.core.errors import ZskError
 from zsk.core.progress import progress
@@ -149,13 +150,9 @@ def import_official(checkpoint: Path, recipe: str, out: Path, sets: list[str] | 
     from zsk.tasks.adapt.train import _class_names, build_model
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise ZskError(f"official checkpoint {path} does not exist; pass STAL's ckpt_best.pth")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise ZskError(f"official checkpoint {path} cannot be read ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or "teacher_state" not in state or "model_state" not in state:
+    state = read_state_dict(path, "official checkpoint", "pass the ckpt_best.pth (or ckpt.pth) STAL's train.py writes",
+                            unwrap=False)
+    if "teacher_state" not in state or "model_state" not in state:
         raise ZskError(f"{path} holds no model_state / teacher_state; pass the ckpt_best.pth (or ckpt.pth) STAL's "
                        "train.py writes")
     cfg, recipe_dict = load_config("adapt", Config, recipe, sets)

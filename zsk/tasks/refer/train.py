@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zsk.core.checkpoint import read_state_dict
 from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
@@ -81,21 +82,9 @@ def load_swin_weights(model: AlignFormer, path: str) -> None:
     from timm.models.swin_transformer import checkpoint_filter_fn
 
     p = swin_weights_file(path)
-    if not p.is_file():
-        raise ZskError(f"model.swin_weights: {p} not found; download swin_base_patch4_window12_384_22k.pth "
-                       "(microsoft/Swin-Transformer), give a timm hub id (timm/swin_base_patch4_window12_384."
-                       "ms_in22k) or set model.swin_weights=null for random init")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or pickled-object files
-        raise ZskError(f"model.swin_weights: {p} is not a readable state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise ZskError(f"model.swin_weights: {p} holds no state dict")
+    state = read_state_dict(p, "model.swin_weights:", "download swin_base_patch4_window12_384_22k.pth "
+                            "(microsoft/Swin-Transformer), give a timm hub id (timm/swin_base_patch4_window12_384."
+                            "ms_in22k) or set model.swin_weights=null for random init", unwrap=False)
     swin = model.backbone.swin
     state = {k: v for k, v in checkpoint_filter_fn(state, swin).items() if not k.startswith(("head", "norm."))}
     own = swin.state_dict()

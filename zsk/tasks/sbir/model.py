@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsk.core.checkpoint import read_state_dict
 from zsk.core.errors import ZskError
 
 
@@ -80,17 +81,9 @@ def _load_backbone_file(net: nn.Module, path: Path, name: str) -> None:
     """Load ImageNet weights from a state-dict file: timm's keys, or torchvision's (VGG's classifier layers
     are mapped by timm's own ``checkpoint_filter_fn``). The classifier head is never loaded: it is replaced
     by the embedding layer."""
-    if not path.is_file():
-        raise ZskError(f"model.pretrained: weights file {path} not found; pass a local {name} state dict "
-                       f"(timm or torchvision keys) with --set model.pretrained=/path/to/{name}.pth")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise ZskError(f"model.pretrained: cannot read {path} ({str(e).splitlines()[0]}); give a torch state dict") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ZskError(f"model.pretrained: {path} is not a state dict")
+    state = read_state_dict(path, "model.pretrained: weights file",
+                            f"pass a local {name} state dict (timm or torchvision keys) with "
+                            f"--set model.pretrained=/path/to/{name}.pth")
     if name == "vgg16" and "classifier.0.weight" in state:
         from timm.models.vgg import checkpoint_filter_fn
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from zsk.core.checkpoint import load_model_state, save_checkpoint
+from zsk.core.checkpoint import load_model_state, read_state_dict, save_checkpoint
 from zsk.core.errors import ZskError
 from zsk.core.recipe import load_recipe, parse_config
 from zsk.core.run import absolute_root
@@ -19,14 +19,9 @@ PARTS = ("extractor", "generator", "discriminator", "proxies")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ZskError(f"official weights {path} not found; --prefix names the files train.py saved, e.g. "
-                       "result/sketchy_resnet50_512 for result/sketchy_resnet50_512_extractor.pth")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise ZskError(f"official weights {path} cannot be read ({str(e).splitlines()[0]}); give the .pth train.py saved") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    state = read_state_dict(path, "official weights", "--prefix names the .pth files train.py saved, e.g. "
+                            "result/sketchy_resnet50_512 for result/sketchy_resnet50_512_extractor.pth", unwrap=False)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ZskError(f"official weights {path} are not a state dict of tensors")
     return state
 
