@@ -12,6 +12,7 @@ from zsk.core.errors import ZskError
 from zsk.core.task import Loaded, loaded_model, read_trained
 from zsk.tasks.contrast import data as cdata
 from zsk.tasks.contrast.config import Config
+from zsk.tasks.contrast.model import MetAugNet
 from zsk.tasks.contrast.train import build_model, eval_split, probe_accuracy
 
 TASK = "contrast"
@@ -21,22 +22,23 @@ def load(checkpoint: Path, sets: list[str] | None = None, device: str | None = N
          recipe: Path | None = None) -> Loaded:
     """The MetAug network of a checkpoint (encoders, generators, memory bank, probe) in eval mode."""
     cfg, state = read_trained(TASK, checkpoint, Config, sets, recipe)
-    extra = dict(state.get("extra") or {})
-    if "n_data" not in extra or "class_names" not in extra:
-        raise ZskError(f"{checkpoint} is not a contrast training checkpoint (no n_data / class_names): pass a run's "
-                       "best.pt, last.pt or last-pretrain.pt")
-    check_whole_network(state, checkpoint)
-    net = build_model(cfg, int(extra["n_data"]), len(extra["class_names"]))
+    net = network_of(cfg, state, checkpoint)
     load_model_state(net, state.get("model") or {}, source=str(checkpoint))
     return loaded_model(net, cfg, state, checkpoint, device, parts={"probe_trained": probe_trained(state)})
 
 
-def check_whole_network(state: dict, checkpoint: Path) -> None:
-    """The linear stage's own checkpoints (last-linear.pt, best-linear.pt) hold the probe head only: say which file
-    holds the whole network instead of listing missing weights."""
+def network_of(cfg: Config, state: dict, checkpoint: Path) -> MetAugNet:
+    """The (untrained) MetAug network a training checkpoint's weights fit. Refused: a checkpoint of another kind
+    (no n_data / class_names), and the linear stage's own checkpoints (last-linear.pt, best-linear.pt), which hold
+    the probe head only: the message says which file holds the whole network instead of listing missing weights."""
+    extra = dict(state.get("extra") or {})
+    if "n_data" not in extra or "class_names" not in extra:
+        raise ZskError(f"{checkpoint} is not a contrast training checkpoint (no n_data / class_names): pass a run's "
+                       "best.pt, last.pt or last-pretrain.pt")
     if state.get("stage") == "linear":
         raise ZskError(f"{checkpoint} holds the linear probe head only: pass the run folder or its best.pt (the "
                        "whole network), or last-pretrain.pt for a new linear evaluation")
+    return build_model(cfg, int(extra["n_data"]), len(extra["class_names"]))
 
 
 def probe_trained(state: dict) -> bool:

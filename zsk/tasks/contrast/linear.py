@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from zsk.core.checkpoint import load_model_state
-from zsk.core.errors import ZskError
 from zsk.core.recipe import dump_recipe
 from zsk.core.run import release_run, start_run
 from zsk.core.task import read_trained
 from zsk.tasks.contrast.config import Config
-from zsk.tasks.contrast.evaluate import check_whole_network
-from zsk.tasks.contrast.train import build_model, run_linear
+from zsk.tasks.contrast.evaluate import network_of
+from zsk.tasks.contrast.train import run_linear
 
 PROBES = ("probe.", "online_probe.")  # trained anew here (their shape follows eval.layer / eval.features)
 
@@ -23,13 +22,8 @@ def linear_evaluation(checkpoint: Path, out: Path | None, sets: list[str] | None
                       seed: int | None) -> dict[str, Any]:
     """Train and score a linear probe on the frozen network of `checkpoint` (its recipe, `sets` on top)."""
     cfg, state = read_trained("contrast", checkpoint, Config, sets)
-    extra = dict(state.get("extra") or {})
-    if "n_data" not in extra or "class_names" not in extra:
-        raise ZskError(f"{checkpoint} is not a contrast checkpoint (no n_data / class_names): pass a run's best.pt, "
-                       "last.pt or last-pretrain.pt")
-    check_whole_network(state, checkpoint)
     # the network first: a checkpoint that does not fit the recipe fails before a run folder is claimed
-    net = build_model(cfg, int(extra["n_data"]), len(extra["class_names"]))
+    net = network_of(cfg, state, checkpoint)
     weights = {k: v for k, v in (state.get("model") or {}).items() if not k.startswith(PROBES)}
     load_model_state(net, weights, PROBES, source=str(checkpoint))
     with tempfile.TemporaryDirectory() as tmp:

@@ -77,7 +77,23 @@ class LocalTextEncoder(nn.Module):
         return l2norm((out[..., :half] + out[..., half:]) / 2, dim=-1)
 
 
-class VisualSA(nn.Module):
+class GuidedSelfAttention(nn.Module):
+    """The forward of SGRAF's VisualSA and TextSA (eq. 3): softmax weights over the local features from
+    ``common(local_branch(local) * global_branch(mean))``, their weighted sum, L2-normalised. Subclasses build
+    the three branches under the official names."""
+
+    embedding_local: nn.Module
+    embedding_global: nn.Module
+    embedding_common: nn.Module
+
+    def forward(self, local: Tensor, raw_global: Tensor) -> Tensor:
+        l_emb = self.embedding_local(local)
+        g_emb = self.embedding_global(raw_global).unsqueeze(1)
+        weights = torch.softmax(self.embedding_common(l_emb * g_emb).squeeze(2), dim=1)
+        return l2norm((weights.unsqueeze(2) * local).sum(dim=1), dim=-1)
+
+
+class VisualSA(GuidedSelfAttention):
     """Global image vector by self-attention over regions, guided by the mean region (SGRAF eq. 3).
     The local branch's BatchNorm normalises over the ``num_regions`` axis, as in the official code."""
 
@@ -89,14 +105,8 @@ class VisualSA(nn.Module):
                                               nn.BatchNorm1d(embed_dim), nn.Tanh(), nn.Dropout(dropout))
         self.embedding_common = nn.Sequential(uniform_linear(nn.Linear(embed_dim, 1)))
 
-    def forward(self, local: Tensor, raw_global: Tensor) -> Tensor:
-        l_emb = self.embedding_local(local)
-        g_emb = self.embedding_global(raw_global).unsqueeze(1)
-        weights = torch.softmax(self.embedding_common(l_emb * g_emb).squeeze(2), dim=1)
-        return l2norm((weights.unsqueeze(2) * local).sum(dim=1), dim=-1)
 
-
-class TextSA(nn.Module):
+class TextSA(GuidedSelfAttention):
     """Global caption vector by self-attention over words, guided by the mean word (SGRAF eq. 3)."""
 
     def __init__(self, embed_dim: int, dropout: float) -> None:
@@ -106,12 +116,6 @@ class TextSA(nn.Module):
         self.embedding_global = nn.Sequential(uniform_linear(nn.Linear(embed_dim, embed_dim)), nn.Tanh(),
                                               nn.Dropout(dropout))
         self.embedding_common = nn.Sequential(uniform_linear(nn.Linear(embed_dim, 1)))
-
-    def forward(self, local: Tensor, raw_global: Tensor) -> Tensor:
-        l_emb = self.embedding_local(local)
-        g_emb = self.embedding_global(raw_global).unsqueeze(1)
-        weights = torch.softmax(self.embedding_common(l_emb * g_emb).squeeze(2), dim=1)
-        return l2norm((weights.unsqueeze(2) * local).sum(dim=1), dim=-1)
 
 
 class GraphReasoning(nn.Module):
