@@ -284,6 +284,26 @@ def test_grad_accum_averages_micro_batches(tmp_path: Path) -> None:
     assert trainer.step == 1 and trainer.batch_in_epoch == 2
 
 
+def test_effective_batch_is_accumulated_by_the_trainer(tmp_path: Path) -> None:
+    """train.effective_batch 8 at batch 4 on one process: the Trainer itself accumulates 2 micro-batches, the
+    same update as train.grad_accum=2 (any task's recipe, not only those that resolve it)."""
+    sets = ["train.optimizer=sgd", "train.momentum=0", "train.lr=0.5", "train.steps=1"]
+    weights = []
+    for name, extra in (("accum", "train.grad_accum=2"), ("effective", "train.effective_batch=8")):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        trainer = build(tmp_path / name, [*sets, extra], model=model)
+        trainer.fit()
+        assert trainer.cfg.grad_accum == 2 and trainer.batch_in_epoch == 2
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ZskError, match=r"train.effective_batch=6 is not a multiple of train.batch_size x GPUs = 4"):
+        build(tmp_path / "odd", [*sets, "train.effective_batch=6"])
+    with pytest.raises(ZskError, match=r"train.effective_batch must be >= 1"):
+        build(tmp_path / "zero", [*sets, "train.effective_batch=0"])
+
+
 def test_clip_grad_norm_limits_the_update(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 2)

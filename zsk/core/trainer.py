@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -57,6 +57,9 @@ class TrainConfig:
     steps: int | None = None
     max_steps: int | None = None
     grad_accum: int = 1
+    # the official total batch (e.g. 16 = 4 per GPU x 4 GPUs): when set, the Trainer accumulates the micro-batches
+    # that keep batch_size x grad_accum x GPUs at it on any number of GPUs (grad_accum_for); null: grad_accum as set
+    effective_batch: int | None = None
     clip_grad_norm: float | None = None
     eval_every: int = 0
     eval_epoch_end: bool = False  # with eval_every: evaluate at every epoch end too (VSE++ validates both ways)
@@ -79,7 +82,7 @@ class TrainConfig:
         check_ranges("train", self, positive=("batch_size", "grad_accum", "log_every", "poly_power", "gamma"),
                      non_negative=("lr", "weight_decay", "min_lr", "warmup_steps", "eval_every", "save_every",
                                    "save_minutes"),
-                     at_least_one=("epochs", "steps", "max_steps"), positive_or_none=("clip_grad_norm",))
+                     at_least_one=("epochs", "steps", "max_steps", "effective_batch"), positive_or_none=("clip_grad_norm",))
         if not 0.0 <= self.momentum < 1.0:
             raise ZskError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -415,11 +418,10 @@ class _SignalWatch:
         return 128 + int(self.received or 0)
 
 
-def grad_accum_for(tcfg: Any) -> int:
-    """``train.grad_accum``, or, when the task's config sets ``train.effective_batch`` (the official total
-    batch, e.g. 16 = 4 per GPU x 4 GPUs), the accumulation that keeps batch x accumulation x GPUs at it on
-    any number of GPUs."""
-    effective = getattr(tcfg, "effective_batch", None)
+def grad_accum_for(tcfg: TrainConfig) -> int:
+    """``train.grad_accum``, or, when ``train.effective_batch`` is set (the official total batch, e.g. 16 = 4
+    per GPU x 4 GPUs), the accumulation that keeps batch x accumulation x GPUs at it on any number of GPUs."""
+    effective = tcfg.effective_batch
     if effective is None:
         return tcfg.grad_accum
     per_step = tcfg.batch_size * dist.get_dist().world_size
@@ -441,6 +443,8 @@ class Trainer:
                  find_unused_parameters: bool = False, callbacks: Sequence[Callback] = (),
                  preview_fn: Callable[[nn.Module], dict[str, np.ndarray]] | None = None) -> None:
         self.ctx = ctx
+        if cfg.effective_batch is not None:  # the accumulation this batch size and GPU count need
+            cfg = replace(cfg, grad_accum=grad_accum_for(cfg))
         self.cfg = cfg
         self.device = ctx.device
         self.model = model.to(self.device)

@@ -135,7 +135,6 @@ class TrainConfig(CoreTrainConfig):
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     adaptive_factor: bool = False  # PLOP's classif_adaptive_factor: computed but unused by the SATS branch
     init_classifier: Literal["mib", "random"] = "mib"
-    effective_batch: int | None = None  # keep batch x accumulation x GPUs at this size (24: 12 per GPU x 2 GPUs)
     memory: int = 0  # SATS-M: class-balanced exemplar images (100 VOC, 300 ADE)
     memory_batch_size: int | None = None  # exemplars concatenated to each batch (None: train.batch_size)
     from_step: int | None = None  # start the sequence at this step (``--from-step``)
@@ -146,8 +145,6 @@ class TrainConfig(CoreTrainConfig):
         _finite_nonneg("train.kd_weight", self.kd_weight)
         _finite_nonneg("train.kd_alpha", self.kd_alpha)
         _finite_nonneg("train.sats.weight", self.sats.weight)
-        require(self.effective_batch is None or self.effective_batch >= 1, "train.effective_batch",
-                 ">= 1 or unset (SATS: 24)", self.effective_batch)
         require(self.memory >= 0, "train.memory", ">= 0 (SATS-M: 100 VOC, 300 ADE)", self.memory)
         require(self.memory_batch_size is None or self.memory_batch_size >= 1, "train.memory_batch_size",
                  ">= 1 or unset", self.memory_batch_size)

@@ -13,7 +13,6 @@ from zsk.core.bench import BenchSpec, count_flops, count_params, synchronize
 from zsk.core.errors import ZskError
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
-from zsk.core.trainer import grad_accum_for
 from zsk.tasks.css import increments
 from zsk.tasks.css.config import Config
 from zsk.tasks.css.data import write_sample
@@ -63,8 +62,6 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     tcfg = stage_config(cfg.train, f"step{t}")
     bs = batch_size or tcfg.batch_size
     tcfg = replace(tcfg, batch_size=bs)
-    if tcfg.effective_batch is None or tcfg.effective_batch % bs == 0:  # one timed step = one optimizer step
-        tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
     model = build_model(cfg, pretrained=False).to(device)
     old_state = None
     if t:

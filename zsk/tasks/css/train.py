@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from zsk.core.trainer import (
     TrainConfig,
     Trainer,
     batches_per_epoch,
-    grad_accum_for,
     make_eval_loader,
     make_loader,
 )
@@ -350,7 +349,6 @@ def train(ctx: RunContext) -> dict[str, Any]:
             def preview_fn(m: nn.Module) -> dict[str, Any]:
                 return preview_step(m, test_ds, cfg, t, device)
 
-            tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
             return Trainer(ctx, model, tcfg, make_step_fn(cfg, old_state), _loader_fn(cfg, tcfg, train_ds, memory_ds),
                            batches_per_epoch(len(train_ds), tcfg.batch_size), eval_fn=eval_fn,
                            extra={**base_extra, "step": t}, stage=f"step{t}", find_unused_parameters=True,

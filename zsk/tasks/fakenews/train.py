@@ -31,7 +31,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log, warn
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages, stage_config
-from zsk.core.trainer import Callback, Trainer, batches_per_epoch, epoch_batches, make_loader
+from zsk.core.trainer import Callback, Trainer, batches_per_epoch, epoch_batches, grad_accum_for, make_loader
 from zsk.tasks.fakenews.adversarial import fgm_loss
 from zsk.tasks.fakenews.augment import hard_examples, load_synonyms
 from zsk.tasks.fakenews.config import (
@@ -219,7 +219,7 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 def with_warmup(tcfg: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, int]:
     """`train` config with warmup_steps = warmup_fraction x total optimizer steps (spec: warm-up ratio 0.1)."""
-    optim_per_epoch = max(1, steps_per_epoch // tcfg.grad_accum)
+    optim_per_epoch = max(1, steps_per_epoch // grad_accum_for(tcfg))
     total = tcfg.steps if tcfg.steps is not None else (tcfg.epochs or 0) * optim_per_epoch
     warmup = tcfg.warmup_steps or int(round(tcfg.warmup_fraction * total))
     return dataclasses.replace(tcfg, warmup_steps=warmup), optim_per_epoch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ import torch
 
 from zsk.core.bench import BenchSpec, count_flops, count_params
 from zsk.core.errors import ZskError
-from zsk.core.trainer import grad_accum_for
 from zsk.tasks.refer.config import Config
 from zsk.tasks.refer.data import write_sample
 from zsk.tasks.refer.evaluate import mask_logits
@@ -101,7 +99,6 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     def infer_step() -> None:
         mask_logits(model, image, eids, eatt, device, cfg.runtime.precision, cfg.eval.output, n)
 
-    train_cfg = replace(cfg.train, grad_accum=grad_accum_for(cfg.train))  # one timed step = one optimizer step
-    return BenchSpec(model=model, step_fn=make_step_fn(cfg), batch=batch, train_cfg=train_cfg, infer_step=infer_step,
+    return BenchSpec(model=model, step_fn=make_step_fn(cfg), batch=batch, train_cfg=cfg.train, infer_step=infer_step,
                      train_samples=bs, infer_samples=n, param_groups=param_groups(model), unit="images",
                      infer_unit="expressions")

@@ -6,7 +6,6 @@ checkpoint by oIoU; one stage through the shared Trainer."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, grad_accum_for, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, make_loader
 from zsk.tasks.refer.config import Config
 from zsk.tasks.refer.data import Tokenizer, TrainSet, check_root, refs_of
 from zsk.tasks.refer.losses import refer_loss
@@ -169,7 +168,6 @@ def train(ctx: RunContext) -> dict[str, Any]:
              "split_by": cfg.data.split_by}
 
     def build(tcfg: TrainConfig) -> Trainer:
-        tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
         steps_per_epoch = len(dataset) // (tcfg.batch_size * ctx.dist.world_size)
         if steps_per_epoch < 1:
             raise ZskError(f"train.batch_size = {tcfg.batch_size} is larger than the {len(dataset)} training refs")

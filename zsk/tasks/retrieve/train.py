@@ -23,7 +23,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import Trainer, batches_per_epoch, make_loader
+from zsk.core.trainer import Trainer, batches_per_epoch, grad_accum_for, make_loader
 from zsk.data.captions import PrecompSplit
 from zsk.tasks.retrieve.config import Config, TrainConfig
 from zsk.tasks.retrieve.data import (
@@ -262,7 +262,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     def build(tcfg: TrainConfig) -> Trainer:
         model = build_model(cfg, len(tokenizer))
         steps_per_epoch = batches_per_epoch(len(dataset), tcfg.batch_size)
-        optim_per_epoch = max(1, steps_per_epoch // tcfg.grad_accum)
+        optim_per_epoch = max(1, steps_per_epoch // grad_accum_for(tcfg))
 
         def loader_fn(epoch: int, start: int):
             return make_loader(dataset, tcfg.batch_size, epoch=epoch, seed=cfg.runtime.seed,

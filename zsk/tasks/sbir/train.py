@@ -19,7 +19,7 @@ from torch import nn
 from zsk.core import dist
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, grad_accum_for, make_loader
 from zsk.tasks.sbir.config import Config
 from zsk.tasks.sbir.data import SketchPhotoPairs, load_split
 from zsk.tasks.sbir.losses import discriminator_loss, identity_loss, lsgan_loss, normalized_softmax_loss
@@ -102,7 +102,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
         model = build_model(cfg, len(seen.classes))
         extra = {"seen_classes": list(seen.classes), "unseen_classes": list(unseen.classes) if unseen else [],
                  "num_seen": len(seen.classes)}
-        return Trainer(ctx, model, tcfg, make_step_fn(cfg, max(1, steps // tcfg.grad_accum)), loader_fn, steps,
+        return Trainer(ctx, model, tcfg, make_step_fn(cfg, max(1, steps // grad_accum_for(tcfg))), loader_fn, steps,
                        eval_fn=eval_fn if unseen is not None else None, param_groups=param_groups(model, tcfg),
                        extra=extra, find_unused_parameters=tcfg.warmup_epochs > 0)
 

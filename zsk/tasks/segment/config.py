@@ -168,7 +168,6 @@ class TrainConfig(CoreTrainConfig):
     STAGE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"inductive": {"select": "last"}}
 
     setting: Literal["inductive", "transductive", "fully"] = "inductive"
-    effective_batch: int | None = None  # keep batch x accumulation x GPUs at this size (16 in the paper)
     backbone_lr_mult: float = 10.0
     head_lr_mult: float = 10.0
     # weight-decay multiplier of norm parameters: 1 as in the official runs (their configs give 'norm'/'ln'
@@ -179,8 +178,6 @@ class TrainConfig(CoreTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared train.* checks and the stage blocks
-        _require(self.effective_batch is None or self.effective_batch >= 1, "train.effective_batch",
-                 ">= 1 (or unset; ZegCLIP: 16)", self.effective_batch)
         for key in ("backbone_lr_mult", "head_lr_mult", "norm_decay_mult"):
             value = getattr(self, key)
             _require(_finite(value) and value >= 0, f"train.{key}", "a finite number >= 0", value)

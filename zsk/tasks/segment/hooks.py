@@ -13,7 +13,6 @@ from zsk.core.bench import BenchSpec, count_flops, count_params
 from zsk.core.errors import ZskError
 from zsk.core.stages import stage_config
 from zsk.core.task import Loaded, run_demo
-from zsk.core.trainer import grad_accum_for
 from zsk.tasks.segment.config import Config
 from zsk.tasks.segment.data import load_benchmark, write_sample
 from zsk.tasks.segment.model import unused_self_attention_params
@@ -67,7 +66,6 @@ def bench_spec(cfg: Config, device: torch.device, batch_size: int | None) -> Ben
     tcfg = stage_config(cfg.train, stage) if stage else cfg.train
     bs = batch_size or tcfg.batch_size
     tcfg = replace(tcfg, batch_size=bs)
-    tcfg = replace(tcfg, grad_accum=grad_accum_for(tcfg))
     model, _ = build_model(cfg, pretrained=False)
     model.to(device)
     crop = cfg.data.crop_size

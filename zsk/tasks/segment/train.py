@@ -16,7 +16,7 @@ from zsk.core.errors import ZskError
 from zsk.core.progress import log
 from zsk.core.run import RunContext
 from zsk.core.stages import Stage, run_stages
-from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, grad_accum_for, make_loader
+from zsk.core.trainer import TrainConfig, Trainer, batches_per_epoch, make_loader
 from zsk.data.seg_transforms import SegTrainTransform
 from zsk.models.clip import (
     CLIPTextEncoder,
@@ -163,7 +163,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                 lut, text = splits.identity_label_lut(bench.num_classes), all_text
             text = text.to(device)
             train_ds = SegTrainDataset(bench, d.train_split, lut, transform)
-            tcfg = replace(stage_cfg, grad_accum=grad_accum_for(stage_cfg), best_metric=best_metric)
+            tcfg = replace(stage_cfg, best_metric=best_metric)
             calibration = calibration_for(setting, cfg.eval)
             pseudo = torch.as_tensor(seen, device=device) if setting == "transductive" else None
 
