@@ -110,8 +110,9 @@ def test_fp16_on_a_cpu_warns_once(capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     from zsk.core import device as core_device
+    from zsk.core import progress
 
-    core_device._warned.clear()
+    progress._warned.clear()
     assert core_device.autocast_dtype(torch.device("cpu"), "fp16") == torch.float16
     assert core_device.autocast_dtype(torch.device("cpu"), "fp16") == torch.float16
     assert core_device.autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16

@@ -43,18 +43,6 @@ def resolve_device(flag: str | None = None, recipe_value: str | None = "auto") -
     return device
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """A warning on stderr, once per process."""
-    if message not in _warned:
-        _warned.add(message)
-        from zsk.core.progress import log
-
-        log(f"warning: {message}")
-
-
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The mixed-precision dtype: bf16 on CUDA that supports it, fp16 (with a grad scaler) on older
     CUDA, none (fp32) on CPU/MPS unless ``precision`` asks for bf16/fp16 explicitly."""
@@ -64,8 +52,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return torch.bfloat16
     if precision == "fp16":
         if device.type == "cpu":
-            _warn_once("runtime.precision fp16 on a CPU runs most operators in slow fallback kernels (the paper "
-                       "recipes that set it, css and refer, target a GPU): --set runtime.precision=fp32 or bf16")
+            from zsk.core.progress import warn
+
+            warn("runtime.precision fp16 on a CPU runs most operators in slow fallback kernels (the paper recipes "
+                 "that set it, css and refer, target a GPU): --set runtime.precision=fp32 or bf16", once=True)
         return torch.float16
     if precision != "auto":
         raise ZskError(f"runtime.precision: {precision!r} is not one of auto, fp32, bf16, fp16")

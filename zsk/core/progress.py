@@ -70,8 +70,16 @@ def log(message: str) -> None:
         console.print(message, markup=False)
 
 
-def warn(message: str) -> None:
-    """A warning on stderr; shown even with ``--quiet``."""
+_warned: set[str] = set()
+
+
+def warn(message: str, *, once: bool = False) -> None:
+    """A warning on stderr; shown even with ``--quiet``. ``once``: not again in this process (a setting read
+    by every call, such as a precision that is slow on the device)."""
+    if once:
+        if message in _warned:
+            return
+        _warned.add(message)
     console.print(f"warning: {message}", markup=False, style="yellow")
 
 

@@ -6,16 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from zsk.core.errors import ZskError
+from zsk.core.errors import ZskError, require
 from zsk.core.recipe import RuntimeConfig
 from zsk.core.trainer import TrainConfig as CoreTrainConfig
-
-
-def _require(ok: bool, key: str, want: str, value: Any) -> None:
-    """Raise the ``ZskError`` "<key> must be <want>, got <value>" unless ``ok``."""
-    if not ok:
-        shown = list(value) if isinstance(value, (list, tuple)) else value
-        raise ZskError(f"{key} must be {want}, got {shown!r}")
 
 
 def _finite(*values: float) -> bool:
@@ -25,11 +18,11 @@ def _finite(*values: float) -> bool:
 def _unit(key: str, value: float, top_open: bool = False) -> None:
     """``value`` must be a probability: in [0, 1] (or [0, 1) with ``top_open``)."""
     ok = _finite(value) and 0.0 <= value and (value < 1.0 if top_open else value <= 1.0)
-    _require(ok, key, "in [0, 1)" if top_open else "in [0, 1]", value)
+    require(ok, key, "in [0, 1)" if top_open else "in [0, 1]", value)
 
 
 def _scale(key: str, scale: tuple[int, int]) -> None:
-    _require(len(scale) == 2 and min(scale) >= 1, key, "two sizes >= 1 (long, short), e.g. [2048, 512]", scale)
+    require(len(scale) == 2 and min(scale) >= 1, key, "two sizes >= 1 (long, short), e.g. [2048, 512]", scale)
 
 
 @dataclass
@@ -53,13 +46,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for key in ("root", "train_split", "val_split"):
-            _require(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
-        _require(self.crop_size >= 1, "data.crop_size", ">= 1 (ZegCLIP: 512)", self.crop_size)
+            require(bool(str(getattr(self, key)).strip()), f"data.{key}", "a non-empty name", getattr(self, key))
+        require(self.crop_size >= 1, "data.crop_size", ">= 1 (ZegCLIP: 512)", self.crop_size)
         _scale("data.img_scale", self.img_scale)
         lo, hi = self.ratio_range
-        _require(_finite(lo, hi) and 0.0 < lo <= hi, "data.ratio_range", "[low, high] with 0 < low <= high "
+        require(_finite(lo, hi) and 0.0 < lo <= hi, "data.ratio_range", "[low, high] with 0 < low <= high "
                  "(mmseg: [0.5, 2.0])", self.ratio_range)
-        _require(_finite(self.cat_max_ratio) and 0.0 < self.cat_max_ratio <= 1.0, "data.cat_max_ratio",
+        require(_finite(self.cat_max_ratio) and 0.0 < self.cat_max_ratio <= 1.0, "data.cat_max_ratio",
                  "in (0, 1] (1: no limit; mmseg: 0.75)", self.cat_max_ratio)
         _unit("data.flip_prob", self.flip_prob)
         if self.unseen_classes is not None and len(set(self.unseen_classes)) != len(self.unseen_classes):
@@ -75,7 +68,7 @@ class ClipConfig:
     quick_gelu: bool | None = None  # None: what the pretrained tag asks for (QuickGELU for OpenAI; files: True)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name.strip()), "model.clip.name", "an open_clip model name (e.g. ViT-B-16)", self.name)
+        require(bool(self.name.strip()), "model.clip.name", "an open_clip model name (e.g. ViT-B-16)", self.name)
 
 
 @dataclass
@@ -89,10 +82,10 @@ class TextConfig:
     def __post_init__(self) -> None:
         t = self.templates
         if isinstance(t, str):
-            _require(t in ("single", "multi"), "model.text.templates", "single, multi or a list of templates "
+            require(t in ("single", "multi"), "model.text.templates", "single, multi or a list of templates "
                      "with {} (e.g. ['a photo of a {}.'])", t)
         else:
-            _require(bool(t) and all(isinstance(x, str) and "{}" in x for x in t), "model.text.templates",
+            require(bool(t) and all(isinstance(x, str) and "{}" in x for x in t), "model.text.templates",
                      "a non-empty list of templates that each contain {} (e.g. ['a photo of a {}.'])", t)
 
 
@@ -122,15 +115,15 @@ class ModelConfig:
     cls_embedding_twice: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.num_prompts >= 1, "model.num_prompts", ">= 1 (ZegCLIP: 10 deep prompts, 100 on COCO-Stuff)",
+        require(self.num_prompts >= 1, "model.num_prompts", ">= 1 (ZegCLIP: 10 deep prompts, 100 on COCO-Stuff)",
                  self.num_prompts)
         _unit("model.prompt_dropout", self.prompt_dropout, top_open=True)
         _unit("model.drop_path_rate", self.drop_path_rate, top_open=True)
         _unit("model.decoder_dropout", self.decoder_dropout, top_open=True)
-        _require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1 (ZegCLIP: 3)", self.decoder_layers)
-        _require(self.decoder_heads >= 1, "model.decoder_heads", ">= 1 (ZegCLIP: 8)", self.decoder_heads)
-        _require(self.decoder_ffn_ratio >= 1, "model.decoder_ffn_ratio", ">= 1 (ZegCLIP: 4)", self.decoder_ffn_ratio)
-        _require(_finite(self.head_init_std) and self.head_init_std > 0, "model.head_init_std", "> 0 (ZegCLIP: 0.02)",
+        require(self.decoder_layers >= 1, "model.decoder_layers", ">= 1 (ZegCLIP: 3)", self.decoder_layers)
+        require(self.decoder_heads >= 1, "model.decoder_heads", ">= 1 (ZegCLIP: 8)", self.decoder_heads)
+        require(self.decoder_ffn_ratio >= 1, "model.decoder_ffn_ratio", ">= 1 (ZegCLIP: 4)", self.decoder_ffn_ratio)
+        require(_finite(self.head_init_std) and self.head_init_std > 0, "model.head_init_std", "> 0 (ZegCLIP: 0.02)",
                  self.head_init_std)
 
 
@@ -148,8 +141,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         for key in ("focal_weight", "dice_weight", "focal_gamma"):
             value = getattr(self, key)
-            _require(_finite(value) and value >= 0, f"train.loss.{key}", "a finite number >= 0", value)
-        _require(self.focal_weight + self.dice_weight > 0, "train.loss.focal_weight",
+            require(_finite(value) and value >= 0, f"train.loss.{key}", "a finite number >= 0", value)
+        require(self.focal_weight + self.dice_weight > 0, "train.loss.focal_weight",
                  "> 0 when train.loss.dice_weight is 0 (no loss left to train with)", self.focal_weight)
         _unit("train.loss.focal_alpha", self.focal_alpha)
 
@@ -180,7 +173,7 @@ class TrainConfig(CoreTrainConfig):
         super().__post_init__()  # the shared train.* checks and the stage blocks
         for key in ("backbone_lr_mult", "head_lr_mult", "norm_decay_mult"):
             value = getattr(self, key)
-            _require(_finite(value) and value >= 0, f"train.{key}", "a finite number >= 0", value)
+            require(_finite(value) and value >= 0, f"train.{key}", "a finite number >= 0", value)
 
 
 @dataclass
@@ -199,13 +192,13 @@ class EvalConfig:
     max_images: int | None = None  # evaluate on the first N images only (smoke runs)
 
     def __post_init__(self) -> None:
-        _require(self.crop_size >= 1, "eval.crop_size", ">= 1 (ZegCLIP: 512)", self.crop_size)
+        require(self.crop_size >= 1, "eval.crop_size", ">= 1 (ZegCLIP: 512)", self.crop_size)
         _scale("eval.img_scale", self.img_scale)
-        _require(self.min_size is None or self.min_size >= 1, "eval.min_size", ">= 1 (or unset; ZegCLIP: 512)",
+        require(self.min_size is None or self.min_size >= 1, "eval.min_size", ">= 1 (or unset; ZegCLIP: 512)",
                  self.min_size)
-        _require(self.seen_calibration is None or _finite(self.seen_calibration), "eval.seen_calibration",
+        require(self.seen_calibration is None or _finite(self.seen_calibration), "eval.seen_calibration",
                  "a finite number (or unset: 0.1 for inductive models)", self.seen_calibration)
-        _require(self.max_images is None or self.max_images >= 1, "eval.max_images", ">= 1 (or unset: every image)",
+        require(self.max_images is None or self.max_images >= 1, "eval.max_images", ">= 1 (or unset: every image)",
                  self.max_images)
         if self.mode == "slide" and not 1 <= self.stride <= self.crop_size:
             raise ZskError(f"eval.stride={self.stride} must be between 1 and eval.crop_size={self.crop_size} "
