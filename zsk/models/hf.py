@@ -20,7 +20,7 @@ def _load(loader: Any, name_or_path: str, what: str, option: str, **kwargs: Any)
         return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+    if _offline():
         reason = "offline mode is on"
     elif not _hub_reachable():
         reason = "the hub cannot be reached from this machine"
@@ -32,6 +32,29 @@ def _load(loader: Any, name_or_path: str, what: str, option: str, **kwargs: Any)
     raise ZskError(f"{what} {name_or_path!r} is not in the local Hugging Face cache and could not be downloaded "
                    f"({reason}); save it with `save_pretrained` on a machine with network and pass the directory "
                    f"with --set {option}=/path/to/{name_or_path.split('/')[-1]}")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
+def hub_file(repo: str, names: tuple[str, ...], option: str) -> Path:
+    """The local path of the first of ``names`` in the hub repository ``repo`` (e.g. timm's
+    ``model.safetensors``): from the local Hugging Face cache, else downloaded into it when the hub is
+    reachable and offline mode is off (the policy of :func:`load_hf_model`); else a ``ZskError`` naming
+    ``option``."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False):
+        if not local_only and (_offline() or not _hub_reachable()):
+            break
+        for name in names:
+            try:
+                return Path(hf_hub_download(repo, name, local_files_only=local_only))
+            except Exception:  # noqa: BLE001 - not cached / not in the repo: try the next file, then fail below
+                continue
+    raise ZskError(f"{option}: {repo!r} is not in the local Hugging Face cache and could not be downloaded; fetch "
+                   f"it on a machine with network (huggingface-cli download {repo}) or give a local file")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

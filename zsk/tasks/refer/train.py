@@ -5,7 +5,6 @@ checkpoint by oIoU; one stage through the shared Trainer."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -52,26 +51,13 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 def swin_weights_file(spec: str) -> Path:
     """The local file of ``model.swin_weights``: a path, or a Hugging Face hub id of timm weights
     (``timm/swin_base_patch4_window12_384.ms_in22k`` or ``hf-hub:owner/name``) taken from the HF cache,
-    or downloaded into it when the hub is reachable."""
+    or downloaded into it when the hub is reachable (:func:`zsk.models.hf.hub_file`)."""
     p = Path(spec).expanduser()
     if p.is_file() or not spec.startswith(HUB_PREFIXES):
         return p
-    from huggingface_hub import hf_hub_download
+    from zsk.models.hf import hub_file
 
-    from zsk.models.hf import _hub_reachable
-
-    repo = spec.removeprefix("hf-hub:")
-    for local_only in (True, False):
-        if not local_only and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
-            break
-        for name in HUB_FILES:
-            try:
-                return Path(hf_hub_download(repo, name, local_files_only=local_only))
-            except Exception:  # noqa: BLE001 - not cached / not in the repo: try the next file, then fail below
-                continue
-    raise ZskError(f"model.swin_weights: {spec!r} is not in the local Hugging Face cache and could not be "
-                   "downloaded; fetch it on a machine with network (huggingface-cli download "
-                   f"{repo}) or give a local .pth / .safetensors file")
+    return hub_file(spec.removeprefix("hf-hub:"), HUB_FILES, "model.swin_weights")
 
 
 def load_swin_weights(model: AlignFormer, path: str) -> None:
