@@ -88,12 +88,14 @@ def measure(variants: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[
             outputs[name] = fn()
             u1, s1, w1 = _usage()
             runs[name].append((u1 - u0, s1 - s0, w1 - w0))
-    table = {}
-    for name, rs in runs.items():
-        table[name] = {"user_s": statistics.median(r[0] for r in rs), "sys_s": statistics.median(r[1] for r in rs),
-                       "cpu_s": statistics.median(r[0] + r[1] for r in rs), "wall_s": statistics.median(r[2] for r in rs),
-                       "runs": len(rs)}
-    return table, outputs
+    return _medians(runs), outputs
+
+
+def _medians(runs: dict[str, list[tuple[float, float, float]]]) -> dict[str, dict]:
+    """Per variant the median user, system, CPU (user + system) and wall seconds of its (user, sys, wall) runs."""
+    return {name: {"user_s": statistics.median(r[0] for r in rs), "sys_s": statistics.median(r[1] for r in rs),
+                   "cpu_s": statistics.median(r[0] + r[1] for r in rs), "wall_s": statistics.median(r[2] for r in rs),
+                   "runs": len(rs)} for name, rs in runs.items()}
 
 
 def child_usage(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
@@ -113,9 +115,7 @@ def measure_children(variants: dict[str, tuple[list[str], dict[str, str] | None]
     for _ in range(repeats):
         for name, (cmd, env) in variants.items():
             runs[name].append(child_usage(cmd, env))
-    return {name: {"user_s": statistics.median(r[0] for r in rs), "sys_s": statistics.median(r[1] for r in rs),
-                   "cpu_s": statistics.median(r[0] + r[1] for r in rs), "wall_s": statistics.median(r[2] for r in rs),
-                   "runs": len(rs)} for name, rs in runs.items()}
+    return _medians(runs)
 
 
 def ratio(table: dict[str, dict], reference: str, subject: str, key: str = "cpu_s") -> float:
@@ -280,9 +280,7 @@ def fig_hsi_predict(args: argparse.Namespace) -> dict:
                                                         str(tmp / f"pred{i}"), "--quiet"], env))
             runs["per_pixel_loop"].append(child_usage([sys.executable, "-c", _HSI_LOOP_CHILD, str(ckpt), str(cube),
                                                        str(tmp / f"loop{i}.npy")], env))
-        table = {name: {"user_s": statistics.median(r[0] for r in rs), "sys_s": statistics.median(r[1] for r in rs),
-                        "cpu_s": statistics.median(r[0] + r[1] for r in rs), "wall_s": statistics.median(r[2] for r in rs),
-                        "runs": len(rs)} for name, rs in runs.items()}
+        table = _medians(runs)
         return {"scene": "145x145x200 (Indian Pines files, synthetic values)", "recipe": "hsi/indian_pines",
                 "table": table, "speedup_cpu": ratio(table, "per_pixel_loop", "zsk_hsi_predict"),
                 "note": "predict runs CNN + CRF + refinement and writes its files; the loop runs the CNN only"}
