@@ -145,3 +145,13 @@ def test_corrupt_envi(tmp_path, cube):
     (tmp_path / "h.hdr").write_text("not an envi header\n")
     with pytest.raises(ZskError, match=r"h\.hdr"):
         cubes.read_cube(tmp_path / "h.hdr")
+
+
+def test_a_v73_header_without_an_hdf5_body_is_named(tmp_path) -> None:
+    """A .mat file whose 128-byte header says v7.3 (version 0x0200) but whose body is not HDF5 (a cut or
+    damaged download): exit 2 naming the file and the version, not scipy's NotImplementedError."""
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    p = tmp_path / "cut.mat"
+    p.write_bytes(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM" + b"\x00" * 64)
+    with pytest.raises(ZskError, match=r"cut.mat: a MATLAB v7.3 header without a readable HDF5 body"):
+        cubes.read_cube(p)

@@ -79,9 +79,14 @@ def _mat_v5_arrays(path: Path) -> dict[str, np.ndarray]:
     import scipy.io
 
     try:
+        major, _ = scipy.io.matlab.matfile_version(str(path))
+    except Exception:  # noqa: BLE001 - not a MAT header at all: loadmat below names the problem
+        major = None
+    if major == 2:  # the v7.3 header, but the body is not HDF5 (the caller reads readable v7.3 files with h5py)
+        raise ZskError(f"{path}: a MATLAB v7.3 header without a readable HDF5 body; is it corrupt? Re-save it with "
+                       "MATLAB's save -v7.3 (or -v7)")
+    try:
         raw = scipy.io.loadmat(str(path))
-    except NotImplementedError as e:  # v7.3 without an HDF5 signature scipy recognises
-        raise ZskError(f"{path}: MATLAB file that is neither v5 nor a readable v7.3 (HDF5) file ({e})") from e
     except Exception as e:  # scipy raises ValueError/TypeError/OSError on damaged files
         raise ZskError(f"{path}: cannot read MATLAB file ({type(e).__name__}: {e}); is it corrupt?") from e
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
